@@ -1,0 +1,3 @@
+from zhongjing.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""`zhongjing` command: a table from command words to the module that owns them.
+
+Each module exposes `main(argv: list[str]) -> int | None` with its own argparse parser, so
+`zhongjing --help` stays fast and a missing optional extra only breaks its own command.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command words → (module, one-line help). Groups ("data", "train", ...) list their sub-words.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data convert": ("zhongjing.data.convert", "convert files of any supported format to Dialogue/Document/Ranking JSONL"),
+    "data stats": ("zhongjing.data.stats", "records, turns, characters, departments and roles of a file"),
+    "data show-mask": ("zhongjing.data.show_mask", "print a rendered dialogue with the trained spans marked"),
+    "init-model": ("zhongjing.model.init_model", "train a tokenizer and build a tiny LLaMA from scratch"),
+    "build": ("zhongjing.build.chain", "build a clean CMtMedQA-style training set from raw dialogues"),
+    "train pt": ("zhongjing.train.pt", "continued pre-training on documents"),
+    "train sft": ("zhongjing.train.sft", "multi-turn supervised fine-tuning (LoRA or full)"),
+    "train rm": ("zhongjing.train.rm", "reward model from K-way rankings"),
+    "train ppo": ("zhongjing.train.ppo", "PPO against the reward model"),
+    "train dpo": ("zhongjing.train.dpo", "direct preference optimisation"),
+    "train grpo": ("zhongjing.train.grpo", "group relative policy optimisation"),
+    "export": ("zhongjing.model.export", "merge a LoRA adapter into a standalone model folder"),
+    "generate": ("zhongjing.generate", "K sampled answers per doctor turn → Ranking JSONL"),
+    "score": ("zhongjing.score", "reward of each (dialogue, response) under a reward model"),
+    "annotate": ("zhongjing.annotate.cli", "web tool where doctors rank answers (serve/import/export)"),
+    "eval": ("zhongjing.eval.run", "pairwise judging, safety, exams and a report"),
+    "chat": ("zhongjing.serve.chat", "multi-turn chat in the terminal"),
+    "serve": ("zhongjing.serve.server", "OpenAI-compatible HTTP server with a web chat page"),
+    "pipeline": ("zhongjing.pipeline", "run build → pt → sft → generate → rm → ppo → eval"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: zhongjing COMMAND [args...]   (zhongjing COMMAND --help for details)", "", "commands:"]
+    for words, (_, help_) in COMMANDS.items():
+        lines.append(f"  {words:<16} {help_}")
+    return "\n".join(lines)
+
+
+def _lookup(argv: list[str]) -> tuple[str, list[str]] | None:
+    for n in (2, 1):
+        words = " ".join(argv[:n])
+        if len(argv) >= n and words in COMMANDS:
+            return COMMANDS[words][0], argv[n:]
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from zhongjing.errors import ZhongjingError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from zhongjing import __version__
+
+        print(__version__)
+        return 0
+    found = _lookup(argv)
+    if found is None:
+        group = [w for w in COMMANDS if w.split()[0] == argv[0]]
+        hint = f" (one of: {', '.join(group)})" if group else ""
+        print(f"zhongjing: unknown command {' '.join(argv[:2])!r}{hint}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module, rest = found
+    try:
+        return importlib.import_module(module).main(rest) or 0
+    except ZhongjingError as e:
+        print(f"zhongjing: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("zhongjing: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

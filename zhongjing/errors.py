@@ -1,0 +1,36 @@
+"""Errors a user sees as one line: where (file, line or record) and what is wrong."""
+
+from __future__ import annotations
+
+
+class ZhongjingError(Exception):
+    """Any error meant for the user; the CLI prints it as one line and exits 2."""
+
+
+class ConfigError(ZhongjingError):
+    pass
+
+
+class DataError(ZhongjingError):
+    """Bad input record. `where` is 'line 12' or 'record 3'; `path` the file."""
+
+    def __init__(self, reason: str, path: str | None = None, where: str | None = None):
+        self.reason, self.path, self.where = reason, path, where
+        loc = ":".join(str(x) for x in (path, where) if x)
+        super().__init__(f"{loc}: {reason}" if loc else reason)
+
+
+class MissingExtra(ZhongjingError):
+    pass
+
+
+def require(module: str, extra: str):
+    """Import an optional dependency or fail with the pip command that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingExtra(
+            f"'{module}' is needed for this command: pip install 'zhongjing[{extra}]' ({e})"
+        ) from None
