@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Fresh-machine install: a .venv with the CPU torch 2.13.0 first, then zhongjing under a constraint
+# pinning it, so pip can never swap in a multi-GB CUDA build.
+#   scripts/install.sh          runtime (all extras: web, judge, plots, logging)
+#   scripts/install.sh --dev    + test tools and Debian's Chromium for the browser tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+pip install -q torch==2.13.0
+if [ "${1:-}" = "--dev" ]; then
+  pip install -q -c constraints.txt -e ".[dev]"
+  if ! command -v chromium >/dev/null 2>&1; then
+    SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
+  fi
+else
+  pip install -q -c constraints.txt -e ".[all]"
+fi
+python -c "import torch, zhongjing; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+echo "zhongjing installed in .venv (torch $(python -c 'import torch; print(torch.__version__)'))"

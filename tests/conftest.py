@@ -1,0 +1,34 @@
+"""Shared test fixtures: where the real data is, and a tiny model built from scratch once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(os.environ.get("ZHONGJING_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough that a training step takes milliseconds on 2 CPU cores, big enough to learn the demo data.
+TINY = dict(vocab_size=2000, hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=176,
+            max_position_embeddings=1024)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer LLaMA + BPE tokenizer trained on the demo corpus (a normal HF folder)."""
+    from zhongjing.model.init_model import InitModelConfig, init_model
+
+    out = tmp_path_factory.mktemp("tiny") / "base"
+    return init_model(InitModelConfig(output=str(out), **TINY))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from zhongjing.model.load import load_tokenizer
+
+    return load_tokenizer(tiny_model_dir)

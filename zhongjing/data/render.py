@@ -1,0 +1,165 @@
+"""Dialogue → `input_ids` + `labels` through the tokenizer's own chat template.
+
+The template is rendered at message boundaries (prefix before a doctor turn, prefix after
+it) and each piece is tokenized on its own, so which tokens are trained is known while
+rendering — no searching the text for role markers afterwards. A doctor turn is trained up
+to and including its end-of-turn token; whatever the template adds after it (a newline) is not.
+
+Truncation keeps the system prompt and the *latest* complete exchanges (peers drop the
+latest turns — the wrong end for a model that must answer the current question).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+from zhongjing.data.schema import Message
+from zhongjing.errors import ZhongjingError
+
+IGNORE = -100
+Strategy = Literal["all", "last", "everything"]
+STRATEGIES = ("all", "last", "everything")
+
+
+@dataclass
+class Rendered:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE where not trained
+    dropped_exchanges: int = 0  # oldest user+doctor exchanges removed to fit max_length
+
+    @property
+    def n_trained(self) -> int:
+        return sum(x != IGNORE for x in self.labels)
+
+
+@dataclass
+class Piece:
+    text: str
+    ids: list[int]
+    trained: list[bool]
+
+
+def _as_dicts(messages: Sequence) -> list[dict]:
+    return [m.to_dict() if isinstance(m, Message) else {"role": m["role"], "content": m["content"]} for m in messages]
+
+
+@dataclass
+class Renderer:
+    tokenizer: object
+    max_length: int = 4096
+    strategy: Strategy = "all"
+    end_ids: set[int] | None = None  # end-of-turn ids; default: tokenizer eos
+    stats: Counter = field(default_factory=Counter)
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ZhongjingError(f"unknown mask strategy {self.strategy!r} (one of {', '.join(STRATEGIES)})")
+        if self.end_ids is None:
+            eos = self.tokenizer.eos_token_id
+            self.end_ids = {eos} if eos is not None else set()
+
+    # -- template pieces -------------------------------------------------------------
+    def _template(self, msgs: list[dict], gen: bool) -> str:
+        return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def pieces(self, messages: Sequence) -> list[Piece]:
+        """The rendered dialogue as consecutive pieces, each wholly prompt or wholly a doctor turn."""
+        msgs = _as_dicts(messages)
+        cuts: list[tuple[int, bool]] = []  # (end offset of a piece, piece is a doctor turn)
+        full = self._template(msgs, gen=msgs[-1]["role"] != "assistant")
+        assistant_idx = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+        for i in assistant_idx:
+            before = self._template(msgs[:i], gen=True)
+            after = self._template(msgs[: i + 1], gen=False)
+            if not (after.startswith(before) and full.startswith(after)):
+                raise ZhongjingError(
+                    "the chat template does not render dialogues prefix-stably (an earlier turn changes when a later "
+                    "one is added), so doctor turns cannot be masked exactly; use a template without that behaviour"
+                )
+            cuts += [(len(before), False), (len(after), True)]
+        cuts.append((len(full), False))
+        out, start = [], 0
+        for end, is_doctor in cuts:
+            if end < start:
+                raise ZhongjingError("chat template produced overlapping turns")
+            text = full[start:end]
+            ids = self._encode(text)
+            trained = [is_doctor] * len(ids)
+            if is_doctor:  # train through the end-of-turn token, not what the template adds after it
+                stop = next((k for k, t in enumerate(ids) if t in self.end_ids), None)
+                if stop is not None:
+                    trained = [k <= stop for k in range(len(ids))]
+            out.append(Piece(text, ids, trained))
+            start = end
+        return [p for p in out if p.ids]
+
+    # -- masks -------------------------------------------------------------------------
+    def _labels(self, pieces: list[Piece]) -> tuple[list[int], list[int]]:
+        ids = [t for p in pieces for t in p.ids]
+        if self.strategy == "everything":
+            return ids, list(ids)
+        trained = [b for p in pieces for b in p.trained]
+        if self.strategy == "last":
+            last = max((k for k, p in enumerate(pieces) if any(p.trained)), default=None)
+            trained = [b and k == last for k, p in enumerate(pieces) for b in p.trained]
+        return ids, [t if b else IGNORE for t, b in zip(ids, trained)]
+
+    def render(self, messages: Sequence) -> Rendered | None:
+        """Training example for a dialogue ending with a doctor turn, or None (counted) if it cannot fit."""
+        msgs = _as_dicts(messages)
+        while msgs and msgs[-1]["role"] != "assistant":  # a trailing patient turn has nothing to learn
+            msgs = msgs[:-1]
+        if not any(m["role"] == "assistant" for m in msgs):
+            self.stats["dropped_no_doctor_turn"] += 1
+            return None
+        head = msgs[:1] if msgs[0]["role"] == "system" else []
+        body = msgs[len(head):]
+        found = self._fit(head, body, self.max_length, lambda ms: self._labels(self.pieces(ms)))
+        if found is None:
+            self.stats["dropped_too_long"] += 1
+            return None
+        drop, (ids, labels) = found
+        self.stats["rendered"] += 1
+        if drop:
+            self.stats["truncated"] += 1
+            self.stats["dropped_exchanges"] += drop
+        return Rendered(ids, labels, drop)
+
+    @staticmethod
+    def _fit(head: list[dict], body: list[dict], budget: int, build):
+        """Fewest oldest exchanges to drop so that build(head + rest)[0] fits in budget.
+
+        Length only shrinks as more exchanges go, so after the common no-drop case a binary
+        search over the drop count needs O(log turns) renders. Returns (drop, built) or None.
+        """
+        n = (len(body) + 1) // 2  # exchanges; the last may be a lone patient turn
+        built = build(head + body)
+        if len(built[0]) <= budget:
+            return 0, built
+        lo, hi, best = 1, n - 1, None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            cand = build(head + body[2 * mid:])
+            if len(cand[0]) <= budget:
+                best, hi = (mid, cand), mid - 1
+            else:
+                lo = mid + 1
+        return best
+
+    def prompt_ids(self, messages: Sequence, reserve: int = 0) -> list[int]:
+        """Prompt for answering the final patient turn (generation prompt included), keeping the latest
+        exchanges that fit in max_length - reserve (reserve = room for the answer)."""
+        msgs = _as_dicts(messages)
+        if msgs[-1]["role"] != "user":
+            raise ZhongjingError("a prompt must end with a patient (user) turn")
+        head = msgs[:1] if msgs[0]["role"] == "system" else []
+        budget = self.max_length - reserve
+        found = self._fit(head, msgs[len(head):], budget, lambda ms: ([t for p in self.pieces(ms) for t in p.ids],))
+        if found is None:
+            raise ZhongjingError(f"the last patient turn alone is longer than {budget} tokens")
+        return found[1][0]

@@ -1,0 +1,1 @@
+"""Models: the tiny default built from scratch, loading (with LoRA adapters), export/merge."""

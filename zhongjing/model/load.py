@@ -1,0 +1,123 @@
+"""Load any local Hugging Face model folder (full model or LoRA adapter over its base), never from a hub."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from zhongjing.errors import ZhongjingError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def setup_torch(seed: int | None = None, threads: int | None = None) -> None:
+    """Process-wide torch settings every stage wants on CPU."""
+    import torch
+
+    # Denormals made PPO generation 4–10× slower and erratic on CPU (DESIGN.md §4).
+    torch.set_flush_denormal(True)
+    if threads:
+        torch.set_num_threads(threads)
+    if seed is not None:
+        import random
+
+        random.seed(seed)
+        torch.manual_seed(seed)
+
+
+def read_meta(path: str | Path) -> dict:
+    p = Path(path) / "meta.json"
+    return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").exists()
+
+
+def _check_dir(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise ZhongjingError(f"{p}: model folder not found (zhongjing loads local folders only, never from a hub)")
+    if not ((p / "config.json").exists() or (p / "adapter_config.json").exists()):
+        raise ZhongjingError(f"{p}: not a model folder (no config.json or adapter_config.json)")
+    return p
+
+
+def base_of(adapter_dir: str | Path) -> Path:
+    """The base model folder an adapter was trained on: meta.json first, then adapter_config.json."""
+    adapter_dir = Path(adapter_dir)
+    base = read_meta(adapter_dir).get("base_model")
+    if not base:
+        cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+        base = cfg.get("base_model_name_or_path")
+    if not base:
+        raise ZhongjingError(f"{adapter_dir}: adapter does not name its base model")
+    base_path = Path(base)
+    if not base_path.is_absolute() and not base_path.exists():
+        base_path = (adapter_dir / base).resolve()
+    return _check_dir(base_path)
+
+
+def load_tokenizer(path: str | Path):
+    """Tokenizer of a model or adapter folder; the adapter's own copy wins (it carries the chat template)."""
+    from transformers import AutoTokenizer
+
+    p = _check_dir(path)
+    src = p if (p / "tokenizer_config.json").exists() or (p / "tokenizer.json").exists() else None
+    if src is None and is_adapter_dir(p):
+        src = base_of(p)
+    if src is None:
+        raise ZhongjingError(f"{p}: no tokenizer files in this folder")
+    tok = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
+    if not getattr(tok, "chat_template", None):
+        raise ZhongjingError(f"{src}: tokenizer has no chat template; dialogues cannot be rendered")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def resolve_dtype(dtype: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+                "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[dtype]
+    except KeyError:
+        raise ZhongjingError(f"unknown dtype {dtype!r} (float32, float16, bfloat16 or auto)") from None
+
+
+def load_model(path: str | Path, *, dtype: str = "float32", trainable: bool = False, model_cls=None):
+    """A causal LM from a full folder, or base + LoRA adapter (PeftModel) from an adapter folder."""
+    from transformers import AutoModelForCausalLM
+
+    p = _check_dir(path)
+    cls = model_cls or AutoModelForCausalLM
+    torch_dtype = resolve_dtype(dtype)
+    if is_adapter_dir(p):
+        from peft import PeftModel
+
+        base = cls.from_pretrained(str(base_of(p)), dtype=torch_dtype, local_files_only=True)
+        model = PeftModel.from_pretrained(base, str(p), is_trainable=trainable)
+    else:
+        model = cls.from_pretrained(str(p), dtype=torch_dtype, local_files_only=True)
+    if not trainable:
+        model.eval()
+    return model
+
+
+def end_of_turn_ids(tokenizer, model=None) -> set[int]:
+    """Token ids that close a turn: the tokenizer's eos plus the generation config's eos list."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif eos:
+        ids.update(eos)
+    return ids
