@@ -1,0 +1,77 @@
+"""Config loading: YAML + dotted overrides, unknown keys and wrong types rejected with the key named."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from zhongjing.config import describe, load_config
+from zhongjing.errors import ConfigError
+
+
+@dataclass
+class Lora:
+    rank: int = 16
+    alpha: float = 32.0
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class Stage:
+    lr: float = 7e-5
+    epochs: int = 3
+    fp16: bool = False
+    strategy: Literal["all", "last", "everything"] = "all"
+    output: str = "runs/x"
+    resume_from: str | None = None
+    lora: Lora = field(default_factory=Lora)
+
+
+def test_yaml_and_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("lr: 5e-5\nepochs: 4\nlora:\n  rank: 32\n", encoding="utf-8")
+    cfg = load_config(Stage, f, ["lora.alpha=64", "fp16=true", "lora.targets=q_proj,k_proj", "strategy=last"])
+    assert cfg.lr == 5e-5 and cfg.epochs == 4 and cfg.fp16 is True and cfg.strategy == "last"
+    assert cfg.lora == Lora(rank=32, alpha=64.0, targets=["q_proj", "k_proj"])
+    assert load_config(Stage, None, ["resume_from=null"]).resume_from is None
+    assert load_config(Stage, None, ["output=123"]).output == "123"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("lrr=1", "unknown config key 'lrr'"),
+        ("lora.rnak=8", "unknown config key 'lora.rnak'"),
+        ("epochs=three", "config key 'epochs': expected an integer"),
+        ("epochs=2.5", "config key 'epochs': expected an integer"),
+        ("fp16=maybe", "config key 'fp16': expected true/false"),
+        ("strategy=first", "config key 'strategy': expected one of"),
+        ("lora=5", "config key 'lora': expected a mapping"),
+        ("lora.rank.x=1", "config key 'lora.rank': expected an integer"),
+        ("lr", "not of the form key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config(Stage, None, [override])
+
+
+def test_bad_yaml_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: [1,\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="bad.yaml: invalid YAML"):
+        load_config(Stage, bad)
+    unknown = tmp_path / "u.yaml"
+    unknown.write_text("lora:\n  rank: 8\n  drop: 0.1\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"u.yaml: unknown config key 'lora.drop'"):
+        load_config(Stage, unknown)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Stage, tmp_path / "missing.yaml")
+
+
+def test_describe_lists_every_key():
+    text = "\n".join(describe(Stage))
+    for key in ("lr", "epochs", "fp16", "strategy", "output", "resume_from", "lora.rank", "lora.alpha", "lora.targets"):
+        assert f"  {key} = " in text
