@@ -1,0 +1,128 @@
+"""Import clean-up: one text convention for every source, one role order for every dialogue.
+
+Chinese text gets full-width punctuation (，。？！：；（）), digits and Latin letters are
+half-width everywhere, whitespace is collapsed, speaker tags left in the text by a source
+("医生：", "病人：") are removed and consecutive turns of one speaker are merged.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from zhongjing.build.report import StepReport
+from zhongjing.data.schema import Dialogue, Message
+
+
+@dataclass
+class NormalizeConfig:
+    punctuation: bool = True  # full-width punctuation in Chinese text, half-width in the rest
+    strip_speaker_tags: bool = True
+    merge_same_role: bool = True
+    merge_separator: str = "\n"
+
+
+CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_CJK_RE = re.compile(f"[{CJK}]")
+_LETTER_RE = re.compile(f"[{CJK}A-Za-z]")
+_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), None)
+# full-width digits/letters and the ideographic space → ASCII
+_WIDE = {c: c - 0xFEE0 for c in range(0xFF10, 0xFF1A)}
+_WIDE.update({c: c - 0xFEE0 for c in range(0xFF21, 0xFF3B)})
+_WIDE.update({c: c - 0xFEE0 for c in range(0xFF41, 0xFF5B)})
+_WIDE.update({0x3000: 0x20, 0x00A0: 0x20})
+_HALF_TO_FULL = {",": "，", ";": "；", ":": "：", "?": "？", "!": "！", "(": "（", ")": "）"}
+_FULL_TO_HALF = {v: k for k, v in _HALF_TO_FULL.items()} | {"。": "."}
+_SPEAKER = re.compile(r"^\s*(?:医生|大夫|病人|患者|用户|家属|Doctor|Patient|doctor|patient)\s*[:：]\s*")
+_ASCII_ALNUM = re.compile(r"[A-Za-z0-9]")
+
+
+def cjk_share(text: str) -> float:
+    """Share of CJK characters among letters (CJK + Latin); 0 for text without letters."""
+    letters = len(_LETTER_RE.findall(text))
+    return len(_CJK_RE.findall(text)) / letters if letters else 0.0
+
+
+def _is_ascii_alnum(ch: str) -> bool:
+    return bool(ch) and bool(_ASCII_ALNUM.match(ch))
+
+
+def _punct_chinese(text: str) -> str:
+    """Half-width → full-width punctuation, except inside ASCII runs (3.5, 10:30, 1,000, a.b@c)."""
+    out = []
+    n = len(text)
+    for i, ch in enumerate(text):
+        prev = out[-1] if out else ""  # already converted, so ")." sees "）"
+        nxt = text[i + 1] if i + 1 < n else ""
+        if ch in _HALF_TO_FULL:
+            if ch in "()":
+                # brackets go full-width when they touch Chinese text on the outside or inside
+                near = prev + nxt
+                out.append(_HALF_TO_FULL[ch] if _CJK_RE.search(near) else ch)
+            elif _is_ascii_alnum(prev) and _is_ascii_alnum(nxt):
+                out.append(ch)
+            elif ch in ",:" and prev.isdigit() and nxt.isdigit():
+                out.append(ch)
+            else:
+                out.append(_HALF_TO_FULL[ch])
+        elif ch == "." and (_CJK_RE.match(prev or " ") or prev in "）”」』") and prev and (not nxt or nxt.isspace() or _CJK_RE.match(nxt)):
+            out.append("。")  # sentence end after Chinese text
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _punct_latin(text: str) -> str:
+    return "".join(_FULL_TO_HALF.get(ch, ch) for ch in text)
+
+
+_SPACES = re.compile(r"[ \t\f\v]+")
+_SPACE_BETWEEN_CJK = re.compile(f"(?<=[{CJK}，。？！：；（）、])[ ]+(?=[{CJK}，。？！：；（）、])")
+_MANY_NEWLINES = re.compile(r"\n{3,}")
+
+
+def normalize_text(text: str, punctuation: bool = True) -> str:
+    text = text.translate(_ZERO_WIDTH).translate(_WIDE).replace("\r\n", "\n").replace("\r", "\n")
+    text = _SPACES.sub(" ", text)
+    text = "\n".join(line.strip() for line in text.split("\n"))
+    text = _MANY_NEWLINES.sub("\n\n", text).strip()
+    if punctuation:
+        text = _punct_chinese(text) if cjk_share(text) >= 0.5 else _punct_latin(text)
+    return _SPACE_BETWEEN_CJK.sub("", text)
+
+
+def normalize_dialogue(d: Dialogue, cfg: NormalizeConfig, report: StepReport) -> Dialogue | None:
+    """Clean texts, drop empty turns, merge same-speaker runs; None when no user→doctor exchange is left."""
+    msgs: list[Message] = []
+    for m in d.messages:
+        text = m.content
+        if cfg.strip_speaker_tags and m.role != "system":
+            stripped = _SPEAKER.sub("", text, count=1)
+            if stripped != text:
+                report.add("speaker_tags_removed")
+                text = stripped
+        new = normalize_text(text, cfg.punctuation)
+        if new != m.content:
+            report.add("turns_normalized")
+        if not new:
+            report.add("empty_turns_removed")
+            continue
+        if cfg.merge_same_role and msgs and msgs[-1].role == m.role:
+            msgs[-1] = Message(m.role, msgs[-1].content + cfg.merge_separator + new)
+            report.add("same_role_turns_merged")
+            continue
+        msgs.append(Message(m.role, new))
+    system = [m for m in msgs[:1] if m.role == "system"]
+    body = msgs[len(system):]
+    while body and body[0].role != "user":
+        body.pop(0)
+        report.add("leading_doctor_turns_removed")
+    while body and body[-1].role != "assistant":
+        body.pop()
+        report.add("trailing_patient_turns_removed")
+    roles = [m.role for m in body]
+    if not body or any(r == roles[i - 1] for i, r in enumerate(roles) if i) or "assistant" not in roles:
+        # the only way alternation can fail here is merging switched off
+        report.add("dropped_no_exchange" if "assistant" not in roles else "dropped_role_order")
+        return None
+    return Dialogue(d.id, system + body, dict(d.meta))
