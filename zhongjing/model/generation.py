@@ -1,0 +1,449 @@
+"""The one generation helper every stage uses: K samples per turn, PPO/GRPO rollouts, evaluation, chat, serving.
+
+`sample()` generates for many prompts at once; `stream()` yields the text of one answer as it grows; the server's
+engine drives a `Decoder` directly. All three run the same loop: a batch of rows sharing one left-padded KV cache,
+where finished rows leave and waiting prompts join between decoding steps (step-level batching), so a long answer
+never holds short ones back. Each (prompt, sample) row draws from its own seeded generator, so a seeded result does
+not depend on what else is in the batch.
+
+Semantics every caller can rely on:
+- temperature 0 is greedy; top_k 0 and top_p 1 switch those filters off (order: temperature, top-k, top-p).
+- `token_ids` are the generated ids; when a stop id ended the answer it is the last id (PPO learns to stop),
+  `text` never contains it. A stop string ends the answer; `text` is cut before it (OpenAI semantics).
+- `logprobs[i]` is the log-probability of token i under the model at the sampling temperature
+  (raw distribution when greedy), before top-k/top-p truncation.
+- prompts longer than the model's context, or with no room left for one new token, are refused with a
+  ZhongjingError; `max_new_tokens` is capped so prompt + answer fits the context.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from zhongjing.errors import ZhongjingError
+
+
+@dataclass
+class Generation:
+    prompt_index: int
+    sample_index: int
+    token_ids: list[int]
+    text: str
+    finish_reason: str  # "stop" (stop id or stop string) | "length" | "cancelled"
+    logprobs: list[float] | None = None
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop_strings: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: bool = False
+
+    def __post_init__(self):
+        self.stop_strings = tuple(s for s in (self.stop_strings or ()) if s)
+        if self.max_new_tokens < 1:
+            raise ZhongjingError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ZhongjingError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ZhongjingError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ZhongjingError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """A distinct, reproducible 63-bit seed per (request seed, prompt, sample)."""
+    x = seed & 0xFFFFFFFFFFFFFFFF
+    for k in keys:
+        x = (x * 0x9E3779B97F4A7C15 + k + 1) & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+def context_length(model) -> int | None:
+    cfg = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        v = getattr(cfg, key, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def default_stop_ids(tokenizer, model=None) -> set[int]:
+    from zhongjing.model.load import end_of_turn_ids
+
+    return end_of_turn_ids(tokenizer, model)
+
+
+class Row:
+    """One row being generated. `on_text(seq, delta)` receives text as it becomes final (streaming)."""
+
+    def __init__(self, prompt_ids: Sequence[int], params: SamplingParams, *, seed: int, max_new: int,
+                 prompt_index: int = 0, sample_index: int = 0, on_text: Callable | None = None, tag=None):
+        if not prompt_ids:
+            raise ZhongjingError("a prompt must have at least one token")
+        self.prompt_ids = list(prompt_ids)
+        self.params, self.seed, self.max_new = params, seed, max_new
+        self.prompt_index, self.sample_index, self.on_text, self.tag = prompt_index, sample_index, on_text, tag
+        self.out_ids: list[int] = []
+        self.logprobs: list[float] = []
+        self.finish_reason: str | None = None
+        self.text = ""  # final text, set when the row finishes
+        self.emitted = ""  # text already handed to on_text
+        self.generator: torch.Generator | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def result(self) -> Generation:
+        return Generation(self.prompt_index, self.sample_index, list(self.out_ids), self.text,
+                          self.finish_reason or "cancelled", list(self.logprobs) if self.params.logprobs else None)
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """Characters at the end of `text` that may still turn into a stop string (or an unfinished UTF-8 char)."""
+    hold = len(text) - len(text.rstrip("\ufffd"))
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                hold = max(hold, k)
+                break
+    return hold
+
+
+class Decoder:
+    """A batch of rows sharing one left-padded KV cache; `admit` adds rows, `step` decodes one token for all."""
+
+    def __init__(self, model, tokenizer, *, stop_ids: set[int] | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.stop_ids = set(default_stop_ids(tokenizer, model) if stop_ids is None else stop_ids)
+        self.net = _inner(model)
+        params = inspect.signature(type(self.net).forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._keep_kw = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
+        self.device = next(model.parameters()).device
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.rows: list[Row] = []
+        self.cache = None
+        self.mask = self.pos = self.next_tokens = None  # [B, T] long, [B] long, [B] long
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    # -- model calls ------------------------------------------------------------------
+    def _forward(self, ids, mask, pos, cache, last_only: bool):
+        kw = {self._cache_kw: cache, "use_cache": True}
+        if last_only and self._keep_kw:
+            kw[self._keep_kw] = 1
+        out = self.net(input_ids=ids, attention_mask=mask, position_ids=pos, **kw)
+        return out.logits[:, -1, :].float()
+
+    def _new_cache(self):
+        from transformers import DynamicCache
+
+        try:
+            return DynamicCache(config=self.net.config)
+        except TypeError:  # older transformers
+            return DynamicCache()
+
+    @torch.inference_mode()
+    def admit(self, seqs: list[Row]) -> list[Row]:
+        """Prefill `seqs` together, sample their first token, join them to the batch. Returns rows already done."""
+        if not seqs:
+            return []
+        if self.rows and not _layers(self.cache, check=True):
+            raise ZhongjingError("this model's cache type cannot take new rows mid-batch; admit when the batch is empty")
+        uniq: dict[tuple, int] = {}
+        for s in seqs:  # the K samples of one prompt share one prefill
+            uniq.setdefault(tuple(s.prompt_ids), len(uniq))
+        prompts = list(uniq)
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = self._new_cache()
+        logits = self._forward(ids, mask, pos, cache, last_only=True)
+        index = torch.tensor([uniq[tuple(s.prompt_ids)] for s in seqs], device=self.device)
+        if len(prompts) != len(seqs) or index.tolist() != list(range(len(seqs))):
+            _set_layers(cache, [(k[index], v[index]) for k, v in _layers(cache)])
+            logits, mask = logits[index], mask[index]
+        for s in seqs:
+            if s.generator is None:
+                s.generator = torch.Generator(device=self.device).manual_seed(s.seed)
+        tokens = self._pick(logits, seqs)
+        self._merge(seqs, cache, mask, torch.tensor([len(s.prompt_ids) for s in seqs], device=self.device), tokens)
+        return self._advance(seqs, tokens)
+
+    @torch.inference_mode()
+    def step(self) -> list[Row]:
+        """Feed every row its last sampled token and sample the next. Returns rows that finished."""
+        if not self.rows:
+            return []
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        logits = self._forward(self.next_tokens[:, None], self.mask, self.pos[:, None], self.cache, last_only=False)
+        self.pos = self.pos + 1
+        self.next_tokens = self._pick(logits, self.rows)
+        return self._advance(self.rows, self.next_tokens)
+
+    def drop(self, seqs: list[Row], reason: str = "cancelled") -> None:
+        """Remove rows (e.g. a client went away); they finish with `reason`."""
+        gone = {id(s) for s in seqs}
+        for s in self.rows:
+            if id(s) in gone and not s.finished:
+                s.finish_reason = reason
+                s.text = self._decode(s)
+        self._keep([i for i, s in enumerate(self.rows) if id(s) not in gone])
+
+    def reset(self) -> None:
+        self.rows, self.cache, self.mask, self.pos, self.next_tokens = [], None, None, None, None
+
+    # -- batch bookkeeping -------------------------------------------------------------
+    def _merge(self, seqs, cache, mask, pos, tokens) -> None:
+        if not self.rows:
+            self.rows, self.cache, self.mask, self.pos, self.next_tokens = list(seqs), cache, mask, pos, tokens
+            return
+        old, new = _layers(self.cache), _layers(cache)
+        width = max(self.mask.shape[1], mask.shape[1])
+        merged = [(torch.cat([_lpad(k0, width), _lpad(k1, width)]), torch.cat([_lpad(v0, width), _lpad(v1, width)]))
+                  for (k0, v0), (k1, v1) in zip(old, new)]
+        _set_layers(self.cache, merged)
+        self.mask = torch.cat([_lpad(self.mask, width, dim=1), _lpad(mask, width, dim=1)])
+        self.pos = torch.cat([self.pos, pos])
+        self.next_tokens = torch.cat([self.next_tokens, tokens])
+        self.rows += list(seqs)
+
+    def _keep(self, keep: list[int]) -> None:
+        if len(keep) == len(self.rows):
+            return
+        if not keep:
+            self.reset()
+            return
+        idx = torch.tensor(keep, device=self.device)
+        mask = self.mask[idx]
+        first = int(mask.any(0).nonzero()[0])  # columns that are padding for every remaining row go
+        _set_layers(self.cache, [(k[idx, :, first:], v[idx, :, first:]) for k, v in _layers(self.cache)])
+        self.mask, self.pos, self.next_tokens = mask[:, first:], self.pos[idx], self.next_tokens[idx]
+        self.rows = [self.rows[i] for i in keep]
+
+    def _advance(self, rows: list[Row], tokens: torch.Tensor) -> list[Row]:
+        """Append each row's new token, decide who is finished, let finished rows leave the batch."""
+        done = []
+        for s, t in zip(rows, tokens.tolist()):
+            s.out_ids.append(t)
+            if t in self.stop_ids:
+                s.finish_reason = "stop"
+            elif s.params.stop_strings or s.on_text:
+                self._update_text(s)
+            if not s.finished and len(s.out_ids) >= s.max_new:
+                s.finish_reason = "length"
+            if s.finished:
+                s.text = self._decode(s)
+                if s.on_text and s.text.startswith(s.emitted) and len(s.text) > len(s.emitted):
+                    s.on_text(s, s.text[len(s.emitted):])
+                    s.emitted = s.text
+                done.append(s)
+        if done:
+            self._keep([i for i, s in enumerate(self.rows) if not s.finished])
+        return done
+
+    def _decode(self, s: Row) -> str:
+        ids = s.out_ids[:-1] if s.out_ids and s.out_ids[-1] in self.stop_ids else s.out_ids
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        hits = [text.index(stop) for stop in s.params.stop_strings if stop in text]
+        return text[: min(hits)] if hits else text
+
+    def _update_text(self, s: Row) -> None:
+        text = self.tokenizer.decode(s.out_ids, skip_special_tokens=True)
+        if any(stop in text for stop in s.params.stop_strings):
+            s.finish_reason = "stop"  # _decode cuts the text before it
+            return
+        safe = text[: len(text) - _held_back(text, s.params.stop_strings)]
+        if s.on_text and safe.startswith(s.emitted) and len(safe) > len(s.emitted):
+            s.on_text(s, safe[len(s.emitted):])
+            s.emitted = safe
+
+    # -- sampling ----------------------------------------------------------------------
+    def _pick(self, logits: torch.Tensor, rows: list[Row]) -> torch.Tensor:
+        """Next token per row; records logprobs for rows that asked. logits: [B, V] float."""
+        temps = torch.tensor([s.params.temperature for s in rows], device=logits.device)
+        greedy = temps <= 0
+        scaled = logits / torch.where(greedy, torch.ones_like(temps), temps)[:, None]
+        tokens = scaled.argmax(-1)
+        sampled = [i for i, s in enumerate(rows) if not greedy[i]]
+        if sampled:
+            sub = _filter(scaled[sampled], [rows[i].params for i in sampled])
+            probs = torch.softmax(sub, dim=-1)
+            for j, i in enumerate(sampled):
+                tokens[i] = torch.multinomial(probs[j], 1, generator=rows[i].generator)[0]
+        if any(s.params.logprobs for s in rows):
+            lp = torch.log_softmax(scaled, dim=-1).gather(1, tokens[:, None])[:, 0].tolist()
+            for s, x in zip(rows, lp):
+                if s.params.logprobs:
+                    s.logprobs.append(x)
+        return tokens
+
+
+def _filter(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """Top-k then top-p (nucleus) per row; the most likely token always survives."""
+    top_k = [p.top_k for p in params]
+    top_p = [p.top_p for p in params]
+    if not any(top_k) and all(p >= 1 for p in top_p):
+        return logits
+    vocab = logits.shape[-1]
+    srt, idx = logits.sort(dim=-1, descending=True)
+    ranks = torch.arange(vocab, device=logits.device)[None, :]
+    k = torch.tensor([min(x, vocab) if x > 0 else vocab for x in top_k], device=logits.device)[:, None]
+    remove = ranks >= k
+    srt = srt.masked_fill(remove, float("-inf"))
+    probs = torch.softmax(srt, dim=-1)
+    before = probs.cumsum(-1) - probs  # mass of the tokens ranked above
+    remove |= before >= torch.tensor(top_p, device=logits.device)[:, None]
+    remove[:, 0] = False
+    srt = srt.masked_fill(remove, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(-1, idx, srt)
+
+
+def _inner(model):
+    """The module to call: LoRA adapters live inside the base model's layers, so call that directly."""
+    peft_config = getattr(model, "peft_config", None)
+    if peft_config and hasattr(model, "get_base_model"):
+        cfg = peft_config.get(getattr(model, "active_adapter", None)) or next(iter(peft_config.values()))
+        if getattr(cfg, "is_prompt_learning", False):
+            raise ZhongjingError("prompt-learning adapters are not supported for generation; use LoRA")
+        return model.get_base_model()
+    return model
+
+
+def _layers(cache, check: bool = False):
+    """[(keys, values)] per layer, each [B, heads, T, head_dim]; with check=True: False if not mergeable."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        if check and any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+            return False
+        return [(layer.keys, layer.values) for layer in layers]
+    if hasattr(cache, "key_cache"):
+        return list(zip(cache.key_cache, cache.value_cache))
+    if check:
+        return False
+    raise ZhongjingError(f"unsupported KV cache type {type(cache).__name__}")
+
+
+def _set_layers(cache, kv) -> None:
+    if getattr(cache, "layers", None) is not None:
+        for layer, (k, v) in zip(cache.layers, kv):
+            layer.keys, layer.values = k, v
+    else:
+        cache.key_cache[:], cache.value_cache[:] = [k for k, _ in kv], [v for _, v in kv]
+
+
+def _lpad(x: torch.Tensor, width: int, dim: int = -2) -> torch.Tensor:
+    """Left-pad `x` with zeros along `dim` (time) to `width`."""
+    missing = width - x.shape[dim]
+    if missing <= 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = missing
+    return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+
+# -- the helpers stages call ----------------------------------------------------------
+def make_sequences(model, prompts: list[list[int]], params: SamplingParams, *, num_samples: int = 1,
+                   on_text: Callable | None = None, tag=None) -> list[Row]:
+    """Rows for every (prompt, sample), with per-row seeds and answers capped to the model's context."""
+    ctx = context_length(model)
+    base = params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+    out = []
+    for i, p in enumerate(prompts):
+        room = params.max_new_tokens if ctx is None else min(params.max_new_tokens, ctx - len(p))
+        if room < 1:
+            raise ZhongjingError(f"prompt {i} has {len(p)} tokens; the model's context of {ctx} leaves no room to answer")
+        for j in range(num_samples):
+            out.append(Row(p, params, seed=derive_seed(base, i, j), max_new=room, prompt_index=i,
+                                 sample_index=j, on_text=on_text, tag=tag))
+    return out
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    was = model.training
+    model.eval()  # LoRA dropout must not act while sampling
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+def sample(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
+           top_p: float = 1.0, top_k: int = 0, num_samples: int = 1, stop_ids: set[int] | None = None,
+           stop_strings: Sequence[str] | None = None, seed: int | None = None, return_logprobs: bool = False,
+           batch_size: int = 16, on_text: Callable[[int, int, str], None] | None = None) -> list[Generation]:
+    """`num_samples` answers per prompt (token-id lists, chat template already applied), ordered by
+    (prompt_index, sample_index). At most `batch_size` rows decode together; finished rows are replaced by
+    waiting ones at once. `on_text(prompt_index, sample_index, delta)` streams text."""
+    if num_samples < 1 or batch_size < 1:
+        raise ZhongjingError("num_samples and batch_size must be at least 1")
+    params = SamplingParams(max_new_tokens, temperature, top_p, top_k, tuple(stop_strings or ()), seed, return_logprobs)
+    cb = (lambda s, d: on_text(s.prompt_index, s.sample_index, d)) if on_text else None
+    waiting = make_sequences(model, [list(p) for p in prompts], params, num_samples=num_samples, on_text=cb)
+    waiting.sort(key=lambda s: -len(s.prompt_ids))  # similar lengths prefill together: less padding
+    results: list[Generation] = []
+    dec = Decoder(model, tokenizer, stop_ids=stop_ids)
+    with _eval_mode(model):
+        while waiting or len(dec):
+            free = batch_size - len(dec)
+            if free > 0 and waiting:
+                # admitting every step would re-prefill constantly; wait until a quarter of the batch is free
+                if not len(dec) or free >= max(1, batch_size // 4) or len(waiting) <= free:
+                    group, waiting = waiting[:free], waiting[free:]
+                    results += [s.result() for s in dec.admit(group)]
+            results += [s.result() for s in dec.step()]
+    return sorted(results, key=lambda g: (g.prompt_index, g.sample_index))
+
+
+class Stream:
+    """Iterate over the text of one answer as it grows; `.result` holds the Generation afterwards."""
+
+    def __init__(self, model, tokenizer, prompt: list[int], *, stop_ids: set[int] | None = None, **params):
+        self._pending: list[str] = []
+        self.result: Generation | None = None
+        seq = make_sequences(model, [list(prompt)], SamplingParams(**params),
+                             on_text=lambda s, d: self._pending.append(d))[0]
+        self._it = self._run(Decoder(model, tokenizer, stop_ids=stop_ids), seq)
+
+    def _run(self, dec: Decoder, seq: Row) -> Iterator[str]:
+        with _eval_mode(dec.model):
+            dec.admit([seq])
+            while True:
+                yield from self._drain()
+                if seq.finished:
+                    break
+                dec.step()
+        self.result = seq.result()
+
+    def _drain(self) -> Iterator[str]:
+        while self._pending:
+            yield self._pending.pop(0)
+
+    def __iter__(self) -> Iterator[str]:
+        return self._it
+
+
+def stream(model, tokenizer, prompt: list[int], *, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+           top_k: int = 0, stop_ids: set[int] | None = None, stop_strings: Sequence[str] | None = None,
+           seed: int | None = None) -> Stream:
+    return Stream(model, tokenizer, prompt, stop_ids=stop_ids, max_new_tokens=max_new_tokens, temperature=temperature,
+                  top_p=top_p, top_k=top_k, stop_strings=tuple(stop_strings or ()), seed=seed)
