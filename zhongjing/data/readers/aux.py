@@ -1,0 +1,54 @@
+"""Side files that ship next to the datasets but hold no dialogue or text to train on: entity
+dictionaries (one name per line), synonym tables, DXY user-goal and symptom-statistics files,
+number matrices. They are recognised so that a directory read skips them with a note and a
+single-file read says what they are instead of guessing a format; `load_entity_list` gives the
+names to whoever needs them (the builder's knowledge checks)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterator
+
+from zhongjing.data.readers.base import Source, register
+from zhongjing.errors import DataError
+
+AUX_WHAT = {
+    "entity_list": "an entity dictionary (one name per line)",
+    "entity_synonyms": "a synonym table (name<TAB>synonym/synonym/…)",
+    "dxy_goals": "DXY user goals (symptom slots only, no dialogue text)",
+    "dxy_kb": "DXY disease–symptom statistics",
+    "number_matrix": "a matrix of numbers",
+}
+
+
+def _lines(src: Source) -> list[str]:
+    return [ln.strip() for ln in src.text.lstrip("\ufeff").splitlines() if ln.strip()]
+
+
+def count_entries(src: Source) -> int:
+    """How many entries an aux file holds (lines, goals or diseases) — for `data stats`."""
+    if src.format in ("entity_list", "entity_synonyms", "number_matrix"):
+        return len(_lines(src))
+    obj = json.loads(src.text)
+    if src.format == "dxy_goals" and isinstance(obj, dict):
+        return len(obj.get("all") or [v for vs in obj.values() if isinstance(vs, list) for v in vs])
+    return len(obj)
+
+
+def load_entity_list(src: Source) -> list[str]:
+    """Names of an entity dictionary; for a synonym table, each name followed by its synonyms."""
+    out: list[str] = []
+    for ln in _lines(src):
+        name, _, syn = ln.partition("\t")
+        out += [name.strip()] + [s.strip() for s in syn.split("/") if s.strip()]
+    return list(dict.fromkeys(out))
+
+
+def _no_units(src: Source) -> Iterator[Any]:
+    raise DataError(f"this is {AUX_WHAT[src.format]}, not dialogues, documents, rankings or exam questions:"
+                    " nothing to convert", src.name)
+    yield  # pragma: no cover  (makes this a generator like the other readers)
+
+
+for _name, _what in AUX_WHAT.items():
+    register(_name, "aux", f"recognised side file: {_what}; no units")(_no_units)

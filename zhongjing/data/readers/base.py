@@ -1,0 +1,318 @@
+"""Shared machinery of the readers: decoding, JSON record iteration, turn → Dialogue, the format table.
+
+A format reader is a generator over one file that yields units (Dialogue, Document, Ranking,
+ExamItem) or, for a record it cannot use, a located `DataError` — yielded, not raised, so the
+caller decides between stopping (default) and collecting rejects (`--skip-bad`). Problems with
+the file as a whole (undecodable bytes, a broken JSON list, missing CSV columns) are raised.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from zhongjing.data.schema import Dialogue
+from zhongjing.errors import DataError
+
+SNIFF_BYTES = 1 << 18  # enough for the first few records of every format we know
+PREVIEW_CHARS = 24  # rejects show at most this much of a record: never whole patient texts
+
+
+def preview(obj: Any) -> str:
+    """A short, truncated look at a bad record for the reject file (not the whole patient text)."""
+    text = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False, default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + "…"
+
+
+def located(err: DataError, path: Any, where: str | None, obj: Any = None) -> DataError:
+    """The same reason, now naming file and line/record (schema errors come without them)."""
+    out = DataError(err.reason, str(path), err.where or where)
+    out.preview = preview(obj) if obj is not None else ""
+    return out
+
+
+# ---------------------------------------------------------------------------- decoding
+
+def decode(data: bytes, path: Any, encoding: str | None = None, *, partial: bool = False) -> str:
+    """Bytes → text. UTF-8 (BOM allowed), UTF-16 with BOM, then GB18030 (Toyhom and many
+    Chinese crawls are GB18030/GBK). `partial`: `data` is a prefix; a cut character at the end is fine."""
+    if not data.strip():
+        raise DataError("empty file", str(path))
+    if encoding is None:
+        if data.startswith(codecs.BOM_UTF8):
+            encoding = "utf-8-sig"
+        elif data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            encoding = "utf-16"
+        elif b"\x00" in data[:8192]:
+            raise DataError("binary file (NUL bytes), not text", str(path))
+    tried = [encoding] if encoding else ["utf-8", "gb18030"]
+    first_error = None
+    for enc in tried:
+        try:
+            return codecs.getincrementaldecoder(enc)().decode(data, final=not partial)
+        except (UnicodeDecodeError, LookupError) as e:
+            first_error = first_error or e
+    e = first_error
+    if isinstance(e, LookupError):
+        raise DataError(f"unknown encoding {encoding!r}", str(path))
+    line = data[: e.start].count(b"\n") + 1
+    raise DataError(
+        f"cannot decode bytes {data[e.start:e.start + 4].hex(' ')} at byte {e.start}: not {' and not '.join(tried)}"
+        " (pass --encoding)", str(path), f"line {line}")
+
+
+@dataclass
+class Source:
+    """One input file; text decoded lazily and once."""
+
+    path: Path
+    format: str
+    encoding: str | None = None
+    _text: str | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    @property
+    def stem(self) -> str:
+        return self.path.stem
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = decode(self.path.read_bytes(), self.path, self.encoding)
+        return self._text
+
+    def error(self, reason: str, where: str | None = None, obj: Any = None) -> DataError:
+        return located(DataError(reason), self.path, where, obj)
+
+
+def sniff_text(path: Path, encoding: str | None = None) -> str:
+    with open(path, "rb") as f:
+        data = f.read(SNIFF_BYTES + 1)
+    partial = len(data) > SNIFF_BYTES
+    return decode(data[:SNIFF_BYTES] if partial else data, path, encoding, partial=partial)
+
+
+# ---------------------------------------------------------------------------- JSON records
+
+@dataclass
+class Raw:
+    """One record of a file: its position (`where`, 'line N' / 'record N'), 0-based index, value."""
+
+    where: str
+    index: int
+    obj: Any
+    key: str | None = None  # the key, for files that are one object of records {"0": {...}, ...}
+
+
+def _json_error(e: json.JSONDecodeError, src: Source) -> DataError:
+    return DataError(f"invalid JSON ({e.msg} at column {e.colno})", src.name, f"line {e.lineno}")
+
+
+def json_records(src: Source) -> Iterator[Raw | DataError]:
+    """Records of a JSON list, a JSON object (one record, or records keyed by id) or JSON lines.
+
+    A broken JSON document is fatal (nothing after the break can be trusted); in JSON lines a
+    bad line is one bad record.
+    """
+    text = src.text.lstrip("\ufeff")
+    if not text.lstrip().startswith(("[", "{")):
+        raise DataError("not JSON: expected a list '[...]', an object '{...}' or JSON lines", src.name, "line 1")
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError as e:
+        # JSON lines: one of the first two lines is a JSON value by itself (a pretty-printed
+        # document's first lines are not)
+        head = [line for line in text.splitlines()[:50] if line.strip()][:2]
+        if len(head) == 2 and any(_parses(line) for line in head):
+            yield from _json_lines(src, text)
+            return
+        raise _json_error(e, src) from None
+    if isinstance(whole, list):
+        for i, obj in enumerate(whole):
+            yield Raw(f"record {i + 1}", i, obj)
+    elif isinstance(whole, dict) and len(whole) > 1 and all(isinstance(v, dict) for v in whole.values()):
+        # {"0": {...}, "1": {...}}: records keyed by id (the xywy KG files)
+        for i, (k, obj) in enumerate(whole.items()):
+            yield Raw(f"record {i + 1}", i, obj, key=str(k))
+    else:
+        yield Raw("record 1", 0, whole)
+
+
+def _parses(line: str) -> bool:
+    try:
+        json.loads(line)
+        return True
+    except json.JSONDecodeError:
+        return False
+
+
+def _json_lines(src: Source, text: str) -> Iterator[Raw | DataError]:
+    index = 0
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield Raw(f"line {n}", index, json.loads(line))
+        except json.JSONDecodeError as e:
+            yield src.error(f"invalid JSON ({e.msg} at column {e.colno})", f"line {n}", line)
+        index += 1
+
+
+def convert_records(src: Source, fn: Callable[[Any, Raw, Source], Any]) -> Iterator[Any]:
+    """Apply a record → unit function to every JSON record, locating its errors."""
+    for raw in json_records(src):
+        if isinstance(raw, DataError):
+            yield raw
+            continue
+        try:
+            unit = fn(raw.obj, raw, src)
+        except DataError as e:
+            yield located(e, src.path, raw.where, raw.obj)
+            continue
+        if unit is not None:
+            yield unit
+
+
+def csv_rows(src: Source, required: tuple[str, ...]) -> Iterator[Raw | DataError]:
+    """Rows of a CSV file as dicts keyed by header; a missing column is fatal, a short/long row is one bad record."""
+    import csv
+    import io
+
+    reader = csv.reader(io.StringIO(src.text.lstrip("\ufeff"), newline=""))
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise DataError("empty file", src.name) from None
+    except csv.Error as e:
+        raise DataError(f"invalid CSV header ({e})", src.name, "line 1") from None
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise DataError(f"CSV is missing column(s) {', '.join(missing)} (found: {', '.join(header) or 'none'})",
+                        src.name, "line 1")
+    index, start = 0, 2
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            yield src.error(f"invalid CSV ({e})", f"line {start}")
+            return
+        where = f"line {start}"
+        start = reader.line_num + 1
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            yield src.error(f"row has {len(row)} fields, the header has {len(header)}", where, ",".join(row))
+        else:
+            yield Raw(where, index, dict(zip(header, row)))
+        index += 1
+
+
+def convert_rows(src: Source, required: tuple[str, ...], fn: Callable[[dict, Raw, Source], Any]) -> Iterator[Any]:
+    for raw in csv_rows(src, required):
+        if isinstance(raw, DataError):
+            yield raw
+            continue
+        try:
+            yield fn(raw.obj, raw, src)
+        except DataError as e:
+            yield located(e, src.path, raw.where, raw.obj)
+
+
+# ---------------------------------------------------------------------------- record helpers
+
+def need(obj: Any, *keys: str) -> None:
+    if not isinstance(obj, dict):
+        raise DataError(f"expected a JSON object, got {type(obj).__name__}")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise DataError(f"missing field {', '.join(repr(k) for k in missing)} (has: {', '.join(map(str, obj)) or 'none'})")
+
+
+def text_field(obj: dict, key: str, *, optional: bool = False) -> str:
+    """A string field; '' when optional and absent/null. Names the field when it is not text."""
+    value = obj.get(key)
+    if value is None and optional:
+        return ""
+    if key not in obj:
+        raise DataError(f"missing field {key!r}")
+    if not isinstance(value, str):
+        raise DataError(f"field {key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def record_id(src: Source, raw: Raw, source_id: Any = None) -> str:
+    """The source's own id when it has one, else `<file stem>:<record index>` (stable across runs)."""
+    if source_id not in (None, ""):
+        return str(source_id)
+    return f"{src.stem}:{raw.index}"
+
+
+def join_parts(*parts: str) -> str:
+    return "\n".join(p.strip() for p in parts if p and p.strip())
+
+
+def make_dialogue(turns: list[tuple[str, Any]], *, id: str, meta: dict, merge: bool = False) -> Dialogue:
+    """(role, text) turns → validated Dialogue.
+
+    `merge`: the source splits one speaker's message over several lines/utterances (COVID,
+    DXY), so consecutive turns of the same role are one turn. Otherwise a repeated role is an error.
+    """
+    messages: list[dict] = []
+    for role, content in turns:
+        if merge and messages and messages[-1]["role"] == role and isinstance(content, str) and content.strip():
+            messages[-1]["content"] = messages[-1]["content"] + "\n" + content.strip()
+            continue
+        if isinstance(content, str):
+            content = content.strip()
+        messages.append({"role": role, "content": content})
+    return Dialogue.from_dict({"id": id, "messages": messages, "meta": meta})
+
+
+def clean_meta(**kw: Any) -> dict:
+    return {k: v for k, v in kw.items() if v not in (None, "", [], {})}
+
+
+# ---------------------------------------------------------------------------- the format table
+
+KINDS = ("dialogue", "document", "ranking", "exam", "kg", "aux")
+
+
+@dataclass
+class FormatSpec:
+    name: str
+    kind: str  # one of KINDS; "kg" yields rendered Documents, "aux" has no units (see aux.py)
+    read: Callable[[Source], Iterator[Any]]
+    help: str
+    own: bool = False  # our own JSONL formats: duplicate ids are errors, meta is kept as written
+
+
+FORMATS: dict[str, FormatSpec] = {}
+
+
+def register(name: str, kind: str, help: str, *, own: bool = False):
+    assert kind in KINDS, kind
+
+    def deco(fn):
+        FORMATS[name] = FormatSpec(name, kind, fn, help, own)
+        return fn
+
+    return deco
+
+
+def json_format(name: str, kind: str, help: str, *, own: bool = False):
+    """Register a record → unit function as a JSON/JSONL format."""
+
+    def deco(fn):
+        register(name, kind, help, own=own)(lambda src: convert_records(src, fn))
+        return fn
+
+    return deco
