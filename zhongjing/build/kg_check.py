@@ -83,6 +83,7 @@ class KGIndex:
         self.diseases: dict[str, dict] = {}
         self.disease_drugs: dict[str, set[str]] = {}
         self.matcher = DictMatcher(min_len=min_len)
+        self._generic_keys: set[str] = set()
         foods: set[str] = set()
         for rec in records:
             name = str(rec.get("name") or "").strip()
@@ -97,6 +98,10 @@ class KGIndex:
             foods.update(rec.get("avoid_food") or [])
         for d in extra_drugs:
             self._add_drug(d)
+        # a generic key that starts a disease name is an organ or nutrient (甲状腺片 → 甲状腺), not a drug
+        prefixes = {n[:k] for n in self.diseases for k in range(2, len(n) + 1)}
+        for key in self._generic_keys - prefixes:
+            self.matcher.add(key, ("drug", key))
         for f in foods:
             self.matcher.add(f, ("food", f))
         for name in self.diseases:
@@ -106,7 +111,7 @@ class KGIndex:
         key = drug_key(name)
         self.matcher.add(name, ("drug", key))
         if key != name and len(key) >= 3:  # 2-character leftovers (维C) are too ambiguous to match alone
-            self.matcher.add(key, ("drug", key))
+            self._generic_keys.add(key)
 
     def field_keys(self, disease: str, kg_field: str, kind: str) -> set[str]:
         items = self.diseases.get(disease, {}).get(kg_field) or []
