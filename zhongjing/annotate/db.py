@@ -122,7 +122,9 @@ def connect(path: str | Path, *, synchronous: str = "FULL", create: bool = True,
     conn.row_factory = sqlite3.Row
     try:
         conn.execute("PRAGMA busy_timeout = 30000")
-        if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+        # WAL is stored in the file, so per-request connections (migrate_schema=False) skip this
+        # statement, which may wait for locks; their set-up then never blocks.
+        if migrate_schema and conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
             raise ZhongjingError(f"{path}: could not switch the database to WAL mode")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
