@@ -1,0 +1,225 @@
+"""`zhongjing serve`: OpenAI-compatible HTTP API (`/v1/models`, `/v1/chat/completions`, streaming or not) and a web
+chat page at `/`, over the batching engine. Needs the `web` extra (FastAPI + uvicorn).
+
+Prompts are rendered with the model's own chat template exactly as training renders them. A conversation longer
+than the context is refused (OpenAI behaviour) unless `--truncate-history`, which keeps the latest turns as training
+does. Patient text is never logged.
+"""
+
+# no `from __future__ import annotations`: FastAPI must see the real `Request` type of handlers defined in create_app
+
+import argparse
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from zhongjing.data.render import Renderer
+from zhongjing.errors import ZhongjingError, require
+from zhongjing.model.generation import SamplingParams
+from zhongjing.serve import add_model_args, load_chat_model, model_id, system_prompt_from
+from zhongjing.serve.engine import Engine, QueueFull
+from zhongjing.serve.protocol import (ApiError, ChatRequest, chunk, completion, completion_id, logprobs_block,
+                                      parse_chat_request, usage)
+
+STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("zhongjing.serve")
+
+
+@dataclass
+class ServeState:
+    engine: Engine
+    tokenizer: object
+    model_id: str
+    context: int
+    max_tokens: int  # answer budget when a request names none
+    system_prompt: str | None = None
+    truncate_history: bool = False
+    api_key: str | None = None
+    created: int = 0
+
+    def prompt_for(self, req: ChatRequest) -> tuple[list[int], int]:
+        """(prompt ids, max new tokens) or an OpenAI-style context_length_exceeded error."""
+        msgs = req.messages
+        if self.system_prompt and msgs[0]["role"] != "system":
+            msgs = [{"role": "system", "content": self.system_prompt}] + msgs
+        full = Renderer(self.tokenizer, max_length=1 << 40).prompt_ids(msgs)
+        need = req.max_tokens or 1
+        prompt = full
+        if len(full) + need > self.context:
+            if self.truncate_history:
+                try:
+                    prompt = Renderer(self.tokenizer, max_length=self.context).prompt_ids(msgs, reserve=need)
+                except ZhongjingError:
+                    prompt = None
+            if prompt is full or prompt is None:
+                raise ApiError(
+                    400, f"This model's maximum context length is {self.context} tokens. However, you requested "
+                    f"{len(full) + need} tokens ({len(full)} in the messages, {need} in the completion). Please reduce "
+                    "the length of the messages or completion.", "messages", "context_length_exceeded")
+        return prompt, req.max_tokens or min(self.max_tokens, self.context - len(prompt))
+
+
+def create_app(state: ServeState):
+    require("fastapi", "web")
+    from fastapi import FastAPI, Request
+    from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+
+    app = FastAPI(title="zhongjing", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request, e: ApiError):
+        headers = {"Retry-After": "1"} if e.status == 503 else None
+        return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_request, e: HTTPException):
+        return JSONResponse(ApiError(e.status_code, str(e.detail), code="not_found" if e.status_code == 404 else None)
+                            .body(), status_code=e.status_code)
+
+    def check_key(request: Request) -> None:
+        if state.api_key and request.headers.get("authorization", "") != f"Bearer {state.api_key}":
+            raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+    def model_card() -> dict:
+        return {"id": state.model_id, "object": "model", "created": state.created, "owned_by": "zhongjing",
+                "context_length": state.context}
+
+    @app.get("/")
+    async def index():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/chat.js")
+    async def script():
+        return FileResponse(STATIC / "chat.js", media_type="text/javascript")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": state.model_id, **state.engine.load()}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        check_key(request)
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{name:path}")
+    async def one_model(name: str, request: Request):
+        check_key(request)
+        if name != state.model_id:
+            raise ApiError(404, f"The model '{name}' does not exist", "model", "model_not_found")
+        return model_card()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        check_key(request)
+        req = parse_chat_request(await request.body())
+        if req.model != state.model_id:
+            raise ApiError(404, f"The model '{req.model}' does not exist (this server has '{state.model_id}')",
+                           "model", "model_not_found")
+        prompt, max_new = await run_in_threadpool(state.prompt_for, req)
+        params = SamplingParams(max_new, req.temperature, req.top_p, req.top_k, tuple(req.stop), req.seed, req.logprobs)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        try:
+            handle = state.engine.submit(prompt, params, lambda *ev: loop.call_soon_threadsafe(events.put_nowait, ev),
+                                         n=req.n)
+        except QueueFull as e:
+            raise ApiError(503, str(e), code="server_overloaded", type_="server_error") from None
+        cid = completion_id()
+        if req.stream:
+            return StreamingResponse(_stream(state, req, handle, events, cid), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        try:
+            rows = await _collect(handle, events, req.n)
+        finally:
+            state.engine.cancel(handle)  # no-op when finished; frees the batch if the client went away
+        choices = [{"index": r.sample_index, "message": {"role": "assistant", "content": r.text},
+                    "logprobs": logprobs_block(state.tokenizer, r.out_ids, r.logprobs) if req.logprobs else None,
+                    "finish_reason": r.finish_reason} for r in rows]
+        return completion(cid, state.model_id, choices, usage(len(prompt), sum(len(r.out_ids) for r in rows)))
+
+    return app
+
+
+async def _collect(handle, events: asyncio.Queue, n: int) -> list:
+    rows = []
+    while len(rows) < n:
+        kind, row, payload = await events.get()
+        if kind == "error":
+            raise ApiError(500, str(payload), code="generation_failed", type_="server_error")
+        if kind == "done":
+            rows.append(row)
+    return sorted(rows, key=lambda r: r.sample_index)
+
+
+async def _stream(state: ServeState, req: ChatRequest, handle, events: asyncio.Queue, cid: str):
+    created, done, tokens = int(time.time()), 0, 0
+    try:
+        for i in range(req.n):
+            yield chunk(cid, state.model_id, created, [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                                         "logprobs": None, "finish_reason": None}])
+        while done < req.n:
+            kind, row, payload = await events.get()
+            if kind == "error":
+                err = ApiError(500, str(payload), code="generation_failed", type_="server_error")
+                yield "data: " + json.dumps(err.body(), ensure_ascii=False) + "\n\n"
+                return
+            if kind == "text":
+                yield chunk(cid, state.model_id, created, [{"index": row.sample_index, "delta": {"content": payload},
+                                                             "logprobs": None, "finish_reason": None}])
+            else:
+                done += 1
+                tokens += len(row.out_ids)
+                lp = logprobs_block(state.tokenizer, row.out_ids, row.logprobs) if req.logprobs else None
+                yield chunk(cid, state.model_id, created, [{"index": row.sample_index, "delta": {}, "logprobs": lp,
+                                                             "finish_reason": row.finish_reason}])
+        if req.include_usage:
+            yield chunk(cid, state.model_id, created, [], usage(handle.prompt_tokens, tokens))
+        yield "data: [DONE]\n\n"
+    finally:
+        state.engine.cancel(handle)  # client disconnected mid-stream: stop generating for it
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zhongjing serve", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    p.add_argument("--model-name", default=None, help="model id clients send (default: the folder name)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=8, help="answers decoded together")
+    p.add_argument("--queue", type=int, default=64, help="requests allowed to wait; more get 503")
+    p.add_argument("--max-tokens", type=int, default=512, help="answer length when a request sets none")
+    p.add_argument("--max-context", type=int, default=None, help="lower the model's context length")
+    p.add_argument("--truncate-history", action="store_true",
+                   help="drop the oldest turns of a too-long conversation instead of refusing it")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    uvicorn = require("uvicorn", "web")
+    if args.max_tokens < 1 or (args.max_context is not None and args.max_context < 2):
+        raise ZhongjingError("--max-tokens must be at least 1 and --max-context at least 2")
+    model, tokenizer, ctx = load_chat_model(args.model, dtype=args.dtype, threads=args.threads)
+    if args.max_context:
+        ctx = min(ctx, args.max_context)
+    engine = Engine(model, tokenizer, max_batch=args.max_batch, queue_size=args.queue).start()
+    state = ServeState(engine, tokenizer, args.model_name or model_id(args.model), ctx, args.max_tokens,
+                       system_prompt_from(args), args.truncate_history, args.api_key, int(time.time()))
+    app = create_app(state)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    print(f"zhongjing serve: '{state.model_id}' on http://{args.host}:{args.port} (context {ctx} tokens, "
+          f"batch {args.max_batch}, queue {args.queue})", flush=True)
+    try:
+        uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                      timeout_graceful_shutdown=5)).run()
+    finally:
+        engine.close()
+    return 0
