@@ -253,3 +253,28 @@ def test_cli_users_import_export_progress(tmp_path, monkeypatch, capsys):
     assert db.get_user(conn, "a2")["active"] == 0
     with pytest.raises(sqlite3.IntegrityError):  # the role CHECK constraint guards the table itself
         conn.execute("UPDATE users SET role = 'root' WHERE username = 'a1'")
+
+
+def test_reassign_moves_only_unfinished_items(conn, tmp_path):
+    _import(conn, tmp_path, n=3, annotators=["a1", "a2"])
+    _submit(conn, 1, "a1", [[0], [1], [2], [3]], "re-a1-xxxx")
+    assert store.reassign(conn, "a1", "a3") == {"moved": 2, "skipped": 0}
+    mine = lambda u: sorted(i["id"] for i in store.queue(conn, _uid(conn, u)))  # noqa: E731
+    assert mine("a1") == [1] and mine("a3") == [2, 3]  # a1 keeps what they already did
+    # a2 already holds items 2 and 3: they must not take both slots of one item
+    assert store.reassign(conn, "a3", "a2") == {"moved": 0, "skipped": 2}
+    with pytest.raises(ZhongjingError, match="'ex' is not an active annotator"):
+        store.reassign(conn, "a1", "ex")
+
+
+def test_missing_web_extra_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from zhongjing.cli import main as zj
+
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if the extra were not installed
+    for mod in ("zhongjing.annotate.app", "zhongjing.annotate.web", "zhongjing.annotate.admin"):
+        monkeypatch.delitem(sys.modules, mod, raising=False)
+    assert zj(["annotate", "serve", "--db", str(tmp_path / "x.sqlite")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'zhongjing[web]'" in err

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from zhongjing.annotate import auth, db, store
+from zhongjing.annotate import admin, auth, db, store
 from zhongjing.annotate.web import (HERE, SECURITY_HEADERS, Forbidden, LoginRequired, ServeSettings, check_csrf,
                                     error_response, get_conn, redirect, render, role, wants_json)
 from zhongjing.errors import DataError, ZhongjingError
@@ -29,7 +29,6 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app = FastAPI(title="zhongjing annotate", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-
     app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(LoginRequired)
@@ -61,8 +60,6 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return error_response(request, exc.status_code, str(exc.detail))
 
     _routes(app)
-    from zhongjing.annotate import admin
-
     app.include_router(admin.router)
     return app
 

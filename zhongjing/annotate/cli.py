@@ -1,4 +1,4 @@
-"""`zhongjing annotate serve | import | export | users | progress`.
+"""`zhongjing annotate serve | import | export | users | progress | reassign`.
 
     zhongjing annotate users add admin --role admin          # prompts for the password
     zhongjing annotate import --batch round1 generated.jsonl  # Ranking JSONL from `zhongjing generate`
@@ -59,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch")
     pr.add_argument("--format", choices=("table", "json", "csv"), default="table")
     pr.add_argument("--out", help="write to this file instead of stdout")
+
+    r = cmd("reassign", "move an annotator's unfinished items to another annotator")
+    r.add_argument("from_user")
+    r.add_argument("to_user")
+    r.add_argument("--batch", help="only this batch")
 
     u = cmd("users", "manage accounts (admin task)")
     u.add_argument("action", choices=("add", "list", "passwd", "disable", "enable", "role"))
@@ -123,6 +128,12 @@ def _import(args) -> None:
     print(f"imported {summary['items']} items into batch {summary['batch']} ({per})")
 
 
+def _reassign(args) -> None:
+    result = store.reassign(db.connect(args.db, create=False), args.from_user, args.to_user, args.batch)
+    note = f" ({result['skipped']} skipped: {args.to_user} already has them)" if result["skipped"] else ""
+    print(f"moved {result['moved']} unfinished items from {args.from_user} to {args.to_user}{note}")
+
+
 def _export(args) -> None:
     conn = db.connect(args.db, create=False)
     rows = list(export.rankings(conn, args.batch))
@@ -182,7 +193,9 @@ def _serve(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    {"serve": _serve, "import": _import, "export": _export, "progress": _progress, "users": _users}[args.cmd](args)
+    commands = {"serve": _serve, "import": _import, "export": _export, "progress": _progress, "users": _users,
+                "reassign": _reassign}
+    commands[args.cmd](args)
     return 0
 
 

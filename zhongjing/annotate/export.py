@@ -59,7 +59,8 @@ def rankings(conn: sqlite3.Connection, batch: str | None = None) -> Iterator[dic
                 ann_meta["note"] = adj["note"]
         out = {**rec, "ranking": final["ranking"], "annotators": [a["username"] for a in anns],
                "meta": {**rec.get("meta", {}), "annotation": ann_meta}}
-        out.pop("all_wrong", None), out.pop("replacement", None)
+        out.pop("all_wrong", None)
+        out.pop("replacement", None)
         if final["all_wrong"]:
             out["all_wrong"], out["replacement"] = True, final["replacement"]
         yield Ranking.from_dict(out).to_dict()  # validated: `train rm` reads exactly this

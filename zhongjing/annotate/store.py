@@ -121,8 +121,8 @@ def assign(n_items: int, annotators: list[int], per_item: int, strategy: str, lo
 
 def import_batch(conn: sqlite3.Connection, name: str, rankings: list[Ranking], settings: BatchSettings,
                  annotators: list[str] | None = None, source: str = "") -> dict:
-    if not name.strip() or len(name) > 100:
-        raise ZhongjingError("batch name must be 1-100 characters")
+    if not name.strip() or len(name) > 100 or "/" in name or not name.isprintable():
+        raise ZhongjingError(f"batch name {name!r} must be 1-100 printable characters without '/'")
     with db.write(conn):
         if conn.execute("SELECT 1 FROM batches WHERE name = ?", (name,)).fetchone():
             raise ZhongjingError(f"batch {name!r} already exists")
@@ -146,6 +146,31 @@ def import_batch(conn: sqlite3.Connection, name: str, rankings: list[Ranking], s
         for u in users:
             counts[names[u]] = counts.get(names[u], 0) + 1
     return {"batch": name, "items": len(rankings), "assignments": counts}
+
+
+def reassign(conn: sqlite3.Connection, from_user: str, to_user: str, batch: str | None = None) -> dict:
+    """Move `from_user`'s not-yet-annotated open items to `to_user` (e.g. a doctor leaves).
+
+    Items `to_user` already has are skipped: one person must never fill both annotator slots."""
+    to_id = _annotator_ids(conn, [to_user])[0][0]
+    src = conn.execute("SELECT id FROM users WHERE username = ?", (from_user,)).fetchone()
+    if src is None:
+        raise ZhongjingError(f"no user {from_user!r}")
+    with db.write(conn):
+        rows = conn.execute(
+            "SELECT a.item_id FROM assignments a JOIN items i ON i.id = a.item_id JOIN batches b ON b.id = i.batch_id "
+            "WHERE a.user_id = ? AND i.status = 'open' AND (? IS NULL OR b.name = ?) AND NOT EXISTS "
+            "(SELECT 1 FROM annotations n WHERE n.item_id = a.item_id AND n.user_id = a.user_id)",
+            (src["id"], batch, batch)).fetchall()
+        moved = skipped = 0
+        for (item_id,) in rows:
+            if is_assigned(conn, item_id, to_id):
+                skipped += 1
+                continue
+            conn.execute("UPDATE assignments SET user_id = ?, assigned_at = ? WHERE item_id = ? AND user_id = ?",
+                         (to_id, db.now(), item_id, src["id"]))
+            moved += 1
+    return {"moved": moved, "skipped": skipped}
 
 
 # ---- reading -----------------------------------------------------------------------------------
