@@ -1,0 +1,198 @@
+"""`zhongjing eval --config eval.yaml`: compare models on the test sets and write a report.
+
+Steps (each cached on disk, so a killed run resumes where it stopped):
+  1. test sets → items (every doctor turn given the gold history; safety prompts as their own set);
+  2. every model answers every item (local folders/adapters, or OpenAI-compatible endpoints);
+  3. the judge compares the target with each baseline, and after- vs before-RLHF, in both orders;
+     on safety sets every model is also judged against the safe reference answer;
+  4. single-model metrics (length, initiative, refusals, BLEU-4/ROUGE-L, gold perplexity), exams;
+  5. results.json + report.md + report.html + PNG figures.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from zhongjing.annotate.rubric import PRIORITY
+from zhongjing.config import parse_stage_args, to_dict
+from zhongjing.errors import ConfigError
+from zhongjing.eval.answers import (GenerationConfig, LocalModel, ModelSpec, Throttle, endpoint_answers, local_answers,
+                                    log)
+from zhongjing.eval.cache import Cache
+from zhongjing.eval.client import Endpoint, EndpointConfig
+from zhongjing.eval.exams import ExamConfig
+from zhongjing.eval.testsets import TestSetConfig, load_testsets
+
+
+@dataclass
+class JudgeConfig:
+    backend: Literal["openai", "reward_model", "none"] = "openai"
+    endpoint: EndpointConfig = field(default_factory=lambda: EndpointConfig(max_tokens=512))  # backend openai
+    reward_model: str = ""  # backend reward_model: a `zhongjing train rm` folder
+    margin: float = 0.0  # reward_model: score differences up to this are ties
+    dimensions: list[str] = field(default_factory=lambda: list(PRIORITY))
+    parse_retries: int = 2  # re-asks (with a correction note) before a reply is recorded as unparseable
+    retry_failed: bool = False  # re-ask replies recorded as unparseable in an earlier run
+    safety_vs_reference: bool = True  # on safety sets, judge each model against the safe reference answer
+
+
+@dataclass
+class AblationConfig:
+    before: str = ""  # model name before RLHF (e.g. the SFT model)
+    after: str = ""  # model name after RLHF (e.g. the PPO model)
+
+
+@dataclass
+class ReportConfig:
+    examples: int = 3  # side-by-side example dialogues in the report
+    bootstrap: int = 2000  # resamples for the 95% intervals
+    tokenizer: Literal["char", "jieba"] = "char"  # for BLEU / ROUGE
+
+
+@dataclass
+class EvalConfig:
+    output: str = "runs/eval"
+    cache: str = ""  # default <output>/cache.sqlite; share one file between runs to reuse answers and verdicts
+    seed: int = 0
+    models: list[ModelSpec] = field(default_factory=list)
+    target: str = ""  # the model compared with every baseline (default: the first model)
+    baselines: list[str] = field(default_factory=list)  # default: every other model
+    testsets: list[TestSetConfig] = field(default_factory=list)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
+    exams: list[ExamConfig] = field(default_factory=list)
+    perplexity: bool = True  # of the gold doctor turns, for local models
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+
+def check(cfg: EvalConfig) -> None:
+    if not cfg.models:
+        raise ConfigError("eval: list at least one model under 'models'")
+    names = [m.name for m in cfg.models]
+    for i, m in enumerate(cfg.models):
+        if not m.name:
+            raise ConfigError(f"models[{i}]: give the model a name")
+        if bool(m.path) == bool(m.endpoint):
+            raise ConfigError(f"model {m.name!r}: set exactly one of 'path' (local folder) or 'endpoint'")
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise ConfigError(f"two models are named {dup!r}")
+    for key, n in [("target", cfg.target), *[("baselines", b) for b in cfg.baselines],
+                   ("ablation.before", cfg.ablation.before), ("ablation.after", cfg.ablation.after)]:
+        if n and n not in names:
+            raise ConfigError(f"{key}: no model named {n!r} (models: {', '.join(names)})")
+    if bool(cfg.ablation.before) != bool(cfg.ablation.after):
+        raise ConfigError("ablation: set both 'before' and 'after' (or neither)")
+    bad = [d for d in cfg.judge.dimensions if d not in PRIORITY]
+    if bad:
+        raise ConfigError(f"judge.dimensions: unknown {bad[0]!r} (one of {', '.join(PRIORITY)})")
+    if not cfg.testsets and not cfg.exams:
+        raise ConfigError("eval: nothing to do — add 'testsets' and/or 'exams'")
+
+
+def build_judge(cfg: JudgeConfig, cache: Cache):
+    from zhongjing.eval.judge import LLMJudge, RewardJudge
+
+    if cfg.backend == "none":
+        return None
+    if cfg.backend == "openai":
+        return LLMJudge(Endpoint(cfg.endpoint, "judge"), cache, cfg.dimensions, cfg.parse_retries, cfg.retry_failed)
+    if not cfg.reward_model:
+        raise ConfigError("judge.backend reward_model needs judge.reward_model (a reward-model folder)")
+    from zhongjing.train.rewards import RewardModelScorer
+
+    scorer = RewardModelScorer(cfg.reward_model)
+    return RewardJudge(lambda ctxs, answers: scorer.score(ctxs, answers).tolist(), cfg.margin,
+                       f"reward model {cfg.reward_model} (margin {cfg.margin})")
+
+
+def collect_answers(cfg: EvalConfig, sets, cache: Cache) -> tuple[dict, dict, dict, dict]:
+    """Answers of every model (model → item id → text), failures, local perplexities and exam scores.
+
+    A local model is loaded at most once, for whatever of answers / perplexity / exams is not cached."""
+    from zhongjing.eval import exams as ex
+    from zhongjing.eval.metrics import gold_perplexity
+
+    items = [it for s in sets for it in s.items]
+    exams = [ex.load_exam(e, cfg.seed) for e in cfg.exams]
+    answers, failures, ppl, exam_scores = {}, {}, {}, {}
+    for spec in cfg.models:
+        t0 = time.time()
+        if spec.is_local:
+            lm = LocalModel(spec)
+            answers[spec.name] = local_answers(lm, items, cfg.generation, cache, Throttle(f"{spec.name} answers"))
+            failures[spec.name] = {}
+            if cfg.perplexity:
+                ppl[spec.name] = {}
+                for s in sets:
+                    if not any(it.reference for it in s.items):
+                        continue
+                    key = f"ppl|{lm.fingerprint}|{s.name}|{len(s.dialogues)}|{cfg.generation.max_length}|{cfg.seed}"
+                    hit = cache.get("ppl", key)
+                    if hit is None:
+                        model, tok = lm.load()
+                        hit = gold_perplexity(model, tok, [d.messages for d in s.dialogues],
+                                              max_length=cfg.generation.max_length)
+                        cache.put("ppl", key, hit)
+                    ppl[spec.name][s.name] = hit
+            for e in exams:
+                for k in e.cfg.shots:
+                    preds = ex.local_predictions(lm, e, k, cfg.seed, cache, cfg.generation.batch_size)
+                    exam_scores.setdefault(spec.name, {}).setdefault(e.name, {})[k] = ex.score(
+                        e, preds, cfg.seed, cfg.report.bootstrap)
+            lm.unload()
+        else:
+            endpoint = Endpoint(spec.endpoint, spec.name)
+            answers[spec.name], failures[spec.name] = endpoint_answers(spec, endpoint, items, cache,
+                                                                       Throttle(f"{spec.name} answers"))
+            for e in exams:
+                for k in e.cfg.shots:
+                    preds = ex.endpoint_predictions(endpoint, e, k, cfg.seed, cache)
+                    exam_scores.setdefault(spec.name, {}).setdefault(e.name, {})[k] = ex.score(
+                        e, preds, cfg.seed, cfg.report.bootstrap)
+        log(f"{spec.name}: answers ready ({len(answers[spec.name])}/{len(items)}, {time.time() - t0:.1f}s)")
+    return answers, failures, ppl, exam_scores
+
+
+def comparisons(cfg: EvalConfig) -> list[tuple[str, str, str]]:
+    """(kind, target, baseline) pairs to judge."""
+    target = cfg.target or cfg.models[0].name
+    baselines = cfg.baselines or [m.name for m in cfg.models if m.name != target]
+    out = [("baseline", target, b) for b in baselines if b != target]
+    if cfg.ablation.before:
+        out.append(("ablation", cfg.ablation.after, cfg.ablation.before))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_stage_args("zhongjing eval", EvalConfig, list(argv or []),
+                           "Pairwise judging, safety, metrics, exams and a report (Markdown, HTML, JSON, PNG).")
+    paths = run(cfg)
+    print(f"report: {paths['markdown']}  {paths['html']}  {paths['json']}")
+    return 0
+
+
+def run(cfg: EvalConfig) -> dict[str, Path]:
+    from zhongjing.eval.evaluate import evaluate
+    from zhongjing.eval.report import write_report
+    from zhongjing.model.load import setup_torch
+
+    check(cfg)
+    setup_torch(seed=cfg.seed)
+    out = Path(cfg.output)
+    sets = load_testsets(cfg.testsets, cfg.seed)
+    for s in sets:
+        log(f"test set {s.name}: {len(s.dialogues)} dialogues → {len(s.items)} items")
+    with Cache(cfg.cache or out / "cache.sqlite") as cache:
+        answers, failures, ppl, exam_scores = collect_answers(cfg, sets, cache)
+        judge = build_judge(cfg.judge, cache)
+        results = evaluate(cfg, sets, answers, failures, ppl, exam_scores, judge, comparisons(cfg))
+        results["meta"]["config"] = to_dict(cfg)
+        results["meta"]["cache"] = {"path": str(cache.path), "hits": cache.hits, "misses": cache.misses}
+    paths = write_report(results, out)
+    return paths
+
