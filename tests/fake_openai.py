@@ -3,8 +3,8 @@
     with FakeOpenAI(reply=my_fn, failure_rate=0.2) as srv:
         client = openai.OpenAI(base_url=srv.url, api_key="x")
 
-`reply(body) -> str | dict` gets the parsed request JSON and returns the assistant text (or a whole
-response object). The default reply finds the original doctor turn between the builder's
+`reply(body) -> str | dict | (status, dict)` gets the parsed request JSON and returns the assistant
+text, a whole response object, or an HTTP status with a body (to test refusals such as 401). The default reply finds the original doctor turn between the builder's
 `<<<`/`>>>` markers and returns it warmed up, facts intact — reusable as a fake judge by passing
 another `reply`. Failures are deterministic per request (hash of its messages and attempt number):
 HTTP 429, HTTP 500, a reply slower than the client timeout, or garbage (non-JSON body, no choices,
@@ -140,6 +140,8 @@ class FakeOpenAI:
                     return self._send(200, json.dumps({"id": "x", "object": "chat.completion", "created": 0,
                                                        "model": "fake", "choices": []}).encode())
                 content = "" if failure == "empty_content" else srv.reply(body)
+                if isinstance(content, tuple):
+                    return self._send(content[0], json.dumps(content[1], ensure_ascii=False).encode())
                 if isinstance(content, dict):
                     return self._send(200, json.dumps(content, ensure_ascii=False).encode())
                 resp = {"id": f"chatcmpl-{sha[:12]}", "object": "chat.completion", "created": int(time.time()),

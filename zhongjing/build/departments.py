@@ -85,13 +85,16 @@ class CharNB:
                 self.counts[y].update(self.features(t))
                 self.docs[y] += 1
         self.totals = {y: sum(c.values()) for y, c in self.counts.items()}
-        self.vocab = len(set().union(*self.counts.values())) if self.counts else 0
+        self.known = set().union(*self.counts.values()) if self.counts else set()
+        self.vocab = len(self.known)
         return self
 
     def predict(self, text: str) -> tuple[str | None, float]:
         if len(self.counts) < 2:
             return None, 0.0
         feats = self.features(text)
+        if not feats or sum(f in self.known for f in feats) < 0.3 * len(feats):
+            return None, 0.0  # mostly unseen characters: no evidence, whatever the priors say
         n_docs = sum(self.docs.values())
         logp = {}
         for y, c in self.counts.items():

@@ -157,7 +157,7 @@ def load_index(cfg: KGConfig) -> KGIndex:
 
 def stance(text: str, start: int) -> str:
     """How a doctor turn mentions the term at `start`: negated, asked, recommended or mentioned."""
-    sent_start = max(text.rfind(c, 0, start) for c in "。！!；;\n") + 1
+    sent_start = max(text.rfind(c, 0, start) for c in "。！!？?；;\n") + 1
     clause_start = max(sent_start, max(text.rfind(c, 0, start) for c in "，,、") + 1)
     sent_end = min([i for i in (text.find(c, start) for c in "。！!？?；;\n") if i >= 0] or [len(text)])
     if _NEGATION.search(text, clause_start, start):

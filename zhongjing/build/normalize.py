@@ -49,23 +49,27 @@ def _is_ascii_alnum(ch: str) -> bool:
 
 def _punct_chinese(text: str) -> str:
     """Half-width → full-width punctuation, except inside ASCII runs (3.5, 10:30, 1,000, a.b@c)."""
-    out = []
+    out: list[str] = []
+    opened: list[bool] = []  # per open bracket: was it made full-width? (its partner follows suit)
     n = len(text)
     for i, ch in enumerate(text):
         prev = out[-1] if out else ""  # already converted, so ")." sees "）"
         nxt = text[i + 1] if i + 1 < n else ""
-        if ch in _HALF_TO_FULL:
-            if ch in "()":
-                # brackets go full-width when they touch Chinese text on the outside or inside
-                near = prev + nxt
-                out.append(_HALF_TO_FULL[ch] if _CJK_RE.search(near) else ch)
-            elif _is_ascii_alnum(prev) and _is_ascii_alnum(nxt):
-                out.append(ch)
-            elif ch in ",:" and prev.isdigit() and nxt.isdigit():
+        if ch in "()":
+            wide = bool(_CJK_RE.search(prev + nxt))
+            if ch == "(":
+                opened.append(wide)
+            elif opened:
+                wide = opened.pop() or wide
+            out.append(_HALF_TO_FULL[ch] if wide else ch)
+        elif ch in _HALF_TO_FULL:
+            if (_is_ascii_alnum(prev) and _is_ascii_alnum(nxt)) or (ch in ",:" and prev.isdigit() and nxt.isdigit()):
                 out.append(ch)
             else:
                 out.append(_HALF_TO_FULL[ch])
-        elif ch == "." and (_CJK_RE.match(prev or " ") or prev in "）”」』") and prev and (not nxt or nxt.isspace() or _CJK_RE.match(nxt)):
+        elif ch == "．" and prev.isdigit() and nxt.isdigit():
+            out.append(".")  # a decimal point written full-width
+        elif ch == "." and prev and (_CJK_RE.match(prev) or prev in "）”」』") and (not nxt or nxt.isspace() or _CJK_RE.match(nxt)):
             out.append("。")  # sentence end after Chinese text
         else:
             out.append(ch)
