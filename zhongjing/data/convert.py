@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from zhongjing.data.readers.aux import AUX_WHAT
 from zhongjing.data.readers import FORMATS, ReadReport, detect_format, iter_units, kind_of, list_files
 from zhongjing.errors import DataError, ZhongjingError
 from zhongjing.io import atomic_open, write_jsonl
@@ -43,11 +44,18 @@ def list_formats() -> str:
 def native_kind(inputs: list[str], format: str | None, encoding: str | None) -> str:
     """The one kind of unit the inputs hold; several kinds need an explicit --kind."""
     by_kind: dict[str, list[str]] = {}
+    side: list[tuple[Path, str]] = []
     for f in list_files(inputs):
         fmt = format or detect_format(f, encoding=encoding)
-        if FORMATS[fmt].kind != "aux":
+        if FORMATS[fmt].kind == "aux":
+            side.append((f, fmt))
+        else:
             by_kind.setdefault(kind_of(fmt), []).append(f.name)
     if not by_kind:
+        if side:
+            f, fmt = side[0]
+            raise DataError(f"this is {AUX_WHAT[fmt]}, not dialogues, documents, rankings or exam questions:"
+                            " nothing to convert", str(f))
         raise ZhongjingError(f"no convertible data files in {' '.join(inputs)}")
     if len(by_kind) > 1:
         seen = "; ".join(f"{k}: {', '.join(v[:3])}{' …' if len(v) > 3 else ''}" for k, v in by_kind.items())

@@ -29,7 +29,7 @@ from zhongjing.data.schema import Dialogue, Document, Ranking
 from zhongjing.errors import DataError, ZhongjingError
 
 __all__ = ["FORMATS", "ExamItem", "ReadReport", "detect_format", "read_records", "read_dialogues", "read_documents",
-           "read_rankings", "read_exam", "load_kg", "load_entity_list", "list_files", "kind_of"]
+           "read_rankings", "read_exam", "load_kg", "load_entity_list", "list_files", "kind_of", "iter_units", "count_aux"]
 
 # extensions a directory read looks at; anything else (README.md, images, archives) is not data
 DATA_SUFFIXES = {".json", ".jsonl", ".txt", ".csv", ".tex"}
@@ -89,8 +89,9 @@ def read_records(path: Any, format: str | None = None, *, skip_bad: bool = False
                  kind: str | None = None) -> Iterator[Dialogue | Document | Ranking | ExamItem]:
     """Units in each file's native kind (KG files give rendered Documents); `kind` refuses files of another kind."""
     report = report if report is not None else ReadReport()
-    seen: dict[str, str] = {}
+    seen: dict[str, str] = {}  # ids across all files of this read
     for src in _sources(path, format, encoding, report):
+        src.seen = seen
         spec, n = FORMATS[src.format], 0
         if kind is not None and spec.kind != "aux" and kind_of(src.format) != kind:
             raise DataError(f"holds {kind_of(src.format)} data (format {src.format}), not {kind} data", src.name)
@@ -103,16 +104,8 @@ def read_records(path: Any, format: str | None = None, *, skip_bad: bool = False
                     rejects.append(item)
                 continue
             uid = getattr(item, "id", None)
-            if uid is not None:
+            if uid is not None and not spec.own:  # own formats checked their ids while reading
                 if uid in seen:
-                    if spec.own:
-                        err = DataError(f"duplicate id {uid!r} (first in {seen[uid]})", src.name, f"record {n + 1}")
-                        if not skip_bad:
-                            raise err
-                        report.rejected += 1
-                        if rejects is not None:
-                            rejects.append(err)
-                        continue
                     k = 2
                     while f"{uid}~{k}" in seen:
                         k += 1
@@ -175,9 +168,11 @@ def load_entity_list(path: Any, *, encoding: str | None = None) -> list[str]:
 
 
 def count_aux(path: Path, fmt: str, encoding: str | None = None) -> int:
+    """Entries of a side file (names, goals, diseases) — for `data stats`."""
     return count_entries(Source(Path(path), fmt, encoding))
 
 
 def iter_units(paths: Iterable[Any], kind: str, **kw) -> Iterator[Any]:
+    """Units of one kind from several inputs (ids kept unique across all of them)."""
     reader = {"dialogue": read_dialogues, "document": read_documents, "ranking": read_rankings, "exam": read_exam}[kind]
     return reader(list(paths), **kw)

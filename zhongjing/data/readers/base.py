@@ -9,10 +9,12 @@ the file as a whole (undecodable bytes, a broken JSON list, missing CSV columns)
 from __future__ import annotations
 
 import codecs
+import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from zhongjing.data.schema import Dialogue
 from zhongjing.errors import DataError
@@ -72,6 +74,7 @@ class Source:
     path: Path
     format: str
     encoding: str | None = None
+    seen: dict[str, str] = field(default_factory=dict)  # id → where first read, shared by one read
     _text: str | None = field(default=None, repr=False)
 
     @property
@@ -90,6 +93,12 @@ class Source:
 
     def error(self, reason: str, where: str | None = None, obj: Any = None) -> DataError:
         return located(DataError(reason), self.path, where, obj)
+
+    def claim_id(self, uid: str, where: str) -> None:
+        """Our own formats: a repeated id is an error (stages key on it)."""
+        if uid in self.seen:
+            raise DataError(f"duplicate id {uid!r} (first at {self.seen[uid]})")
+        self.seen[uid] = f"{self.name}:{where}"
 
 
 def sniff_text(path: Path, encoding: str | None = None) -> str:
@@ -122,6 +131,9 @@ def json_records(src: Source) -> Iterator[Raw | DataError]:
     bad line is one bad record.
     """
     text = src.text.lstrip("\ufeff")
+    if src.path.suffix.lower() == ".jsonl":
+        yield from _json_lines(src, text)
+        return
     if not text.lstrip().startswith(("[", "{")):
         raise DataError("not JSON: expected a list '[...]', an object '{...}' or JSON lines", src.name, "line 1")
     try:
@@ -130,7 +142,7 @@ def json_records(src: Source) -> Iterator[Raw | DataError]:
         # JSON lines: one of the first two lines is a JSON value by itself (a pretty-printed
         # document's first lines are not)
         head = [line for line in text.splitlines()[:50] if line.strip()][:2]
-        if len(head) == 2 and any(_parses(line) for line in head):
+        if len(head) == 2 and head[0].strip() not in ("[", "{") and any(_parses(line) for line in head):
             yield from _json_lines(src, text)
             return
         raise _json_error(e, src) from None
@@ -165,9 +177,9 @@ def _json_lines(src: Source, text: str) -> Iterator[Raw | DataError]:
         index += 1
 
 
-def convert_records(src: Source, fn: Callable[[Any, Raw, Source], Any]) -> Iterator[Any]:
-    """Apply a record → unit function to every JSON record, locating its errors."""
-    for raw in json_records(src):
+def convert(raws: Iterable[Raw | DataError], src: Source, fn: Callable[[Any, Raw, Source], Any]) -> Iterator[Any]:
+    """Apply a record → unit function to raw records, locating the errors it raises."""
+    for raw in raws:
         if isinstance(raw, DataError):
             yield raw
             continue
@@ -180,11 +192,12 @@ def convert_records(src: Source, fn: Callable[[Any, Raw, Source], Any]) -> Itera
             yield unit
 
 
+def convert_records(src: Source, fn: Callable[[Any, Raw, Source], Any]) -> Iterator[Any]:
+    return convert(json_records(src), src, fn)
+
+
 def csv_rows(src: Source, required: tuple[str, ...]) -> Iterator[Raw | DataError]:
     """Rows of a CSV file as dicts keyed by header; a missing column is fatal, a short/long row is one bad record."""
-    import csv
-    import io
-
     reader = csv.reader(io.StringIO(src.text.lstrip("\ufeff"), newline=""))
     try:
         header = [h.strip() for h in next(reader)]
@@ -217,14 +230,7 @@ def csv_rows(src: Source, required: tuple[str, ...]) -> Iterator[Raw | DataError
 
 
 def convert_rows(src: Source, required: tuple[str, ...], fn: Callable[[dict, Raw, Source], Any]) -> Iterator[Any]:
-    for raw in csv_rows(src, required):
-        if isinstance(raw, DataError):
-            yield raw
-            continue
-        try:
-            yield fn(raw.obj, raw, src)
-        except DataError as e:
-            yield located(e, src.path, raw.where, raw.obj)
+    return convert(csv_rows(src, required), src, fn)
 
 
 # ---------------------------------------------------------------------------- record helpers

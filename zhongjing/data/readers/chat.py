@@ -30,6 +30,7 @@ def _dialogue(obj: Any, raw: Raw, src: Source) -> Dialogue:
     d = Dialogue.from_dict(obj)
     d.meta = _own_meta(obj, "dialogue")
     d.id = d.id or record_id(src, raw)
+    src.claim_id(d.id, raw.where)
     return d
 
 
@@ -45,6 +46,7 @@ def _ranking(obj: Any, raw: Raw, src: Source) -> Ranking:
     r = Ranking.from_dict(obj)
     r.meta = _own_meta(obj, "ranking")
     r.id = r.id or record_id(src, raw)
+    src.claim_id(r.id, raw.where)
     return r
 
 

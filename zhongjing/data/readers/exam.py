@@ -64,6 +64,7 @@ def _exam(obj: Any, raw: Raw, src: Source) -> ExamItem:
     item = ExamItem.from_dict(obj)
     item.id = item.id or record_id(src, raw)
     item.meta = {"source": "exam", **item.meta}
+    src.claim_id(item.id, raw.where)
     return item
 
 

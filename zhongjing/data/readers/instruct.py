@@ -134,10 +134,10 @@ def _prompt_lines(src: Source) -> Iterator[Any]:
     lines = src.text.lstrip("\ufeff").splitlines()
     header = lines[0].strip() if lines else ""
     if header not in PROMPT_KEYS:
-        yield src.error(f"first line must be a header naming the column ({', '.join(PROMPT_KEYS)}), got {header[:20]!r}", "line 1")
-        return
+        raise DataError(f"first line must be a header naming the column ({', '.join(PROMPT_KEYS)}), got {header[:20]!r}",
+                        src.name, "line 1")
     index = 0
-    for n, line in enumerate(lines[1:], 2):
+    for line in lines[1:]:
         if line.strip():
             yield make_dialogue([("user", line)], id=f"{src.stem}:{index}", meta={"source": "prompt_lines"})
             index += 1

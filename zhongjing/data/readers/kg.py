@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from zhongjing.data.readers.base import Source, json_records, located, register
+from zhongjing.data.readers.base import Source, convert, json_records, register
 from zhongjing.data.schema import Document
 from zhongjing.errors import DataError
 
@@ -98,14 +98,7 @@ NORMALISE = {"kg_xywy": from_nested, "kg_xywy_flat": from_flat}
 def kg_records(src: Source) -> Iterator[dict | DataError]:
     """Normalised disease dicts of one KG file (bad records as located DataErrors)."""
     fn = NORMALISE[src.format]
-    for raw in json_records(src):
-        if isinstance(raw, DataError):
-            yield raw
-            continue
-        try:
-            yield fn(raw.obj)
-        except DataError as e:
-            yield located(e, src.path, raw.where, raw.obj)
+    return convert(json_records(src), src, lambda obj, raw, src: fn(obj))
 
 
 def _items(xs: list[str], limit: int = 12) -> str:

@@ -2,7 +2,8 @@
 
 Plain text: one Document per paragraph block (lines separated by blank lines).
 LaTeX: one Document per chapter introduction and per \\section, commands stripped to readable text
-(headings kept as lines, tables as tab-separated rows, figures/labels/references dropped). A driver
+(headings kept as lines, tables as tab-separated rows; figures, labels, cross-references and
+bibliography sections dropped). A driver
 file (\\begin{document} with \\input lines) reads the chapters it includes, in order.
 """
 
@@ -48,6 +49,7 @@ _SYMBOLS = {"times": "×", "pm": "±", "leq": "≤", "le": "≤", "geq": "≥", 
             "alpha": "α", "beta": "β", "gamma": "γ", "delta": "δ", "mu": "μ", "kappa": "κ", "lambda": "λ",
             "rightarrow": "→", "to": "→", "leftarrow": "←", "uparrow": "↑", "downarrow": "↓", "circ": "°",
             "degree": "°", "percent": "%", "quad": " ", "qquad": " ", "apostrophe": "'", "textasciitilde": "～"}
+REFERENCE_HEADINGS = {"参考文献", "参考书目", "References", "Bibliography"}
 _LEFTOVER_REF = re.compile(r"[（(]\s*(?:见|如)?\s*[图表]\s*(?:[、，,和及]\s*)*[）)]")
 
 
@@ -207,6 +209,8 @@ def tex_documents(path: Path, text: str, encoding: str | None, seen: set[Path]) 
     else:
         body = text
     for chapter, section, raw in _sections(body):
+        if section in REFERENCE_HEADINGS:  # bibliographies are citation lists, not prose to learn from
+            continue
         content = tidy(_strip(raw))
         if content:
             heading = section or chapter
