@@ -10,11 +10,12 @@ turns that ask the patient something — the paper's proactive inquiry, optional
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Literal
 
-from zhongjing.build.minhash import MinHasher, jaccard, near_duplicate_clusters, shingle_hashes
+from zhongjing.build.minhash import MinHasher, near_duplicate_clusters, shingle_hashes
 from zhongjing.build.normalize import cjk_share
 from zhongjing.build.report import StepReport
 from zhongjing.data.schema import Dialogue
@@ -39,22 +40,28 @@ class ScreenConfig:
     min_inquiry_ratio: float = 0.0  # for multi-turn dialogues; 0 = measure only
 
 
-_PUNCT = str.maketrans("", "", "，。？！：；、（）“”‘’…—～,.?!:;()\"'~-· \n\t")
+_PUNCT = re.compile(r"[\s，。？！：；、（）“”‘’…—～,.?!:;()\"'~\-·]+")
+
+
+def _bare(text: str) -> str:
+    return _PUNCT.sub("", text)
 
 
 def _content_key(d: Dialogue) -> str:
-    text = "\x1e".join(f"{m.role}\x1f{m.content.translate(_PUNCT)}" for m in d.messages if m.role != "system")
+    text = "\x1e".join(f"{m.role}\x1f{_bare(m.content)}" for m in d.messages if m.role != "system")
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _copy_paste(d: Dialogue, cfg: ScreenConfig) -> bool:
-    seen: list = []
+    """A doctor turn whose character trigrams (punctuation ignored) nearly equal an earlier turn's."""
+    seen: list[set[str]] = []
     for m in d.messages:
         if m.role == "system":
             continue
-        h = shingle_hashes(m.content.translate(_PUNCT), 3)
+        t = _bare(m.content)
+        h = {t[i:i + 3] for i in range(max(1, len(t) - 2))}
         if m.role == "assistant" and len(m.content) >= cfg.copy_paste_min_chars:
-            if any(jaccard(h, prev) >= cfg.copy_paste_threshold for prev in seen):
+            if any(len(h & prev) >= cfg.copy_paste_threshold * len(h | prev) for prev in seen):
                 return True
         if len(m.content) >= cfg.copy_paste_min_chars:
             seen.append(h)
@@ -67,7 +74,7 @@ def _rule_violation(d: Dialogue, cfg: ScreenConfig) -> str | None:
         return "too_few_turns"
     if len(doctor) > cfg.max_turns:
         return "too_many_turns"
-    if any(len(t.translate(_PUNCT)) < cfg.min_doctor_chars for t in doctor):
+    if any(len(_bare(t)) < cfg.min_doctor_chars for t in doctor):
         return "empty_doctor_turn"
     if any(len(m.content) > cfg.max_turn_chars for m in d.messages):
         return "turn_too_long"
