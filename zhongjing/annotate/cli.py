@@ -1,4 +1,4 @@
-"""`zhongjing annotate serve | import | export | users | progress | reassign`.
+"""`zhongjing annotate serve | import | export | users | progress | reassign | simulate`.
 
     zhongjing annotate users add admin --role admin          # prompts for the password
     zhongjing annotate import --batch round1 generated.jsonl  # Ranking JSONL from `zhongjing generate`
@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("from_user")
     r.add_argument("to_user")
     r.add_argument("--batch", help="only this batch")
+
+    sub.add_parser("simulate", help="demo only: rank answers with rubric heuristics (see zhongjing annotate simulate --help)",
+                   add_help=False)
 
     u = cmd("users", "manage accounts (admin task)")
     u.add_argument("action", choices=("add", "list", "passwd", "disable", "enable", "role"))
@@ -192,6 +195,10 @@ def _serve(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv and argv[0] == "simulate":  # the demo's stand-in for doctors; its own parser
+        from zhongjing.annotate.simulate import main as simulate_main
+
+        return simulate_main(argv[1:])
     args = _parser().parse_args(argv)
     commands = {"serve": _serve, "import": _import, "export": _export, "progress": _progress, "users": _users,
                 "reassign": _reassign}
