@@ -190,3 +190,15 @@ def test_subprocess_exit_code_and_single_line(tmp_path):
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.strip() == f"zhongjing: error: {src}:line 1: wrong role order: message 1 is 'user', expected 'assistant'"
     assert sorted(x.name for x in tmp_path.iterdir()) == ["a.jsonl"]
+
+
+def test_bad_bytes_after_the_sniffed_prefix_name_their_line(tmp_path, capsys):
+    # JSON lines are streamed: the encoding is chosen from the first bytes, a later bad byte is located
+    src = tmp_path / "big.jsonl"
+    good = jl(*[msgs(("user", f"问题{i}" * 20), ("assistant", "回答" * 20), id=f"i{i}") for i in range(1500)])
+    src.write_bytes(good.encode("utf-8") + b'{"id": "z", "messages": "\xff"}\n')
+    assert len(good.encode("utf-8")) > 300_000  # past the 256 KiB sniff
+    assert cli(["data", "convert", str(src), "-o", str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"zhongjing: error: {src}:line 1501: cannot decode as utf-8 (invalid start byte); pass --encoding"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.jsonl"]

@@ -207,3 +207,12 @@ def test_stats_rankings_exams_documents(tmp_path, capsys):
 ])
 def test_asks_question(text, asks):
     assert asks_question(text) is asks
+
+
+def test_utf16_and_misnamed_jsonl(tmp_path):
+    p = tmp_path / "u16.jsonl"
+    p.write_bytes(jl({"id": "a", "messages": M}, {"id": "b", "messages": M}).encode("utf-16"))
+    assert [d.id for d in read_dialogues(p)] == ["a", "b"]
+    q = tmp_path / "list.jsonl"  # a pretty-printed JSON list saved as .jsonl
+    q.write_text(js([{"id": "a", "messages": M}]), encoding="utf-8")
+    assert [d.id for d in read_dialogues(q)] == ["a"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,9 +38,9 @@ def located(err: DataError, path: Any, where: str | None, obj: Any = None) -> Da
 
 # ---------------------------------------------------------------------------- decoding
 
-def decode(data: bytes, path: Any, encoding: str | None = None, *, partial: bool = False) -> str:
-    """Bytes → text. UTF-8 (BOM allowed), UTF-16 with BOM, then GB18030 (Toyhom and many
-    Chinese crawls are GB18030/GBK). `partial`: `data` is a prefix; a cut character at the end is fine."""
+def _decode(data: bytes, path: Any, encoding: str | None, partial: bool) -> tuple[str, str]:
+    """(codec, text). UTF-8 (BOM allowed), UTF-16 with BOM, then GB18030 (Toyhom and many Chinese
+    crawls are GB18030/GBK). `partial`: `data` is a prefix; a character cut at its end is fine."""
     if not data.strip():
         raise DataError("empty file", str(path))
     if encoding is None:
@@ -55,7 +54,7 @@ def decode(data: bytes, path: Any, encoding: str | None = None, *, partial: bool
     first_error = None
     for enc in tried:
         try:
-            return codecs.getincrementaldecoder(enc)().decode(data, final=not partial)
+            return enc, codecs.getincrementaldecoder(enc)().decode(data, final=not partial)
         except (UnicodeDecodeError, LookupError) as e:
             first_error = first_error or e
     e = first_error
@@ -67,15 +66,26 @@ def decode(data: bytes, path: Any, encoding: str | None = None, *, partial: bool
         " (pass --encoding)", str(path), f"line {line}")
 
 
+def decode(data: bytes, path: Any, encoding: str | None = None, *, partial: bool = False) -> str:
+    return _decode(data, path, encoding, partial)[1]
+
+
+def _prefix(path: Path) -> tuple[bytes, bool]:
+    with open(path, "rb") as f:
+        data = f.read(SNIFF_BYTES + 1)
+    return data[:SNIFF_BYTES], len(data) > SNIFF_BYTES
+
+
 @dataclass
 class Source:
-    """One input file; text decoded lazily and once."""
+    """One input file: whole text decoded lazily and once, or streamed line by line (large JSONL/CSV)."""
 
     path: Path
     format: str
     encoding: str | None = None
     seen: dict[str, str] = field(default_factory=dict)  # id → where first read, shared by one read
     _text: str | None = field(default=None, repr=False)
+    _codec: str | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -88,8 +98,34 @@ class Source:
     @property
     def text(self) -> str:
         if self._text is None:
-            self._text = decode(self.path.read_bytes(), self.path, self.encoding)
+            self._codec, self._text = _decode(self.path.read_bytes(), self.path, self.encoding, False)
         return self._text
+
+    @property
+    def codec(self) -> str:
+        """The encoding that decodes the file's first bytes (BOM-aware)."""
+        if self._codec is None:
+            data, partial = _prefix(self.path)
+            self._codec = _decode(data, self.path, self.encoding, partial)[0]
+        return self._codec
+
+    def open(self, newline: str | None = None):
+        return open(self.path, encoding=self.codec, newline=newline)
+
+    def lines(self) -> Iterator[tuple[int, str]]:
+        """(line number, line without its end) streamed from disk; a bad byte names its exact line."""
+        codec = self.codec
+        if codec.startswith("utf-16"):  # newline bytes occur inside UTF-16 characters: decode as a stream
+            with self.open() as f:
+                yield from ((n, line.rstrip("\n")) for n, line in enumerate(f, 1))
+            return
+        with open(self.path, "rb") as f:  # UTF-8 / GB18030: b"\n" is never part of a character
+            for n, raw in enumerate(f, 1):
+                try:
+                    yield n, raw.decode(codec).rstrip("\r\n")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"cannot decode as {codec} ({e.reason}); pass --encoding", self.name,
+                                    f"line {n}") from None
 
     def error(self, reason: str, where: str | None = None, obj: Any = None) -> DataError:
         return located(DataError(reason), self.path, where, obj)
@@ -102,10 +138,8 @@ class Source:
 
 
 def sniff_text(path: Path, encoding: str | None = None) -> str:
-    with open(path, "rb") as f:
-        data = f.read(SNIFF_BYTES + 1)
-    partial = len(data) > SNIFF_BYTES
-    return decode(data[:SNIFF_BYTES] if partial else data, path, encoding, partial=partial)
+    data, partial = _prefix(path)
+    return decode(data, path, encoding, partial=partial)
 
 
 # ---------------------------------------------------------------------------- JSON records
@@ -130,10 +164,12 @@ def json_records(src: Source) -> Iterator[Raw | DataError]:
     A broken JSON document is fatal (nothing after the break can be trusted); in JSON lines a
     bad line is one bad record.
     """
+    if src.path.suffix.lower() == ".jsonl":  # streamed: JSON-lines files can be far larger than memory likes
+        first = next((line for _, line in src.lines() if line.strip()), "")
+        if _parses(first) or not first.lstrip().startswith("["):  # (not a JSON list misnamed .jsonl)
+            yield from _json_lines(src, src.lines())
+            return
     text = src.text.lstrip("\ufeff")
-    if src.path.suffix.lower() == ".jsonl":
-        yield from _json_lines(src, text)
-        return
     if not text.lstrip().startswith(("[", "{")):
         raise DataError("not JSON: expected a list '[...]', an object '{...}' or JSON lines", src.name, "line 1")
     try:
@@ -143,7 +179,7 @@ def json_records(src: Source) -> Iterator[Raw | DataError]:
         # document's first lines are not)
         head = [line for line in text.splitlines()[:50] if line.strip()][:2]
         if len(head) == 2 and head[0].strip() not in ("[", "{") and any(_parses(line) for line in head):
-            yield from _json_lines(src, text)
+            yield from _json_lines(src, enumerate(text.split("\n"), 1))
             return
         raise _json_error(e, src) from None
     if isinstance(whole, list):
@@ -165,9 +201,9 @@ def _parses(line: str) -> bool:
         return False
 
 
-def _json_lines(src: Source, text: str) -> Iterator[Raw | DataError]:
+def _json_lines(src: Source, lines: Iterable[tuple[int, str]]) -> Iterator[Raw | DataError]:
     index = 0
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in lines:
         if not line.strip():
             continue
         try:
@@ -197,36 +233,37 @@ def convert_records(src: Source, fn: Callable[[Any, Raw, Source], Any]) -> Itera
 
 
 def csv_rows(src: Source, required: tuple[str, ...]) -> Iterator[Raw | DataError]:
-    """Rows of a CSV file as dicts keyed by header; a missing column is fatal, a short/long row is one bad record."""
-    reader = csv.reader(io.StringIO(src.text.lstrip("\ufeff"), newline=""))
-    try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
-        raise DataError("empty file", src.name) from None
-    except csv.Error as e:
-        raise DataError(f"invalid CSV header ({e})", src.name, "line 1") from None
-    missing = [c for c in required if c not in header]
-    if missing:
-        raise DataError(f"CSV is missing column(s) {', '.join(missing)} (found: {', '.join(header) or 'none'})",
-                        src.name, "line 1")
-    index, start = 0, 2
-    while True:
+    """Rows of a CSV file (streamed) as dicts keyed by header; a missing column is fatal, a short or
+    long row is one bad record."""
+    with src.open(newline="") as f:
+        reader = csv.reader(f)
         try:
-            row = next(reader)
+            header = [h.strip().lstrip("\ufeff") for h in next(reader)]
         except StopIteration:
-            return
-        except csv.Error as e:
-            yield src.error(f"invalid CSV ({e})", f"line {start}")
-            return
-        where = f"line {start}"
-        start = reader.line_num + 1
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) != len(header):
-            yield src.error(f"row has {len(row)} fields, the header has {len(header)}", where, ",".join(row))
-        else:
-            yield Raw(where, index, dict(zip(header, row)))
-        index += 1
+            raise DataError("empty file", src.name) from None
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise DataError(f"invalid CSV header ({e})", src.name, "line 1") from None
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise DataError(f"CSV is missing column(s) {', '.join(missing)} (found: {', '.join(header) or 'none'})",
+                            src.name, "line 1")
+        index, start = 0, 2
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except (csv.Error, UnicodeDecodeError) as e:
+                raise DataError(f"invalid CSV ({e})", src.name, f"line {start}") from None
+            where = f"line {start}"
+            start = reader.line_num + 1
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                yield src.error(f"row has {len(row)} fields, the header has {len(header)}", where, ",".join(row))
+            else:
+                yield Raw(where, index, dict(zip(header, row)))
+            index += 1
 
 
 def convert_rows(src: Source, required: tuple[str, ...], fn: Callable[[dict, Raw, Source], Any]) -> Iterator[Any]:

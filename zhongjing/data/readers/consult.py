@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from zhongjing.data.readers.base import (
     Raw, Source, clean_meta, convert_records, convert_rows, join_parts, located, make_dialogue, record_id, register,
@@ -43,23 +43,23 @@ def _toyhom_csv(src: Source) -> Iterator[Any]:
     return convert_rows(src, ("department", "title", "ask", "answer"), _toyhom_row)
 
 
-def blocks(text: str) -> Iterator[tuple[int, list[str]]]:
-    """(first line number, lines) of each run of non-blank lines."""
-    start, lines = 0, []
-    for n, line in enumerate(text.splitlines(), 1):
+def blocks(lines: Iterable[tuple[int, str]]) -> Iterator[tuple[int, list[str]]]:
+    """(first line number, stripped lines) of each run of non-blank lines."""
+    start, run = 0, []
+    for n, line in lines:
         if line.strip():
             start = start or n
-            lines.append(line.strip())
-        elif lines:
-            yield start, lines
-            start, lines = 0, []
-    if lines:
-        yield start, lines
+            run.append(line.strip())
+        elif run:
+            yield start, run
+            start, run = 0, []
+    if run:
+        yield start, run
 
 
 @register("toyhom_txt", "dialogue", "Toyhom TXT (GB18030): blocks of 'title,ask' + answer lines, blank-line separated")
 def _toyhom_txt(src: Source) -> Iterator[Any]:
-    for index, (n, lines) in enumerate(blocks(src.text.lstrip("\ufeff"))):
+    for index, (n, lines) in enumerate(blocks(src.lines())):
         if len(lines) != 2:
             yield src.error(f"block has {len(lines)} line(s), expected 2 ('title,ask' then the answer)", f"line {n}", lines[0])
             continue

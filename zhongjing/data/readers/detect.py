@@ -180,7 +180,7 @@ def _text_format(text: str, partial: bool) -> str:
         return "entity_synonyms"
     if all(_number(tok) for ln in sample for tok in ln.split()):
         return "number_matrix"
-    bl = list(blocks(text))[:51]
+    bl = list(blocks(enumerate(text.split("\n"), 1)))[:51]
     if partial and len(bl) > 1:
         bl = bl[:-1]  # the last sniffed block may be cut
     if len(bl) >= 2 and sum(len(b) == 2 and "," in b[0] for _, b in bl) >= 0.9 * len(bl):  # a bad block or two is

@@ -21,7 +21,7 @@ from zhongjing.errors import DataError
 
 @register("text", "document", "plain text: one Document per block of lines between blank lines")
 def _text(src: Source) -> Iterator[Any]:
-    for n, lines in blocks(src.text.lstrip("\ufeff")):
+    for n, lines in blocks(src.lines()):
         yield Document("\n".join(lines), {"source": "text", "file": src.path.name, "line": n})
 
 
