@@ -100,7 +100,11 @@ def load_model(path: str | Path, *, dtype: str = "float32", trainable: bool = Fa
     if is_adapter_dir(p):
         from peft import PeftModel
 
-        base = cls.from_pretrained(str(base_of(p)), dtype=torch_dtype, local_files_only=True)
+        parent = base_of(p)
+        if is_adapter_dir(parent):  # adapter trained over another adapter (PT LoRA → SFT LoRA): merge the chain
+            base = load_model(parent, dtype=dtype, model_cls=cls).merge_and_unload()
+        else:
+            base = cls.from_pretrained(str(parent), dtype=torch_dtype, local_files_only=True)
         model = PeftModel.from_pretrained(base, str(p), is_trainable=trainable)
     else:
         model = cls.from_pretrained(str(p), dtype=torch_dtype, local_files_only=True)

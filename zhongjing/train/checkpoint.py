@@ -1,0 +1,217 @@
+"""Self-describing, atomic, resumable checkpoints and the output folder every training stage writes.
+
+Output folder layout (pt, sft, rm, dpo, ppo, grpo — all of them):
+
+  OUT/                          the result, loadable as is (zhongjing.model.load.load_model / load_tokenizer):
+    config.json + model*.safetensors        full fine-tuning, or
+    adapter_config.json + adapter_model.safetensors   LoRA (applies to meta.json "base_model")
+    tokenizer files + chat template, generation_config.json
+    meta.json                   stage, kind (full|adapter), base_model (parent folder), inputs_hash, data hashes,
+                                resolved config, code version, metrics, best_step. Written LAST: a folder without
+                                it is not a finished result.
+  OUT/checkpoints/step-000120/  one resumable state per save: the same loadable files as OUT/ (with its own
+                                meta.json), plus trainer/ = optimizer (per rank when sharded), scheduler + guard +
+                                data position in state.json, RNG states per rank, GradScaler.
+                                The last `keep_checkpoints` are kept, and always the best one.
+  OUT/logs/                     train.jsonl (a line per optimizer step), eval.jsonl, tensorboard/.
+
+OUT/ holds the checkpoint with the lowest validation loss (the last one without validation) — the paper keeps
+the best. `inputs_hash` = hash(parent model fingerprint, data file hashes, config without run-only keys): the
+pipeline skips a stage whose hash is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zhongjing.errors import ZhongjingError
+from zhongjing.io import atomic_path, sha256_json, write_json
+
+CKPT = "checkpoints"
+TRAINER = "trainer"
+_STEP = re.compile(r"^step-(\d+)$")
+
+
+# ----------------------------------------------------------------------------- identity
+
+def code_version() -> dict:
+    import zhongjing
+
+    out = {"zhongjing": zhongjing.__version__}
+    try:
+        root = Path(zhongjing.__file__).resolve().parents[1]
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        if rev.returncode == 0:
+            out["git"] = rev.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+def model_fingerprint(path: str | Path) -> str:
+    """Stable identity of a parent model: its own inputs_hash when zhongjing trained it, else its config and the
+    names and sizes of its weight files (hashing 26 GB of weights on every run would be too slow)."""
+    p = Path(path)
+    meta_path = p / "meta.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("inputs_hash"):
+            return meta["inputs_hash"]
+        return sha256_json({k: v for k, v in meta.items() if k not in ("seconds", "metrics")})
+    files = sorted((f.name, f.stat().st_size) for f in p.iterdir() if f.is_file())
+    cfg = [(p / n).read_text(encoding="utf-8") for n in ("config.json", "adapter_config.json") if (p / n).exists()]
+    return sha256_json({"files": files, "config": cfg})
+
+
+def inputs_hash(stage: str, parent: str | Path, data: list[dict], config: dict) -> str:
+    return sha256_json({"stage": stage, "parent": model_fingerprint(parent),
+                        "data": [d.get("sha256") for d in data], "config": config})
+
+
+# ----------------------------------------------------------------------------- listing
+
+def checkpoints(out: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (trainer/state.json present), oldest first."""
+    d = Path(out) / CKPT
+    found = []
+    if d.is_dir():
+        for p in d.iterdir():
+            m = _STEP.match(p.name)
+            if m and (p / TRAINER / "state.json").exists():
+                found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    found = checkpoints(out)
+    return found[-1][1] if found else None
+
+
+def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one folder; drop the stale result marker so a crash never looks finished."""
+    out = Path(out)
+    has_ckpt = bool(checkpoints(out))
+    if has_ckpt and not resume and not overwrite:
+        raise ZhongjingError(f"{out} holds checkpoints of an earlier run: set train.resume=true to continue it "
+                             "or train.overwrite=true to start over")
+    if overwrite and not resume and out.exists():
+        for child in out.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)
+    if (out / CKPT).is_dir():  # temp folders of a save that was killed half-way
+        for p in (out / CKPT).iterdir():
+            if p.name.startswith("."):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- RNG
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- save / load
+
+def _sharded_optimizer(accelerator) -> bool:
+    return accelerator.distributed_type.name in ("DEEPSPEED", "FSDP")
+
+
+def save_checkpoint(out: Path, step: int, *, accelerator, model, io, optimizer, state: dict, meta: dict,
+                    keep: int, protect: set[int]) -> Path:
+    """Write OUT/checkpoints/step-N atomically (every process takes part), then prune old ones."""
+    from accelerate.utils import broadcast_object_list
+
+    path = Path(out) / CKPT / f"step-{step:06d}"
+    rank, main = accelerator.process_index, accelerator.is_main_process
+    state_dict = accelerator.get_state_dict(model)  # collective under ZeRO-3 / FSDP
+    with _main_atomic(path, main) as tmp:
+        tmp = Path(broadcast_object_list([str(tmp) if main else None])[0]) if accelerator.num_processes > 1 else tmp
+        trainer = tmp / TRAINER
+        if main:
+            trainer.mkdir(parents=True, exist_ok=True)
+            io.save(accelerator.unwrap_model(model), tmp, state_dict)
+            write_json(tmp / "meta.json", meta | {"step": step})
+        accelerator.wait_for_everyone()
+        if main or _sharded_optimizer(accelerator):
+            torch.save(optimizer.state_dict(), trainer / f"optimizer-{rank if _sharded_optimizer(accelerator) else 0}.pt")
+        torch.save(rng_state(), trainer / f"rng-{rank}.pt")
+        if main:
+            if accelerator.scaler is not None:
+                torch.save(accelerator.scaler.state_dict(), trainer / "scaler.pt")
+            write_json(trainer / "state.json", state)  # last: marks the checkpoint complete
+        accelerator.wait_for_everyone()
+    if main:
+        _prune(Path(out), keep, protect | {step})
+    accelerator.wait_for_everyone()
+    return path
+
+
+class _main_atomic:
+    """atomic_path on the main process; a no-op context elsewhere (the path comes by broadcast)."""
+
+    def __init__(self, path: Path, main: bool):
+        self.ctx = atomic_path(path) if main else None
+
+    def __enter__(self):
+        return self.ctx.__enter__() if self.ctx else None
+
+    def __exit__(self, *exc):
+        return self.ctx.__exit__(*exc) if self.ctx else False
+
+
+def _prune(out: Path, keep: int, protect: set[int]) -> None:
+    found = checkpoints(out)
+    recent = {s for s, _ in found[-max(keep, 1):]}
+    for s, p in found:
+        if s not in recent and s not in protect:
+            doomed = p.with_name(f".{p.name}.old")
+            os.replace(p, doomed)  # invisible to checkpoints() first, then removed
+            shutil.rmtree(doomed, ignore_errors=True)
+
+
+def load_checkpoint(path: Path, *, accelerator, model, io, optimizer) -> dict:
+    """Restore weights, optimizer, scaler and this process's RNG; return trainer state (step, epoch, ...)."""
+    trainer = Path(path) / TRAINER
+    state = json.loads((trainer / "state.json").read_text(encoding="utf-8"))
+    if state.get("world_size") != accelerator.num_processes:
+        raise ZhongjingError(f"{path} was written by {state.get('world_size')} processes, this run has "
+                             f"{accelerator.num_processes}: resume with the same number of processes")
+    io.restore(accelerator.unwrap_model(model), Path(path))
+    opt_file = trainer / f"optimizer-{accelerator.process_index if _sharded_optimizer(accelerator) else 0}.pt"
+    optimizer.load_state_dict(torch.load(opt_file, map_location="cpu", weights_only=False))
+    if accelerator.scaler is not None and (trainer / "scaler.pt").exists():
+        accelerator.scaler.load_state_dict(torch.load(trainer / "scaler.pt", weights_only=False))
+    set_rng_state(torch.load(trainer / f"rng-{accelerator.process_index}.pt", weights_only=False))
+    return state
+
+
+def finalize(out: Path, step: int, meta: dict) -> None:
+    """Copy checkpoint `step`'s loadable files to OUT/ (each atomically), then write OUT/meta.json last."""
+    src = Path(out) / CKPT / f"step-{step:06d}"
+    for f in sorted(src.iterdir()):
+        if f.is_file() and f.name != "meta.json":
+            with atomic_path(Path(out) / f.name) as tmp:
+                shutil.copyfile(f, tmp)
+    write_json(Path(out) / "meta.json", meta)

@@ -1,0 +1,101 @@
+"""Config pieces every training stage shares, and the start-up they all do (accelerator, threads, seed)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zhongjing.errors import ConfigError
+
+
+@dataclass
+class TrainSettings:
+    """The `train:` section of every stage config: what the loop does. Paper Table 4 values live in configs/paper/."""
+
+    epochs: int = 1
+    max_steps: int = 0  # > 0: stop after this many optimizer steps (epochs continue as needed)
+    batch_size: int = 8  # micro-batch per process (SFT: dialogues, or packed rows; PT: blocks)
+    grad_accum: int = 1  # global batch = batch_size × grad_accum × processes
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup_ratio: float = 0.03
+    warmup_steps: int = 0  # > 0 wins over warmup_ratio
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    max_grad_norm: float = 1.0  # clipping; 0 = off
+    explode_grad_norm: float = 1000.0  # guard: a larger (pre-clip) norm counts as an explosion; 0 = only inf/nan
+    explode_lr_decay: float = 0.5  # guard: lr multiplier applied at each explosion
+    eval_every: int = 0  # steps; 0 = at the end of every epoch
+    save_every: int = 0  # steps; 0 = at every evaluation
+    max_eval_batches: int = 0  # 0 = the whole validation split
+    keep_checkpoints: int = 2  # most recent kept (the best one is always kept too)
+    seed: int = 42
+    mixed_precision: str = "auto"  # auto (the accelerate launch config, else none), no, fp16, bf16
+    gradient_checkpointing: bool = False
+    threads: int = 0  # torch CPU threads per process; 0 = torch's default (÷ processes when launched)
+    resume: bool = False  # continue from the last checkpoint in the output folder
+    overwrite: bool = False  # start over in an output folder that holds an earlier run
+    tensorboard: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        for k in ("epochs", "batch_size", "grad_accum"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"train.{k} must be ≥ 1, got {getattr(self, k)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if len(self.betas) != 2:
+            raise ConfigError(f"train.betas must be two numbers, got {self.betas}")
+        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
+            raise ConfigError(f"train.mixed_precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
+
+
+# Keys that change how a run is executed or reported but not what it learns: left out of inputs_hash.
+RUN_ONLY_KEYS = {"output", "train.resume", "train.overwrite", "train.tensorboard", "train.progress",
+                 "train.threads", "train.keep_checkpoints", "train.save_every"}
+
+
+def hashable_config(config: dict) -> dict:
+    out = {k: v for k, v in config.items() if k not in RUN_ONLY_KEYS}
+    if isinstance(out.get("train"), dict):
+        out["train"] = {k: v for k, v in out["train"].items() if f"train.{k}" not in RUN_ONLY_KEYS}
+    return out
+
+
+def make_accelerator(settings: TrainSettings):
+    """One Accelerator per stage run. On a machine without GPUs a launched multi-process run uses CPU + gloo."""
+    import torch
+    from accelerate import Accelerator
+
+    from zhongjing.model.load import setup_torch
+
+    cpu = not torch.cuda.is_available()
+    mp = None if settings.mixed_precision == "auto" else settings.mixed_precision
+    if cpu and (mp or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")) == "fp16":
+        raise ConfigError("train.mixed_precision=fp16 needs a GPU; use 'no' (or bf16) on CPU")
+    acc = Accelerator(cpu=cpu, mixed_precision=mp, gradient_accumulation_steps=settings.grad_accum)
+    threads = settings.threads
+    if not threads and cpu and acc.num_processes > 1:  # processes must not fight over the same cores
+        threads = max(1, (os.cpu_count() or 1) // acc.num_processes)
+    setup_torch(seed=settings.seed, threads=threads or None)
+    import numpy as np
+
+    np.random.seed(settings.seed)
+    return acc
+
+
+def data_record(path: str | Path, **extra) -> dict:
+    """How a data file enters meta.json: path, content hash and whatever the stage adds (format, records)."""
+    from zhongjing.io import sha256_file
+
+    p = Path(path)
+    if p.is_dir():
+        from zhongjing.io import sha256_json
+
+        files = sorted(f for f in p.rglob("*") if f.is_file())
+        digest = sha256_json([(str(f.relative_to(p)), sha256_file(f)) for f in files])
+    else:
+        digest = sha256_file(p)
+    return {"path": str(p.resolve()), "sha256": digest, **extra}

@@ -1,0 +1,77 @@
+"""Language-modelling loss for pre-training and SFT: summed cross-entropy over trained targets only.
+
+The output layer runs only on positions that have a target (doctor turns in SFT): for a small model the
+vocabulary projection is the biggest matmul, and prompt and padding positions would waste it. The selection is
+a forward pre-hook on the model's own output layer, so the forward still goes through the DDP/DeepSpeed
+wrapper (gradient sync) and any architecture with `get_output_embeddings()` works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from zhongjing.data.render import IGNORE
+
+
+def unwrap(model):
+    """The plain module under DDP / DeepSpeed wrappers (PEFT wrappers stay: they own the adapter)."""
+    while hasattr(model, "module") and not hasattr(model, "get_output_embeddings"):
+        model = model.module
+    return model
+
+
+@contextlib.contextmanager
+def only_positions(model, keep: torch.Tensor):
+    """While active, the output layer sees hidden[keep] (N, H) instead of (B, L, H) and returns (N, V)."""
+    head = unwrap(model).get_output_embeddings()
+    if head is None:
+        raise RuntimeError("model has no output embeddings to select positions on")
+    handle = head.register_forward_pre_hook(lambda _m, args: (args[0][keep],) + tuple(args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def lm_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
+    """Σ cross-entropy over targets != IGNORE. → (scalar loss sum, {}) — the loop divides by Σ batch["n"]."""
+    targets = batch["targets"]  # (B, L)
+    keep = targets != IGNORE  # (B, L)
+    kwargs = {"position_ids": batch["position_ids"]} if "position_ids" in batch else {}
+    with only_positions(model, keep):
+        logits = model(input_ids=batch["input_ids"], use_cache=False, **kwargs).logits  # (N, V)
+    loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    return loss, {}
+
+
+def train_lm(stage: str, cfg, *, accelerator, model, tokenizer, data, data_records: list[dict],
+             metrics: dict | None = None):
+    """What pt and sft share after their data is ready: meta.json identity, TrainedIO, fit with the LM loss
+    and validation perplexity. Returns the FitResult."""
+    from dataclasses import asdict
+
+    from zhongjing.train.checkpoint import code_version, inputs_hash
+    from zhongjing.train.common import hashable_config
+    from zhongjing.model.lora import TrainedIO
+    from zhongjing.train.loop import fit, perplexity
+
+    config = asdict(cfg)
+    parent = str(Path(cfg.model).resolve())
+    meta = {
+        "stage": stage,
+        "kind": "adapter" if cfg.finetune == "lora" else "full",
+        "base_model": parent,
+        "parent": parent,
+        "inputs_hash": inputs_hash(stage, parent, data_records, hashable_config(config)),
+        "data": data_records,
+        "config": config,
+        "code": code_version(),
+        "metrics": metrics or {},
+    }
+    return fit(model, data, lm_loss, cfg.train, cfg.output, accelerator=accelerator,
+               io=TrainedIO(tokenizer, parent), meta=meta,
+               on_eval=lambda rec: {"val_ppl": perplexity(rec["val_loss"])})
