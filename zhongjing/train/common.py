@@ -75,6 +75,9 @@ def make_accelerator(settings: TrainSettings):
     mp = None if settings.mixed_precision == "auto" else settings.mixed_precision
     if cpu and (mp or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")) == "fp16":
         raise ConfigError("train.mixed_precision=fp16 needs a GPU; use 'no' (or bf16) on CPU")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-checkpoint "Writing model shards" bars drown the training bar
     acc = Accelerator(cpu=cpu, mixed_precision=mp, gradient_accumulation_steps=settings.grad_accum)
     threads = settings.threads
     if not threads and cpu and acc.num_processes > 1:  # processes must not fight over the same cores
