@@ -10,12 +10,15 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 pip install -q torch==2.13.0
+SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+apt_install() {  # Debian packages; best effort where there is no root
+  $SUDO apt-get install -y -qq "$@" >/dev/null 2>&1 || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "$@" >/dev/null; }
+}
+# A CJK font so report plots can label departments in Chinese (plots fall back to English labels without it).
+fc-list 2>/dev/null | grep -qi "wqy\|noto sans cjk" || apt_install fonts-wqy-microhei || echo "note: no CJK font installed; plot labels in English"
 if [ "${1:-}" = "--dev" ]; then
   pip install -q -c constraints.txt -e ".[dev]"
-  if ! command -v chromium >/dev/null 2>&1; then
-    SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
-  fi
+  command -v chromium >/dev/null 2>&1 || apt_install chromium
 else
   pip install -q -c constraints.txt -e ".[all]"
 fi
