@@ -122,3 +122,32 @@ def test_behaviour_detectors_and_length():
 ])
 def test_exam_letter_parsing(reply, expected):
     assert parse_letters(reply, list("ABCDE")) == expected
+
+
+@pytest.mark.parametrize("name", ["demo/eval.yaml", "eval.example.yaml"])
+def test_shipped_eval_configs_parse_and_check(name):
+    from conftest import REPO
+    from zhongjing.config import load_config
+    from zhongjing.eval.run import EvalConfig, check, comparisons
+
+    cfg = load_config(EvalConfig, REPO / "configs" / name)
+    check(cfg)
+    kinds = {k for k, _, _ in comparisons(cfg)}
+    assert "ablation" in kinds
+
+
+@pytest.mark.parametrize("override,message", [
+    (["baselines=[nobody]"], "no model named 'nobody'"),
+    (["models=[{name: a, path: x, endpoint: {base_url: u, model: m}}]"], "exactly one of"),
+    (["judge.dimensions=[safety, empathy]"], "unknown 'empathy'"),
+    (["ablation.before=a"], "set both"),
+    (["judge.backend=gpt4"], "expected one of"),
+])
+def test_bad_eval_configs_are_one_line_errors(override, message):
+    from zhongjing.config import load_config
+    from zhongjing.errors import ConfigError
+    from zhongjing.eval.run import EvalConfig, check
+
+    base = ["models=[{name: a, path: x}, {name: b, path: y}]", "testsets=[{name: t, path: t.jsonl}]"]
+    with pytest.raises(ConfigError, match=message):
+        check(load_config(EvalConfig, None, base + override))

@@ -1,7 +1,8 @@
 """Paper-style figures (matplotlib, PNG): stacked win / tie / lose bars per baseline and dimension,
 and the before/after-RLHF ablation with response length.
 
-Labels are in English so the figures render without a CJK font; model names are used as given.
+Labels are in English so the figures read the same with or without a CJK font; model names are used as
+given (rendered in Chinese when `zhongjing.plots` finds a CJK font).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from zhongjing.errors import require
 from zhongjing.io import atomic_path
 
 COLORS = {"win": "#4c9a2a", "tie": "#c9c9c9", "lose": "#c0392b"}
@@ -19,11 +19,9 @@ DIM_LABELS = {"safety": "Safety", "professionalism": "Professionalism", "fluency
 
 
 def _plt():
-    mpl = require("matplotlib", "plots")
-    mpl.use("Agg")
-    import matplotlib.pyplot as plt
+    from zhongjing.plots import pyplot
 
-    return plt
+    return pyplot()[0]  # headless, with a CJK font when installed (model names may be Chinese)
 
 
 def _save(fig, path: Path) -> None:

@@ -167,7 +167,9 @@ def _exam_blocks(results: dict) -> list[tuple]:
 # ------------------------------------------------------------------------------------ rendering
 
 def _md_cell(s: str) -> str:
-    return str(s).replace("|", "\\|").replace("\n", "<br>")
+    """Table/list-safe Markdown: model output may contain HTML, which viewers would render."""
+    s = str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return s.replace("|", "\\|").replace("\n", "<br>")
 
 
 def to_markdown(blocks: list[tuple]) -> str:
