@@ -119,7 +119,7 @@ def pack_rows(order: Sequence[int], lengths: Sequence[int], row_length: int, bat
     return [rows[k:k + batch_size] for k in range(0, len(rows), batch_size)]
 
 
-def collate_rows(rows: list[list[int]], examples: Sequence[Example], pad_id: int) -> dict:
+def collate_rows(rows: list[list[int]], examples, pad_id: int) -> dict:
     """Rows of samples → one right-padded batch; position_ids only when some row holds several samples."""
     packed = any(len(r) > 1 for r in rows)
     ids_rows, tgt_rows, pos_rows = [], [], []
@@ -150,15 +150,7 @@ def collate_rows(rows: list[list[int]], examples: Sequence[Example], pad_id: int
     return batch
 
 
-def padding_fraction(batches: Sequence[dict] | LazyBatches, plan_sizes: Callable | None = None) -> float:
-    tokens = numel = 0
-    for b in batches:
-        tokens += b["ntokens"]
-        numel += b["numel"]
-    return 1.0 - tokens / numel if numel else 0.0
-
-
-def plan_padding(plan: list[list[list[int]]], lengths: Sequence[int]) -> float:
+def plan_padding(plan: list[list[list[int]]], lengths) -> float:
     """Padding fraction of a batch plan without building tensors."""
     tokens = numel = 0
     for rows in plan:

@@ -95,6 +95,7 @@ def _train_step(model, window: list[dict], loss_fn, acc, optimizer, scheduler, g
                 settings: TrainSettings, log: RunLogger) -> dict:
     """One optimizer step over this process's micro-batches of the window; returns the step's log record."""
     t0 = time.perf_counter()
+    lr = scheduler.get_last_lr()[0]  # the rate this step uses (a guard decay applies from the next one)
     ga, world, fp16 = len(window), acc.num_processes, acc.scaler is not None
     n_global = _reduce(acc, [float(sum(b["n"] for b in window))])[0]
     loss_sum, tokens, msum = 0.0, 0, {}
@@ -128,7 +129,6 @@ def _train_step(model, window: list[dict], loss_fn, acc, optimizer, scheduler, g
             guard.overflows += 1
             verdict = "overflow"
     optimizer.zero_grad(set_to_none=True)
-    lr = scheduler.get_last_lr()[0]
     scheduler.step()
     dt = time.perf_counter() - t0
     rec = {"loss": loss, "lr": lr, "grad_norm": norm, "trained": int(n_global), "tokens": int(tokens),

@@ -1,0 +1,144 @@
+"""The loop itself: accumulation invariance with uneven token counts, the explosion guard, schedule, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from zhongjing.data.render import IGNORE
+from zhongjing.errors import ZhongjingError
+from zhongjing.model.lora import TrainedIO
+from zhongjing.train import checkpoint as ckpt
+from zhongjing.train.batching import Example, LazyBatches, collate_rows, group_by_length
+from zhongjing.train.common import TrainSettings, make_accelerator
+from zhongjing.train.lm import lm_loss
+from zhongjing.train.loop import fit
+from zhongjing.train.optim import build_optimizer, build_scheduler
+
+
+class Tok:  # what TrainedIO needs from a tokenizer
+    def save_pretrained(self, path):
+        (__import__("pathlib").Path(path) / "tokenizer_config.json").write_text("{}")
+
+
+class Data:
+    """Samples of very different trained-token counts, so per-micro-batch averaging would give other gradients."""
+
+    def __init__(self, n=64, seed=0, val=8):
+        rng = random.Random(seed)
+        self.ex = []
+        for _ in range(n + val):
+            L = rng.randint(4, 48)
+            ids = [rng.randrange(3, 200) for _ in range(L)]
+            keep = rng.random()
+            self.ex.append(Example.from_labels(ids, [t if rng.random() < keep else IGNORE for t in ids]))
+        self.n, self.bs = n, None
+
+    def batches(self, items, epoch):
+        lengths = {i: len(self.ex[i].input_ids) for i in items}
+        plan = group_by_length(items, lengths, self.bs, 1, seed=0, epoch=epoch)
+        return LazyBatches(plan, lambda rows: collate_rows(rows, self.ex, 0))
+
+    def train_batches(self, epoch):
+        order = list(range(self.n))
+        random.Random(epoch).shuffle(order)
+        return self.batches(order, epoch)
+
+    def val_batches(self):
+        return self.batches(list(range(self.n, len(self.ex))), -1)
+
+
+def tiny_lm(seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=200, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64))
+
+
+def run(tmp, batch_size, grad_accum, data=None, loss_fn=lm_loss, **kw):
+    explode = kw.pop("explode", 0.0)
+    s = TrainSettings(**(dict(batch_size=batch_size, grad_accum=grad_accum, lr=3e-3, warmup_steps=2, progress=False,
+                              explode_grad_norm=explode) | kw))
+    data = data or Data()
+    data.bs = batch_size
+    acc = make_accelerator(s)
+    model = tiny_lm()
+    res = fit(model, data, loss_fn, s, tmp, accelerator=acc, io=TrainedIO(Tok(), str(tmp)), meta={"stage": "test"})
+    logs = [json.loads(x) for x in (tmp / "logs" / "train.jsonl").read_text().splitlines()]
+    return res, logs, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_accumulation_is_invariant_to_how_the_global_batch_is_split(tmp_path):
+    _, a, wa = run(tmp_path / "a", 8, 1, epochs=2)
+    _, b, wb = run(tmp_path / "b", 1, 8, epochs=2)
+    _, c, wc = run(tmp_path / "c", 2, 4, epochs=2)
+    assert len(a) == len(b) == len(c) == 16
+    for x, y, z in zip(a, b, c):
+        assert x["trained"] == y["trained"] == z["trained"]
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5) and z["loss"] == pytest.approx(x["loss"], rel=1e-5)
+        assert y["grad_norm"] == pytest.approx(x["grad_norm"], rel=1e-4)
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(wc[k], wa[k], atol=2e-5, rtol=1e-4)
+    assert a[-1]["loss"] < a[0]["loss"]
+
+
+def test_guard_skips_non_finite_steps_and_decays_lr(tmp_path):
+    calls = {"n": 0}
+
+    def flaky(model, batch):
+        loss, m = lm_loss(model, batch)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 3 else loss), m  # the 3rd step's loss is NaN
+
+    res, logs, _ = run(tmp_path / "nan", 8, 1, loss_fn=flaky, max_steps=6, warmup_steps=0)
+    assert [r["skipped"] for r in logs] == [None, None, "explosion", None, None, None]
+    assert res.skipped["explosions"] == 1
+    sched = build_scheduler(build_optimizer(tiny_lm(), 3e-3), 6, 0)
+    factors = []
+    for _ in range(6):
+        factors.append(sched.get_last_lr()[0])
+        sched.step()
+    assert [r["lr"] for r in logs[:3]] == pytest.approx(factors[:3])
+    assert [r["lr"] for r in logs[3:]] == pytest.approx([f * 0.5 for f in factors[3:]])  # decayed from then on
+
+
+def test_guard_threshold_freezes_weights(tmp_path):
+    before = tiny_lm().state_dict()
+    res, logs, after = run(tmp_path / "thr", 8, 1, max_steps=3, explode=1e-6)  # every real norm is "too big"
+    assert res.skipped["explosions"] == 3 and all(r["skipped"] == "explosion" for r in logs)
+    for k in before:
+        assert torch.equal(before[k], after[k])
+
+
+def test_schedule_warmup_then_cosine_to_floor():
+    opt = build_optimizer(tiny_lm(), 1.0)
+    s = build_scheduler(opt, total_steps=10, warmup_steps=2, min_lr_ratio=0.1)
+    lrs = []
+    for _ in range(11):
+        lrs.append(s.get_last_lr()[0])
+        s.step()
+    assert lrs[0] == pytest.approx(1 / 3) and lrs[1] == pytest.approx(2 / 3) and lrs[2] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(0.1) and all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+    assert lrs[6] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_checkpoints_keep_last_and_best_and_output_is_best(tmp_path):
+    out = tmp_path / "ck"
+    res, logs, _ = run(out, 8, 1, max_steps=8, eval_every=2, save_every=1, keep_checkpoints=2)
+    steps = [s for s, _ in ckpt.checkpoints(out)]
+    assert steps[-2:] == [7, 8] and res.best_step in steps and len(steps) <= 3
+    assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
+    meta = json.loads((out / "meta.json").read_text())
+    evals = [json.loads(x) for x in (out / "logs" / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [2, 4, 6, 8]
+    assert meta["best_step"] == min(evals, key=lambda e: e["val_loss"])["step"] == res.best_step
+    best = ckpt.CKPT + f"/step-{res.best_step:06d}/model.safetensors"
+    assert (out / "model.safetensors").read_bytes() == (out / best).read_bytes()
+    with pytest.raises(ZhongjingError, match="resume"):
+        run(out, 8, 1, max_steps=2)  # a second run may not silently mix into the first one's folder
