@@ -57,4 +57,75 @@ def build_chat_model(out: Path, steps: int = 150) -> Path:
 
 @pytest.fixture(scope="session")
 def chat_model_dir(tmp_path_factory) -> Path:
-    return build_chat_model(tmp_path_factory.mktemp("chat") / "model")
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 threads on a busy 2-core machine ran 20x slower than 1
+    try:
+        return build_chat_model(tmp_path_factory.mktemp("chat") / "model")
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread, and lose a lot when the cores are shared."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`zhongjing serve` in a subprocess on a free loopback port; stopped on exit."""
+
+    def __init__(self, model_dir: Path, *args: str, timeout: float = 60.0):
+        import os
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = Path(model_dir).parent / f"serve-{self.port}.log"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "zhongjing", "serve", "--model", str(model_dir), "--port", str(self.port),
+                 "--log-level", "warning", "--threads", "1", *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "/health", timeout=2).read()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"server did not start:\n{self.log.read_text()}")
+                time.sleep(0.2)
+
+    def health(self) -> dict:
+        import json
+        import urllib.request
+
+        return json.loads(urllib.request.urlopen(self.url + "/health", timeout=5).read())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from serve_tiny import DIALOGUES, chat_model_dir, messages  # noqa: F401  (fixture)
+from serve_tiny import DIALOGUES, chat_model_dir, messages, one_torch_thread  # noqa: F401  (fixtures)
 from zhongjing.data.render import Renderer
 from zhongjing.errors import ZhongjingError
 from zhongjing.model.generation import sample, stream

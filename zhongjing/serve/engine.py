@@ -59,7 +59,8 @@ class Engine:
         self._ids = itertools.count(1)
         self._closed = False
         self._thread: threading.Thread | None = None
-        self.stats = {"requests": 0, "completed": 0, "rejected": 0, "tokens": 0, "steps": 0, "max_rows": 0}
+        self.stats = {"requests": 0, "completed": 0, "rejected": 0, "cancelled": 0, "tokens": 0,
+                      "steps": 0, "max_rows": 0}
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> "Engine":
@@ -122,6 +123,7 @@ class Engine:
             drop: list[Row] = []
             for req in self._cancel:
                 drop += [r for r in req.rows if r in self.decoder.rows]
+                self.stats["cancelled"] += 1
             if self._cancel:
                 gone = {id(q) for q in self._cancel}
                 self._waiting_rows = deque(r for r in self._waiting_rows if id(r.tag) not in gone)

@@ -1,0 +1,210 @@
+"""`zhongjing serve` against the official `openai` client on a real uvicorn server on loopback."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+from serve_tiny import DIALOGUES, Server, chat_model_dir, messages, one_torch_thread  # noqa: F401  (fixtures)
+from zhongjing.data.render import Renderer
+from zhongjing.model.generation import sample
+from zhongjing.model.load import load_model, load_tokenizer
+
+openai = pytest.importorskip("openai")
+NAME = "zhongjing-tiny"
+
+
+@pytest.fixture(scope="module")
+def server(chat_model_dir):
+    s = Server(chat_model_dir, "--model-name", NAME, "--no-safety-prompt", "--max-batch", "4", "--queue", "16")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def local(chat_model_dir):
+    """The same model in-process: what the server must reproduce."""
+    tok = load_tokenizer(chat_model_dir)
+    model, r = load_model(chat_model_dir), Renderer(tok, max_length=256)
+
+    def gen(msgs, **kw):
+        return sample(model, tok, [r.prompt_ids(msgs)], **{"max_new_tokens": 64, **kw})
+
+    gen.prompt_len = lambda msgs: len(r.prompt_ids(msgs))
+    return gen
+
+
+def test_models_and_greedy_completion(client, local):
+    assert [m.id for m in client.models.list().data] == [NAME]
+    assert client.models.retrieve(NAME).id == NAME
+    for d in DIALOGUES[:3]:
+        msgs = messages(d[:1])
+        r = client.chat.completions.create(model=NAME, messages=msgs, temperature=0, max_tokens=64)
+        ref = local(msgs, temperature=0)[0]
+        assert r.choices[0].message.content == ref.text and ref.text
+        assert r.choices[0].finish_reason == "stop" and r.choices[0].message.role == "assistant"
+        assert r.usage.prompt_tokens == local.prompt_len(msgs)
+        assert r.usage.completion_tokens == len(ref.token_ids)
+        assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_multi_turn_and_streaming(client, local):
+    msgs = messages(DIALOGUES[2][:3])
+    ref = local(msgs, temperature=0)[0]
+    chunks = list(client.chat.completions.create(model=NAME, messages=msgs, temperature=0, max_tokens=64, stream=True,
+                                                 stream_options={"include_usage": True}))
+    deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(deltas) > 3 and "".join(deltas) == ref.text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(ref.token_ids)
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_n_seed_and_sampling_params(client, local):
+    msgs = messages(DIALOGUES[1][:1])
+    kw = dict(temperature=1.8, top_p=0.95, seed=123)
+    r = client.chat.completions.create(model=NAME, messages=msgs, n=3, max_tokens=20, **kw)
+    again = client.chat.completions.create(model=NAME, messages=msgs, n=3, max_tokens=20, **kw)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    texts = [c.message.content for c in r.choices]
+    assert texts == [c.message.content for c in again.choices]  # the seed reproduces
+    ref = local(msgs, num_samples=3, max_new_tokens=20, **kw)  # same per-sample seeds as in-process sampling
+    assert texts == [g.text for g in ref] and len(set(texts)) > 1
+    assert r.usage.completion_tokens == sum(len(g.token_ids) for g in ref)
+    streamed = ["", "", ""]
+    for c in client.chat.completions.create(model=NAME, messages=msgs, n=3, max_tokens=20, stream=True, **kw):
+        for ch in c.choices:
+            streamed[ch.index] += ch.delta.content or ""
+    assert streamed == texts
+
+
+def test_stop_sequences_and_length(client, local):
+    msgs = messages(DIALOGUES[1][:1])
+    full = local(msgs, temperature=0)[0].text
+    stop = full[6:8]
+    r = client.chat.completions.create(model=NAME, messages=msgs, temperature=0, stop=[stop, "zzz"], max_tokens=64)
+    assert r.choices[0].message.content == full[: full.index(stop)] and r.choices[0].finish_reason == "stop"
+    text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model=NAME, messages=msgs, temperature=0, stop=stop, max_tokens=64, stream=True) if c.choices)
+    assert text == full[: full.index(stop)]
+    r = client.chat.completions.create(model=NAME, messages=msgs, temperature=0, max_tokens=3)
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 3
+
+
+def _post(server, body, raw=False):
+    data = body if raw else json.dumps(body)
+    return httpx.post(server.url + "/v1/chat/completions", content=data, headers={"Content-Type": "application/json"},
+                      timeout=30)
+
+
+@pytest.mark.parametrize("body,status,code", [
+    (b"{not json", 400, "invalid_json"),
+    ({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}, 404, "model_not_found"),
+    ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": -5}, 400, "invalid_value"),
+    ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 400, "invalid_value"),
+    ({"model": NAME, "messages": [{"role": "user", "content": "头痛" * 300}]}, 400, "context_length_exceeded"),
+    ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 250}, 400, "context_length_exceeded"),
+    ({"model": NAME, "messages": []}, 400, "invalid_value"),
+    ({"model": NAME}, 400, "missing_required_parameter"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, 400, "missing_required_parameter"),
+    ({"model": NAME, "messages": [{"role": "doctor", "content": "hi"}]}, 400, "invalid_value"),
+    ({"model": NAME, "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}, 400,
+     "invalid_value"),
+    ({"model": NAME, "messages": [{"role": "user", "content": "hi"}, {"role": "system", "content": "late"}]}, 400,
+     "invalid_value"),
+    ({"model": NAME, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, 400,
+     "unsupported_content"),
+    ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "temperature": 3}, 400, "invalid_value"),
+    ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "n": 0}, 400, "invalid_value"),
+    ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "stop": [""]}, 400, "invalid_value"),
+    ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "temprature": 0}, 400, "unknown_parameter"),
+    ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, 400,
+     "unsupported_parameter"),
+    ([1, 2], 400, "invalid_json"),
+])
+def test_bad_requests_get_openai_style_errors(server, body, status, code):
+    r = _post(server, body, raw=isinstance(body, bytes))
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["code"] == code and err["message"] and err["type"]
+
+
+def test_client_library_raises_its_usual_errors(client):
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="maximum context length"):
+        client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "咳" * 600}])
+    assert httpx.get(client.base_url.__str__().rstrip("/") + "/nothing").status_code == 404
+
+
+def test_concurrent_clients_get_independent_answers(server, client, local):
+    cases = [(messages(d[:1]), {"temperature": 0}) for d in DIALOGUES]
+    cases += [(messages(DIALOGUES[i][:1]), {"temperature": 1.5, "seed": 7 + i}) for i in range(4)]
+    out: dict[int, str] = {}
+    barrier = threading.Barrier(len(cases))
+
+    def ask(i, msgs, kw):
+        barrier.wait()
+        out[i] = client.chat.completions.create(model=NAME, messages=msgs, max_tokens=48, **kw).choices[0].message.content
+
+    threads = [threading.Thread(target=ask, args=(i, m, kw)) for i, (m, kw) in enumerate(cases)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for i, (msgs, kw) in enumerate(cases):
+        assert out[i] == local(msgs, max_new_tokens=48, **kw)[0].text, i
+    assert server.health()["max_rows"] >= 2  # requests really shared decoding steps
+
+
+def test_stream_disconnect_frees_the_batch(server):
+    before = server.health()
+    body = {"model": NAME, "messages": [{"role": "user", "content": "hi"}], "stream": True, "temperature": 2.0,
+            "max_tokens": 200, "seed": 1}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=30) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")
+    deadline = time.time() + 30
+    while server.health()["running_rows"] and time.time() < deadline:
+        time.sleep(0.05)
+    after = server.health()
+    assert after["running_rows"] == 0
+    # it stopped because the client left, not because it ran to the end
+    assert after["cancelled"] == before["cancelled"] + 1 and after["completed"] == before["completed"]
+
+
+def test_full_queue_is_refused_and_api_key_checked(chat_model_dir):
+    s = Server(chat_model_dir, "--no-safety-prompt", "--max-batch", "1", "--queue", "2", "--api-key", "sekret")
+    try:
+        name = chat_model_dir.name
+        body = {"model": name, "messages": [{"role": "user", "content": "hi"}], "temperature": 2.0, "max_tokens": 150}
+        assert httpx.post(s.url + "/v1/chat/completions", json=body).status_code == 401
+        assert httpx.get(s.url + "/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        auth = {"Authorization": "Bearer sekret"}
+        results = []
+
+        def ask():
+            results.append(httpx.post(s.url + "/v1/chat/completions", json=body, headers=auth, timeout=120))
+
+        threads = [threading.Thread(target=ask) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        codes = sorted(r.status_code for r in results)
+        assert codes.count(200) >= 2 and 503 in codes and set(codes) <= {200, 503}, codes
+        busy = next(r for r in results if r.status_code == 503)
+        assert busy.json()["error"]["code"] == "server_overloaded" and busy.headers["retry-after"]
+        ok = openai.OpenAI(base_url=s.url + "/v1", api_key="sekret", max_retries=0)
+        assert ok.chat.completions.create(model=name, messages=body["messages"], max_tokens=4).choices[0].message
+    finally:
+        s.stop()
