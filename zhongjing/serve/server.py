@@ -97,6 +97,12 @@ def create_app(state: ServeState):
     async def script():
         return FileResponse(STATIC / "chat.js", media_type="text/javascript")
 
+    @app.get("/favicon.ico")
+    async def favicon():
+        from fastapi.responses import Response
+
+        return Response(status_code=204)
+
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": state.model_id, **state.engine.load()}

@@ -48,10 +48,11 @@ async function send(text) {
   const messages = [];
   const system = $("system").value.trim();
   if (system) messages.push({ role: "system", content: system });
-  const body = {
-    model: modelId, messages: messages.concat(history), stream: true,
-    temperature: parseFloat($("temperature").value), max_tokens: parseInt($("max_tokens").value, 10),
-  };
+  const body = { model: modelId, messages: messages.concat(history), stream: true };
+  const temperature = parseFloat($("temperature").value);
+  const maxTokens = parseInt($("max_tokens").value, 10);
+  if (!Number.isNaN(temperature)) body.temperature = temperature;
+  if (!Number.isNaN(maxTokens)) body.max_tokens = maxTokens;
   controller = new AbortController();
   busy(true);
   let answer = "";
