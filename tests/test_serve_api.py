@@ -208,3 +208,27 @@ def test_full_queue_is_refused_and_api_key_checked(chat_model_dir):
         assert ok.chat.completions.create(model=name, messages=body["messages"], max_tokens=4).choices[0].message
     finally:
         s.stop()
+
+
+def test_prompt_rendering_safety_prompt_and_history_truncation(chat_model_dir):
+    from zhongjing.serve import SAFETY_PROMPT
+    from zhongjing.serve.protocol import ApiError, ChatRequest
+    from zhongjing.serve.server import ServeState
+
+    tok = load_tokenizer(chat_model_dir)
+    long_chat = [m for d in DIALOGUES for m in messages(d)] + [{"role": "user", "content": "还有别的建议吗？"}]
+    st = ServeState(None, tok, NAME, context=120, max_tokens=40, system_prompt="安全提示")
+    ids, max_new = st.prompt_for(ChatRequest(NAME, messages(DIALOGUES[0][:1])))
+    assert tok.decode(ids).startswith("<|im_start|>system\n安全提示") and max_new == 40
+    own = [{"role": "system", "content": "自己的"}] + messages(DIALOGUES[0][:1])
+    assert "安全提示" not in tok.decode(st.prompt_for(ChatRequest(NAME, own))[0])  # the client's own wins
+    with pytest.raises(ApiError) as e:
+        st.prompt_for(ChatRequest(NAME, long_chat, max_tokens=30))
+    assert e.value.code == "context_length_exceeded"
+    st.truncate_history = True
+    ids, max_new = st.prompt_for(ChatRequest(NAME, long_chat, max_tokens=30))
+    text = tok.decode(ids)
+    assert len(ids) + 30 <= 120 and text.startswith("<|im_start|>system\n安全提示") and "还有别的建议吗" in text
+    assert DIALOGUES[0][0][1] not in text and max_new == 30
+    assert SAFETY_PROMPT and ServeState(None, tok, NAME, 256, 40, SAFETY_PROMPT).prompt_for(
+        ChatRequest(NAME, messages(DIALOGUES[0][:1])))[1] == 40

@@ -45,20 +45,18 @@ class ServeState:
         msgs = req.messages
         if self.system_prompt and msgs[0]["role"] != "system":
             msgs = [{"role": "system", "content": self.system_prompt}] + msgs
-        full = Renderer(self.tokenizer, max_length=1 << 40).prompt_ids(msgs)
+        prompt = Renderer(self.tokenizer, max_length=1 << 40).prompt_ids(msgs)
         need = req.max_tokens or 1
-        prompt = full
-        if len(full) + need > self.context:
-            if self.truncate_history:
-                try:
-                    prompt = Renderer(self.tokenizer, max_length=self.context).prompt_ids(msgs, reserve=need)
-                except ZhongjingError:
-                    prompt = None
-            if prompt is full or prompt is None:
-                raise ApiError(
-                    400, f"This model's maximum context length is {self.context} tokens. However, you requested "
-                    f"{len(full) + need} tokens ({len(full)} in the messages, {need} in the completion). Please reduce "
-                    "the length of the messages or completion.", "messages", "context_length_exceeded")
+        if len(prompt) + need > self.context and self.truncate_history:
+            try:  # keep the system prompt and the latest turns that fit, as training does
+                prompt = Renderer(self.tokenizer, max_length=self.context).prompt_ids(msgs, reserve=need)
+            except ZhongjingError:
+                pass  # even the last turn alone is too long: refused below
+        if len(prompt) + need > self.context:
+            raise ApiError(
+                400, f"This model's maximum context length is {self.context} tokens. However, you requested "
+                f"{len(prompt) + need} tokens ({len(prompt)} in the messages, {need} in the completion). Please "
+                "reduce the length of the messages or completion.", "messages", "context_length_exceeded")
         return prompt, req.max_tokens or min(self.max_tokens, self.context - len(prompt))
 
 
