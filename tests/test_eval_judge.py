@@ -98,7 +98,7 @@ def test_position_swap_retries_failures_and_cache(tmp_path):
 
 
 def test_transport_failures_are_retried_and_never_cached(tmp_path):
-    fails = ("429", "500", "garbage_body", "no_choices")
+    fails = ("429", "500", "garbage_body", "no_choices", "empty_content")
     with FakeOpenAI(scripted_judge, failure_rate=1.0, failures=fails, max_failures=2) as srv, \
             Cache(tmp_path / "c.sqlite") as cache:
         # every request fails twice: with one retry the judge gives up → "error", not cached

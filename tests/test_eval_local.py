@@ -167,3 +167,22 @@ def test_real_exams_load_with_held_out_or_dev_shots():
     text = exam_messages(it, shots)[-1]["content"]
     assert it.question in text and "单项选择题" in text and subject_name(it.subject) in text
     assert subject_name("anatomy") == "解剖学"
+
+
+def test_local_answers_resume_and_record_prompts_that_cannot_fit(chat_model_dir, tmp_path):
+    from serve_tiny import DIALOGUES, messages
+    from zhongjing.eval.answers import GenerationConfig, local_answers
+    from zhongjing.eval.testsets import EvalItem
+
+    items = [EvalItem(f"d{i}", f"d{i}", "t", messages(d)[:1], d[1][1], 0) for i, d in enumerate(DIALOGUES)]
+    items.append(EvalItem("long", "long", "t", [{"role": "user", "content": "头痛" * 400}], None, 0))
+    gen = GenerationConfig(max_new_tokens=24, max_length=4096, chunk=3)  # the model has only 256 positions
+    spec = ModelSpec(name="tiny", path=str(chat_model_dir))
+    with Cache(tmp_path / "c.sqlite") as cache:
+        got = local_answers(LocalModel(spec), items, gen, cache)
+        assert got["long"] is None and all(got[it.id] for it in items[:-1])
+        # the model learnt these answers: greedy decoding gives them back
+        assert got["d1"] == DIALOGUES[1][1][1]
+        again = LocalModel(spec)
+        again.load = lambda: pytest.fail("loaded the model although every answer (and the failure) was cached")
+        assert local_answers(again, items, gen, cache) == got

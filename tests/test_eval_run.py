@@ -19,7 +19,7 @@ import yaml
 
 from conftest import REPO
 from fake_openai import FakeOpenAI
-from serve_tiny import build_chat_model
+from serve_tiny import chat_model_dir  # noqa: F401  (fixture, shared with the other tiny-model tests)
 
 DIALOGUES = [
     {"id": "d1", "messages": [
@@ -78,13 +78,13 @@ class Script:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, chat_model_dir):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     root = tmp_path_factory.mktemp("eval")
-    ppo = build_chat_model(root / "ppo", steps=120)
+    ppo = chat_model_dir
     base = AutoModelForCausalLM.from_pretrained(str(ppo))
     torch.manual_seed(0)
     lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],

@@ -148,6 +148,17 @@ def test_bad_eval_configs_are_one_line_errors(override, message):
     from zhongjing.errors import ConfigError
     from zhongjing.eval.run import EvalConfig, check
 
-    base = ["models=[{name: a, path: x}, {name: b, path: y}]", "testsets=[{name: t, path: t.jsonl}]"]
+    base = ["models=[{name: a, path: x}, {name: b, path: y}]", "testsets=[{name: t, path: t.jsonl}]",
+            "judge.endpoint={base_url: u, model: j}"]
     with pytest.raises(ConfigError, match=message):
         check(load_config(EvalConfig, None, base + override))
+
+
+def test_missing_judge_endpoint_fails_before_any_work():
+    from zhongjing.config import load_config
+    from zhongjing.errors import ConfigError
+    from zhongjing.eval.run import EvalConfig, check
+
+    cfg = load_config(EvalConfig, None, ["models=[{name: a, path: x}]", "testsets=[{name: t, path: t.jsonl}]"])
+    with pytest.raises(ConfigError, match="judge.endpoint.base_url"):
+        check(cfg)

@@ -84,6 +84,13 @@ class LocalModel:
     def unload(self) -> None:
         self._model = self._tok = None
 
+    def max_length(self, wanted: int) -> int:
+        """`wanted`, capped at what the model's positions allow (a small model would refuse longer prompts)."""
+        from zhongjing.model.generation import context_length
+
+        ctx = context_length(self.load()[0])
+        return min(wanted, ctx) if ctx else wanted
+
 
 def log(msg: str) -> None:
     print(f"[eval] {msg}", file=sys.stderr, flush=True)
@@ -101,9 +108,9 @@ def answer_key(spec: ModelSpec, item: EvalItem, params: dict, model_id: str) -> 
 
 
 def local_answers(lm: LocalModel, items: Sequence[EvalItem], gen: GenerationConfig, cache: Cache,
-                  progress: Callable[[int, int], None] | None = None) -> dict[str, str]:
-    """item id → answer text. Chunks are fixed slices of `items`, each seeded by its index, so a
-    resumed run produces what an uninterrupted one would have."""
+                  progress: Callable[[int, int], None] | None = None) -> dict[str, str | None]:
+    """item id → answer text (None: the prompt cannot fit the model). Chunks are fixed slices of `items`,
+    each seeded by its index, so a resumed run produces what an uninterrupted one would have."""
     from zhongjing.data.render import Renderer
     from zhongjing.model.generation import derive_seed, sample
     from zhongjing.model.load import end_of_turn_ids
@@ -118,11 +125,21 @@ def local_answers(lm: LocalModel, items: Sequence[EvalItem], gen: GenerationConf
         if all(it.id in out for it in chunk):
             continue
         model, tok = lm.load()
-        renderer = Renderer(tok, max_length=gen.max_length, end_ids=end_of_turn_ids(tok, model))
-        prompts = [renderer.prompt_ids(_context(spec, it), reserve=gen.max_new_tokens) for it in chunk]
+        max_length = lm.max_length(gen.max_length)
+        reserve = min(gen.max_new_tokens, max_length // 2)  # a long history still leaves room to answer
+        renderer = Renderer(tok, max_length=max_length, end_ids=end_of_turn_ids(tok, model))
+        prompts, ok = [], []
+        for it in chunk:
+            try:
+                prompts.append(renderer.prompt_ids(_context(spec, it), reserve=reserve))
+                ok.append(it)
+            except ZhongjingError as e:  # e.g. one patient turn longer than the context: no answer (counted),
+                log(f"{spec.name}: no answer for {it.id} ({e})")  # cached so a rerun does not try again
+                cache.put("answer", keys[it.id], {"text": None, "error": str(e)})
+                out[it.id] = None
         gens = sample(model, tok, prompts, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
-                      top_p=gen.top_p, seed=derive_seed(gen.seed, ci), batch_size=gen.batch_size)
-        for it, g in zip(chunk, gens):
+                      top_p=gen.top_p, seed=derive_seed(gen.seed, ci), batch_size=gen.batch_size) if prompts else []
+        for it, g in zip(ok, gens):
             if it.id not in out:
                 cache.put("answer", keys[it.id], {"text": g.text, "finish_reason": g.finish_reason,
                                                   "tokens": len(g.token_ids)})

@@ -89,7 +89,11 @@ class Endpoint:
             if not choices:
                 last = ValueError("reply without choices")
                 continue
-            return choices[0].message.content or ""
+            content = choices[0].message.content
+            if not content or not content.strip():  # an overloaded server's empty reply: never an answer
+                last = ValueError("empty reply")
+                continue
+            return content
         raise EndpointError(f"{self.name}: failed after {self.cfg.retries + 1} attempts ({_short(last)})")
 
 

@@ -184,6 +184,7 @@ class LLMJudge:
 
     def key(self, messages: list[dict]) -> str:
         return cache_key(kind="pairwise", messages=messages, params=self.endpoint.cfg.params(),
+                         base_url=self.endpoint.cfg.base_url,
                          dimensions=self.dimensions, parse_retries=self.parse_retries)
 
     def judge_pair(self, context: Sequence[dict], answer_a: str, answer_b: str,

@@ -87,6 +87,12 @@ def check(cfg: EvalConfig) -> None:
             raise ConfigError(f"{key}: no model named {n!r} (models: {', '.join(names)})")
     if bool(cfg.ablation.before) != bool(cfg.ablation.after):
         raise ConfigError("ablation: set both 'before' and 'after' (or neither)")
+    for m in cfg.models:
+        if m.endpoint and not (m.endpoint.base_url and m.endpoint.model):
+            raise ConfigError(f"model {m.name!r}: endpoint needs base_url and model")
+    if cfg.testsets and cfg.judge.backend == "openai" and not (cfg.judge.endpoint.base_url and cfg.judge.endpoint.model):
+        raise ConfigError("judge: set judge.endpoint.base_url and judge.endpoint.model "
+                          "(or judge.backend: reward_model / none)")
     bad = [d for d in cfg.judge.dimensions if d not in PRIORITY]
     if bad:
         raise ConfigError(f"judge.dimensions: unknown {bad[0]!r} (one of {', '.join(PRIORITY)})")
@@ -136,7 +142,7 @@ def collect_answers(cfg: EvalConfig, sets, cache: Cache) -> tuple[dict, dict, di
                     if hit is None:
                         model, tok = lm.load()
                         hit = gold_perplexity(model, tok, [d.messages for d in s.dialogues],
-                                              max_length=cfg.generation.max_length)
+                                              max_length=lm.max_length(cfg.generation.max_length))
                         cache.put("ppl", key, hit)
                     ppl[spec.name][s.name] = hit
             for e in exams:
@@ -188,8 +194,8 @@ def run(cfg: EvalConfig) -> dict[str, Path]:
     for s in sets:
         log(f"test set {s.name}: {len(s.dialogues)} dialogues → {len(s.items)} items")
     with Cache(cfg.cache or out / "cache.sqlite") as cache:
+        judge = build_judge(cfg.judge, cache) if sets else None  # before generating: a bad judge fails fast
         answers, failures, ppl, exam_scores = collect_answers(cfg, sets, cache)
-        judge = build_judge(cfg.judge, cache)
         results = evaluate(cfg, sets, answers, failures, ppl, exam_scores, judge, comparisons(cfg))
         results["meta"]["config"] = to_dict(cfg)
         results["meta"]["cache"] = {"path": str(cache.path), "hits": cache.hits, "misses": cache.misses}
