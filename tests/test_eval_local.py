@@ -186,3 +186,22 @@ def test_local_answers_resume_and_record_prompts_that_cannot_fit(chat_model_dir,
         again = LocalModel(spec)
         again.load = lambda: pytest.fail("loaded the model although every answer (and the failure) was cached")
         assert local_answers(again, items, gen, cache) == got
+
+
+def test_exam_prompts_that_do_not_fit_lose_examples_or_are_skipped(chat_model_dir, tmp_path):
+    from zhongjing.data.readers import ExamItem
+    from zhongjing.eval.exams import Exam
+
+    opts = {"A": "是", "B": "否"}
+    short = ExamItem.make("short", "发烧要测体温吗？", opts, "A", "内科")
+    huge = ExamItem.make("huge", "头痛" * 300 + "要紧吗？", opts, "A", "内科")
+    long_shot = ExamItem.make("shot", "胸闷" * 150 + "要紧吗？", opts, "A", "内科")  # alone fits, not with a question
+    exam = Exam("fit", [short, huge], [long_shot], ExamConfig(name="fit", path="-", shots=[1]))
+    lm = LocalModel(ModelSpec(name="tiny", path=str(chat_model_dir)))
+    with Cache(tmp_path / "c.sqlite") as cache:
+        preds = local_predictions(lm, exam, 1, seed=0, cache=cache)
+        assert set(preds) == {"short"}  # the 600-character question cannot fit 256 positions
+        entries = cache._db.execute("SELECT value FROM entries WHERE kind='exam'").fetchall()
+        stored = sorted((json.loads(v)["prediction"] is None, json.loads(v).get("shots")) for (v,) in entries)
+        assert stored == [(False, 0), (True, None)]  # the example was dropped rather than the question
+        assert score(exam, preds)["skipped"] == 1

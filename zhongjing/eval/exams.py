@@ -169,29 +169,42 @@ def continuation_logprobs(model, groups: Sequence[tuple[list[int], list[list[int
 
 def local_predictions(lm, exam: Exam, k: int, seed: int, cache: Cache, batch_size: int = 8,
                       chunk: int = 64) -> dict[str, str]:
-    """item id → predicted letter by likelihood, cached per question (multi-answer questions are left
-    out: they are not a single choice). `lm` is an answers.LocalModel, loaded only when needed."""
+    """item id → predicted letter by likelihood, cached per question. Left out: multi-answer questions
+    (not a single choice) and questions too long for the model even without examples; a k-shot prompt
+    that does not fit loses its oldest examples. `lm` is an answers.LocalModel, loaded only when needed."""
     items = [x for x in exam.items if len(x.answer) == 1]
-    msgs = {it.id: exam_messages(it, exam.shots_for(it, k, seed)) for it in items}
-    keys = {it.id: cache_key(kind="exam-local", model=lm.fingerprint, messages=msgs[it.id], scoring=exam.cfg.scoring,
-                             options=list(it.options)) for it in items}
+    shots = {it.id: exam.shots_for(it, k, seed) for it in items}
+    keys = {it.id: cache_key(kind="exam-local", model=lm.fingerprint, messages=exam_messages(it, shots[it.id]),
+                             scoring=exam.cfg.scoring, options=list(it.options)) for it in items}
     have = cache.get_many("exam", list(keys.values()))
     out = {it.id: have[keys[it.id]]["prediction"] for it in items if keys[it.id] in have}
     todo = [it for it in items if it.id not in out]
     for s in range(0, len(todo), chunk):
         part = todo[s:s + chunk]
         model, tok = lm.load()
-        groups = []
+        ctx = lm.max_length(1 << 30)
+        groups, fits = [], []
         for it in part:
-            conts = [letter if exam.cfg.scoring == "letter" else f"{letter}. {text}" for letter, text in it.options.items()]
-            groups.append((_prefix_ids(tok, msgs[it.id]), [tok(c, add_special_tokens=False)["input_ids"] for c in conts]))
-        for it, lps in zip(part, continuation_logprobs(model, groups, batch_size)):
+            conts = [tok(letter if exam.cfg.scoring == "letter" else f"{letter}. {text}", add_special_tokens=False)
+                     ["input_ids"] for letter, text in it.options.items()]
+            use = list(shots[it.id])
+            prefix = _prefix_ids(tok, exam_messages(it, use))
+            while use and len(prefix) + max(map(len, conts)) > ctx:
+                use = use[1:]
+                prefix = _prefix_ids(tok, exam_messages(it, use))
+            if len(prefix) + max(map(len, conts)) > ctx:
+                cache.put("exam", keys[it.id], {"prediction": None, "skipped": f"longer than the context ({ctx})"})
+                out[it.id] = None
+                continue
+            groups.append((prefix, conts))
+            fits.append((it, len(use)))
+        for (it, used), lps in zip(fits, continuation_logprobs(model, groups, batch_size)):
             # letter: total log-prob; option text: mean per token, so long options are not penalised
             scores = [sum(x) if exam.cfg.scoring == "letter" else sum(x) / max(len(x), 1) for x in lps]
             pred = list(it.options)[max(range(len(scores)), key=scores.__getitem__)]
-            cache.put("exam", keys[it.id], {"prediction": pred, "scores": scores})
+            cache.put("exam", keys[it.id], {"prediction": pred, "scores": scores, "shots": used})
             out[it.id] = pred
-    return out
+    return {i: p for i, p in out.items() if p is not None}
 
 
 # ------------------------------------------------------------------------------------ endpoints
