@@ -1,0 +1,159 @@
+"""Reward model: learns real preferences on the tiny model, K-way rankings with ties and all-wrong items, a folder
+that loads with plain transformers + peft, the score command, and resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from align_helpers import MEDICAL_PAIRS, kill_when, medical_base, real_dialogues, run_cli, write_jsonl  # noqa: F401
+from zhongjing.data.schema import Ranking
+from zhongjing.train.prefs import IDK_ANSWER, complete_all_wrong
+from zhongjing.train.rm import RMConfig, train_rm
+
+def rm_config(base, data, out, max_length=384, **train):
+    from zhongjing.model.lora import LoraSettings
+    from zhongjing.train.common import TrainSettings
+
+    t = dict(lr=2e-3, epochs=3, batch_size=4, progress=False, warmup_ratio=0.0) | train
+    return RMConfig(model=str(base), data=[str(d) for d in data], output=str(out), val_ratio=0.3,
+                    lora=LoraSettings(r=8, alpha=16, dropout=0.0), train=TrainSettings(**t), max_length=max_length,
+                    length_group=8)
+
+
+@pytest.fixture(scope="module")
+def medical_rm(medical_base, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rm") / "rm"
+    train_rm(rm_config(medical_base, [MEDICAL_PAIRS], out))
+    return out
+
+
+def test_medicalgpt_pairs_held_out_accuracy(medical_rm):
+    meta = json.loads((medical_rm / "meta.json").read_text(encoding="utf-8"))
+    assert meta["task"] == "reward" and meta["counts"]["val"] >= 25
+    # trained on ~70 of the 100 medical pairs; judged on the ~30 it never saw
+    assert meta["metrics"]["val_accuracy"] >= 0.6, meta["metrics"]
+    assert meta["metrics"]["val_margin"] > 0
+    assert meta["reward_stats"]["std"] > 0
+
+
+def test_folder_loads_with_plain_transformers_and_peft(medical_rm, medical_base):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from zhongjing.data.render import Renderer
+    from zhongjing.train.rewards import RewardModelScorer, reward_input_ids
+
+    tok = AutoTokenizer.from_pretrained(medical_rm)
+    base = AutoModelForSequenceClassification.from_pretrained(medical_base, num_labels=1)
+    plain = PeftModel.from_pretrained(base, medical_rm).eval()
+    ctx = [{"role": "user", "content": "医生，我最近总是头晕乏力，是怎么回事？"}]
+    answers = ["您好，头晕乏力可能与贫血、低血压或睡眠不足有关，建议先查血常规和血压。", "不知道"]
+    ids = [reward_input_ids(Renderer(tok, strategy="last"), ctx, a) for a in answers]
+    width = max(map(len, ids))
+    batch = torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x in ids])
+    with torch.no_grad():
+        want = plain(input_ids=batch).logits[:, 0]
+    got = RewardModelScorer(str(medical_rm)).score([ctx, ctx], answers)
+    assert torch.allclose(want, got, atol=1e-5), (want, got)
+    assert want[0] != want[1]
+
+
+def test_score_command(medical_rm, medical_base, tmp_path, capsys):
+    from zhongjing.cli import main
+
+    assert main(["score", "--rm", str(medical_rm), str(MEDICAL_PAIRS), "-o", str(tmp_path / "s.jsonl")]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 100 and all(len(x["rewards"]) == 2 for x in rows)
+    summary = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert summary["pairwise_accuracy"] > 0.6  # most of these pairs were trained on
+    assert main(["score", "--rm", str(medical_base), str(MEDICAL_PAIRS)]) == 2
+    assert "not a reward model" in capsys.readouterr().err
+
+
+def short(text: str, limit: int = 90) -> str:
+    """The answer's leading whole sentences, up to about `limit` characters (keeps the test fast)."""
+    out = ""
+    for sentence in text.replace("。", "。\n").splitlines():
+        if out and len(out) + len(sentence) > limit:
+            break
+        out += sentence
+    return out
+
+
+def corrupt_rankings(dialogues, seed=0):
+    """K=4 from real doctor answers: the answer beats three corruptions of it (tied among themselves)."""
+    rng = random.Random(seed)
+    out = []
+    for d in dialogues:
+        gold = short(d.messages[-1].content)
+        if len(gold) < 30:
+            continue
+        chars = list(gold)
+        rng.shuffle(chars)
+        truncated = gold[: max(4, len(gold) // 4)]
+        repeated = (gold[: len(gold) // 6] + "，") * 6
+        out.append(Ranking(d.id, d.messages[-2:-1], [truncated, gold, "".join(chars), repeated],
+                           ranking=[[1], [0, 2, 3]]))
+    return out
+
+
+def test_real_dialogues_vs_corrupted_answers(medical_base, tmp_path):
+    rankings = corrupt_rankings(real_dialogues(200))
+    # an item where every answer was wrong: the honest reply must become the best answer
+    wrong = Ranking("all-wrong", rankings[0].messages, ["乱说一", "乱说二"], ranking=[], all_wrong=True)
+    data = write_jsonl(tmp_path / "rankings.jsonl", rankings + [wrong])
+    out = train_rm(rm_config(medical_base, [data], tmp_path / "rm", max_length=160, epochs=2))
+    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    assert meta["counts"]["all_wrong"] == 1
+    # 3 pairs per held-out ranking (answer vs each corruption); chance is 0.5
+    assert meta["metrics"]["val_accuracy"] >= 0.8, meta["metrics"]
+
+
+def test_all_wrong_completion_and_ties():
+    r = Ranking.from_dict({"messages": [{"role": "user", "content": "q"}], "responses": ["a", "b", "c"],
+                           "ranking": [[2], [0, 1]], "all_wrong": True})
+    c = complete_all_wrong(r)
+    assert c.responses == ["a", "b", "c", IDK_ANSWER] and c.ranking == [[3], [2], [0, 1]]
+    assert sorted(c.pairs()) == sorted([(3, 2), (3, 0), (3, 1), (2, 0), (2, 1)])
+    r2 = Ranking.from_dict({"messages": [{"role": "user", "content": "q"}], "responses": ["a", "b"],
+                            "all_wrong": True, "replacement": "我不确定，请就医。"})
+    assert complete_all_wrong(r2).ranking == [[2], [0, 1]] and complete_all_wrong(r2).responses[2] == "我不确定，请就医。"
+
+
+def test_batches_keep_rankings_whole_and_normalise_per_ranking():
+    from zhongjing.train.rm import Encoded, RankingBatches
+
+    enc = [Encoded([[1, 2], [3], [4, 5, 6], [7]], [[0], [1, 2], [3]], 4), Encoded([[8], [9, 9]], [[1], [0]], 2)]
+    for kind, norms in (("ckn", [6.0, 1.0]), ("pairs", [5.0, 1.0])):
+        b = RankingBatches(enc, [], 2, seed=0, group=1, pad_id=0, pair_norm=kind)._collate(enc)
+        assert b["input_ids"].shape == (6, 3) and b["n"] == 2 and b["ntokens"] == 10
+        assert b["better"].tolist() == [0, 0, 0, 1, 2, 5] and b["worse"].tolist() == [1, 2, 3, 3, 3, 4]
+        assert b["owner"].tolist() == [0, 0, 0, 0, 0, 1] and b["norm"].tolist() == norms
+
+
+def test_resume_after_kill_matches_uninterrupted_run(medical_base, tmp_path):
+    from zhongjing.config import load_config
+    from zhongjing.train.checkpoint import checkpoints
+
+    rows = [json.loads(x) for x in MEDICAL_PAIRS.read_text(encoding="utf-8").splitlines()[:24]]
+    data = write_jsonl(tmp_path / "pairs.json", rows)
+    args = [f"model={medical_base}", f"data={data}", "max_length=128", "val_ratio=0.25", "train.epochs=2",
+            "train.batch_size=2", "train.lr=1e-3", "train.save_every=2", "train.progress=false", "lora.r=4",
+            "lora.dropout=0.0"]
+    train_rm(load_config(RMConfig, overrides=args + [f"output={tmp_path / 'full'}"]))
+    killed = tmp_path / "killed"
+    code = kill_when(["train", "rm", *args, f"output={killed}"], lambda: len(checkpoints(killed)) >= 1)
+    assert code != 0 and not (killed / "meta.json").exists()
+    again = run_cli("train", "rm", *args, f"output={killed}", "train.resume=true")
+    assert again.returncode == 0, again.stderr
+    a = json.loads((tmp_path / "full" / "meta.json").read_text(encoding="utf-8"))
+    b = json.loads((killed / "meta.json").read_text(encoding="utf-8"))
+    assert a["step"] == b["step"]
+    assert b["metrics"]["val_accuracy"] == pytest.approx(a["metrics"]["val_accuracy"])
+    assert b["metrics"]["best_val_loss"] == pytest.approx(a["metrics"]["best_val_loss"], rel=1e-4)
+    steps = [json.loads(x)["step"] for x in (killed / "logs" / "train.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, a["step"] + 1))

@@ -1,0 +1,136 @@
+"""Scalar heads on a transformer body: the reward model's score and PPO's critic.
+
+Reward model = `AutoModelForSequenceClassification(num_labels=1)` over the base: its `score` layer is the linear head
+and, with LoRA, it travels inside the adapter (peft `modules_to_save`), so a reward-model folder loads with plain
+transformers + peft — no side file to lose — and gives the same number there as here (the reward is read at the
+rightmost token that is not padding: the answer's end-of-turn token, inputs right-padded).
+
+Critic = `ValueHead` on the policy's final hidden state at every answer position (the input of the LM head); saved
+next to the adapter as `value_head.safetensors` and reloaded from there.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from zhongjing.errors import ZhongjingError
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+REWARD_TASK = "reward"  # meta.json "task" of a reward-model folder
+
+
+class ValueHead(nn.Module):
+    """V(s) = w·h + b on the last hidden state. Starts at zero so early PPO advantages are just the rewards."""
+
+    def __init__(self, hidden_size: int, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.summary = nn.Linear(hidden_size, 1, dtype=dtype)
+        nn.init.zeros_(self.summary.weight)
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (..., H) → (...)
+        return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
+
+    def save(self, folder: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(Path(folder) / VALUE_HEAD_FILE))
+
+    @classmethod
+    def load(cls, folder: str | Path, hidden_size: int, dtype: torch.dtype = torch.float32) -> "ValueHead":
+        from safetensors.torch import load_file
+
+        path = Path(folder) / VALUE_HEAD_FILE
+        if not path.exists():
+            raise ZhongjingError(f"{folder}: no {VALUE_HEAD_FILE} (the critic was not saved with this checkpoint)")
+        head = cls(hidden_size, dtype)
+        head.load_state_dict(load_file(str(path)))
+        return head
+
+
+# ----------------------------------------------------------------------------- reward model
+
+
+def hidden_size(model) -> int:
+    cfg = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
+    return cfg.get_text_config().hidden_size
+
+
+def score_layer(model) -> nn.Module:
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = getattr(inner, "score", None)
+    if head is None:
+        raise ZhongjingError(f"{type(inner).__name__} has no 'score' head; load reward models with load_reward_model()")
+    return head
+
+
+def pad_id_of(model) -> int | None:
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.config.get_text_config().pad_token_id
+
+
+def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Scalar reward of each right-padded sequence. (B, T) → (B,). Goes through the model's own forward (and so
+    through any DDP wrapper), which pools the rightmost non-pad token."""
+    return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, 0].float()
+
+
+def _classifier(parent: str | Path, dtype: str):
+    """Sequence classifier with one output over `parent`'s weights (an adapter chain is merged first); the `score`
+    head is new (initialised by transformers). peft cannot load a causal-LM adapter onto a classifier, so an
+    adapter parent is merged as a causal LM and its transformer body copied over."""
+    from transformers import AutoModelForSequenceClassification
+
+    from zhongjing.model.load import _check_dir, is_adapter_dir, resolve_dtype
+
+    torch_dtype = resolve_dtype(dtype)
+    if not is_adapter_dir(parent):
+        return AutoModelForSequenceClassification.from_pretrained(
+            str(_check_dir(parent)), num_labels=1, dtype=torch_dtype, local_files_only=True)
+    from zhongjing.model.lora import load_parent
+
+    lm = load_parent(parent, dtype)
+    cfg = copy.deepcopy(lm.config)
+    cfg.num_labels = 1
+    model = AutoModelForSequenceClassification.from_config(cfg).to(torch_dtype)
+    model.base_model.load_state_dict(lm.base_model.state_dict())
+    return model
+
+
+def new_reward_model(parent: str | Path, dtype: str = "float32", pad_token_id: int | None = None):
+    """The reward model to train: `parent` (the pre-trained base, by the paper) + a linear `score` head."""
+    model = _classifier(parent, dtype)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = pad_token_id
+    return model
+
+
+def load_reward_model(path: str | Path, dtype: str = "float32"):
+    """A folder written by `zhongjing train rm` → (frozen model in eval mode, tokenizer, meta)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from zhongjing.model.load import _check_dir, base_of, is_adapter_dir, load_tokenizer, read_meta, resolve_dtype
+
+    meta = read_meta(_check_dir(path))
+    if meta.get("task") != REWARD_TASK:
+        raise ZhongjingError(f"{path}: not a reward model (meta.json has no task={REWARD_TASK!r}; "
+                             "train one with `zhongjing train rm`)")
+    tok = load_tokenizer(path)
+    if is_adapter_dir(path):
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(_classifier(base_of(path), dtype), str(path))
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, dtype=resolve_dtype(dtype),
+                                                                   local_files_only=True)
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if inner.config.pad_token_id is None:
+        inner.config.pad_token_id = meta.get("pad_token_id", tok.pad_token_id)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, tok, meta

@@ -1,0 +1,226 @@
+"""`zhongjing train rm`: reward model from K-way rankings (ties allowed) or chosen/rejected pairs.
+
+Reward model = parent + a linear head on the last token of (dialogue, answer). The parent is the *pre-trained* base
+by default — the paper's choice: the SFT model's chat habits interfere with judging. Loss per ranking:
+−1/C(K,2) · Σ log σ(r_better − r_worse) over its pairs (`pair_norm: pairs` divides by the pairs present instead);
+a batch holds whole rankings, so every answer is encoded once however many pairs it takes part in. Rankings whose
+answers were all wrong learn the honest "I don't know" reply as best (zhongjing/train/prefs.py).
+Validation reports pairwise accuracy and mean margin; the best checkpoint (lowest validation loss) is the result,
+and its reward mean/std on the validation answers go to meta.json for PPO's reward normalisation.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from zhongjing.config import parse_stage_args
+from zhongjing.data.schema import Ranking
+from zhongjing.errors import ConfigError, ZhongjingError
+from zhongjing.model.lora import Finetune, LoraSettings
+from zhongjing.train.common import TrainSettings
+from zhongjing.train.prefs import IDK_ANSWER
+
+
+@dataclass
+class RMConfig:
+    model: str = ""  # parent: the pre-trained base (the paper); any model or adapter folder works
+    data: list[str] = field(default_factory=list)  # Ranking JSONL, chosen/rejected pairs, ... (any ranking format)
+    format: str | None = None  # input format (None = detected per file)
+    val_data: list[str] = field(default_factory=list)  # separate validation rankings; else val_ratio of data
+    val_ratio: float = 0.1  # the paper holds out 10%
+    output: str = "runs/rm"
+    finetune: Finetune = "lora"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainSettings = field(default_factory=lambda: TrainSettings(lr=1e-4, batch_size=8))  # batch = rankings
+    max_length: int = 4096  # dialogue + answer; older exchanges are dropped to fit
+    pair_norm: Literal["ckn", "pairs"] = "ckn"  # per-ranking normaliser: C(K,2) (paper) or the pairs present
+    idk_answer: str = IDK_ANSWER  # best answer for all-wrong rankings without an annotator replacement
+    length_group: int = 16  # sort windows of batch_size × this many rankings by length (less padding); 1 = off
+    dtype: str = "float32"
+    skip_bad: bool = False  # leave out malformed records (counted) instead of stopping
+
+    def __post_init__(self):
+        if not 0 <= self.val_ratio < 1:
+            raise ConfigError(f"config key 'val_ratio': must be in [0, 1), got {self.val_ratio}")
+
+
+@dataclass
+class Encoded:
+    ids: list[list[int]]  # K token lists (dialogue + answer, through the answer's end-of-turn token)
+    groups: list[list[int]]  # tie groups best → worst
+    k: int
+
+
+def encode(rankings: list[Ranking], renderer, counts) -> list[Encoded]:
+    from zhongjing.train.rewards import reward_input_ids
+
+    out = []
+    for r in rankings:
+        ids = [reward_input_ids(renderer, r.messages, resp) for resp in r.responses]
+        if any(x is None for x in ids):
+            counts["too_long"] += 1  # an answer alone does not fit max_length
+            continue
+        out.append(Encoded(ids, r.ranking, r.k))
+    return out
+
+
+class RankingBatches:
+    """Micro-batches of whole rankings (batch_size of them): every answer once, pairs as index tensors."""
+
+    def __init__(self, train: list[Encoded], val: list[Encoded], batch_size: int, *, seed: int, group: int,
+                 pad_id: int, pair_norm: str):
+        self.train, self.val, self.bs, self.seed, self.group = train, val, batch_size, seed, group
+        self.pad_id, self.pair_norm = pad_id, pair_norm
+
+    def _collate(self, items: list[Encoded]) -> dict:
+        from zhongjing.train.losses import ranking_norm, ranking_pairs
+        from zhongjing.train.rewards import pad_right
+
+        rows, offsets, groups, norms = [], [], [], []
+        for e in items:
+            offsets.append(len(rows))
+            rows += e.ids
+            groups.append(e.groups)
+        better, worse, owner = ranking_pairs(groups, offsets)
+        for r, e in enumerate(items):
+            norms.append(ranking_norm(e.k, int((owner == r).sum()), self.pair_norm))
+        ids = pad_right(rows, self.pad_id)
+        return {"input_ids": ids, "better": better, "worse": worse, "owner": owner,
+                "norm": torch.tensor(norms), "n": len(items), "ntokens": sum(len(x) for x in rows),
+                "numel": ids.numel()}
+
+    def train_batches(self, epoch: int):
+        from zhongjing.train.batching import LazyBatches, group_by_length
+        from zhongjing.train.mix import rng
+
+        order = rng(self.seed, "rm", epoch).permutation(len(self.train)).tolist()
+        lengths = [sum(len(x) for x in e.ids) for e in self.train]
+        plan = group_by_length(order, lengths, self.bs, self.group, self.seed, epoch)
+        return LazyBatches(plan, lambda rows: self._collate([self.train[r[0]] for r in rows]))
+
+    def val_batches(self):
+        from zhongjing.train.batching import LazyBatches
+
+        order = sorted(range(len(self.val)), key=lambda i: sum(len(x) for x in self.val[i].ids))
+        plan = [order[i:i + self.bs] for i in range(0, len(order), self.bs)]
+        return LazyBatches(plan, lambda idx: self._collate([self.val[i] for i in idx]))
+
+
+def rm_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
+    """Σ over the batch's rankings of the per-ranking loss; metrics are sums the loop divides by Σ rankings."""
+    from zhongjing.model.value_head import sequence_rewards
+    from zhongjing.train.losses import ranking_loss
+
+    r = sequence_rewards(model, batch["input_ids"])  # (N,)
+    per_ranking = ranking_loss(r, batch["better"], batch["worse"], batch["owner"], batch["norm"])  # (R,)
+    diff = (r[batch["better"]] - r[batch["worse"]]).detach()
+    rd = r.detach()
+    return per_ranking.sum(), {"pairs": float(diff.numel()), "correct": float((diff > 0).sum()),
+                               "margin": float(diff.sum()), "answers": float(rd.numel()),
+                               "reward": float(rd.sum()), "reward_sq": float((rd ** 2).sum())}
+
+
+def rm_metrics(rec: dict) -> dict:
+    """Ratios of the summed validation metrics: pairwise accuracy, mean margin, reward mean and std."""
+    pairs, answers = rec.get("val_pairs") or float("nan"), rec.get("val_answers") or float("nan")
+    mean = rec["val_reward"] / answers
+    var = max(rec["val_reward_sq"] / answers - mean ** 2, 0.0)
+    return {"val_accuracy": rec["val_correct"] / pairs, "val_margin": rec["val_margin"] / pairs,
+            "val_reward_mean": mean, "val_reward_std": math.sqrt(var)}
+
+
+def _apply_lora(model, s: LoraSettings):
+    """LoRA for a sequence classifier: peft's SEQ_CLS task trains and saves the `score` head with the adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = s.target_modules[0] if s.target_modules == ["all-linear"] else list(s.target_modules)
+    cfg = LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=targets, bias="none",
+                     modules_to_save=list(s.modules_to_save) or None, task_type="SEQ_CLS")
+    try:
+        return get_peft_model(model, cfg)
+    except ValueError as e:
+        raise ConfigError(f"lora.target_modules: {e}") from None
+
+
+def train_rm(cfg: RMConfig) -> Path:
+    from collections import Counter
+
+    from zhongjing.config import to_dict
+    from zhongjing.data.render import Renderer
+    from zhongjing.io import write_json
+    from zhongjing.model.load import load_tokenizer, read_meta
+    from zhongjing.model.lora import TrainedIO, count_params
+    from zhongjing.model.value_head import REWARD_TASK, new_reward_model
+    from zhongjing.train.checkpoint import code_version, inputs_hash
+    from zhongjing.train.common import data_record, hashable_config, make_accelerator
+    from zhongjing.train.loop import fit
+    from zhongjing.train.prefs import load_prefs
+
+    if not cfg.model or not cfg.data:
+        raise ConfigError("train rm needs model=PARENT_DIR and data=RANKINGS (a file, folder or list)")
+    t0 = time.time()
+    acc = make_accelerator(cfg.train)
+    tok = load_tokenizer(cfg.model)
+    prefs = load_prefs(cfg.data, cfg.format, val_paths=cfg.val_data, val_ratio=cfg.val_ratio, seed=cfg.train.seed,
+                       idk_answer=cfg.idk_answer, skip_bad=cfg.skip_bad)
+    counts = Counter(prefs.counts)
+    renderer = Renderer(tok, max_length=cfg.max_length, strategy="last")
+    train, val = encode(prefs.train, renderer, counts), encode(prefs.val, renderer, counts)
+    if not train:
+        raise ZhongjingError(f"no usable rankings in {cfg.data} ({dict(counts)})")
+    data = RankingBatches(train, val, cfg.train.batch_size, seed=cfg.train.seed, group=cfg.length_group,
+                          pad_id=tok.pad_token_id, pair_norm=cfg.pair_norm)
+
+    model = new_reward_model(cfg.model, cfg.dtype, pad_token_id=tok.pad_token_id)
+    model.config.use_cache = False
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = _apply_lora(model, cfg.lora) if cfg.finetune == "lora" else model.requires_grad_(True)
+    model.train()
+    trainable, total = count_params(model)
+    config = to_dict(cfg)
+    records = [data_record(p) for p in list(cfg.data) + list(cfg.val_data)]
+    meta = {"stage": "rm", "task": REWARD_TASK, "kind": "adapter" if cfg.finetune == "lora" else "full",
+            "base_model": str(Path(cfg.model).resolve()), "parent": str(Path(cfg.model).resolve()),
+            "inputs_hash": inputs_hash("rm", cfg.model, records, hashable_config(config)),
+            "data": records, "config": config, "code": code_version(), "counts": dict(counts),
+            "head": {"type": "linear", "layer": "score", "outputs": 1, "pooling": "rightmost non-pad token",
+                     "load": "AutoModelForSequenceClassification(num_labels=1) [+ PeftModel]"},
+            "pad_token_id": tok.pad_token_id, "params": {"trainable": trainable, "total": total}}
+    if acc.is_main_process:
+        print(f"rm: {counts['train']} rankings ({counts['train_pairs']} pairs) train, {counts['val']} val; "
+              f"{trainable:,}/{total:,} trainable parameters", file=sys.stderr)
+    result = fit(model, data, rm_loss, cfg.train, cfg.output, accelerator=acc, io=TrainedIO(tok, cfg.model),
+                 meta=meta, on_eval=rm_metrics)
+    out = Path(cfg.output)
+    if acc.is_main_process:
+        final = read_meta(out)
+        best = next((h for h in result.history if h["step"] == result.best_step), None)
+        if best is not None:
+            final["reward_stats"] = {"mean": best["val_reward_mean"], "std": best["val_reward_std"],
+                                     "on": "validation answers", "step": result.best_step}
+            final["metrics"] |= {"val_accuracy": best["val_accuracy"], "val_margin": best["val_margin"]}
+        final["seconds"] = round(time.time() - t0, 1)
+        write_json(out / "meta.json", final)
+    acc.wait_for_everyone()
+    return out
+
+
+def main(argv: list[str]) -> int:
+    cfg = parse_stage_args("zhongjing train rm", RMConfig, argv, __doc__.split("\n\n")[0])
+    out = train_rm(cfg)
+    from zhongjing.model.load import read_meta
+
+    m = read_meta(out).get("metrics", {})
+    acc = m.get("val_accuracy")
+    print(f"reward model → {out}" + (f" (val pairwise accuracy {acc:.3f}, margin {m.get('val_margin'):.3f})"
+                                      if acc is not None else ""))
+    return 0
+
