@@ -238,6 +238,35 @@ class RewardJudge:
         return Verdict("ok", {"reward": v}, [f"{float(ra):.4f} vs {float(rb):.4f}"])
 
 
+class RubricJudge:
+    """The demo's rubric heuristics (`annotate/simulate.py`) as a judge that needs no LLM.
+
+    A proxy, not a doctor or GPT-4: it scores each answer per dimension (safety, professionalism,
+    fluency) with the same heuristics the simulated annotator ranks with, and ties differences
+    below `tie`. Unlike a reward-model judge it is not the signal PPO optimised, so the aligned
+    model cannot win by exploiting it. Order-free, so one order suffices.
+    """
+
+    both_orders = False
+
+    def __init__(self, tie: float = 0.02, kg: str | None = None):
+        from zhongjing.annotate.simulate import load_annotator
+
+        self.sim, self.tie = load_annotator(kg, tie), tie
+        self.dimensions = PRIORITY
+        self.describe = "rubric heuristics (simulated annotator; a proxy, not an expert judge)"
+
+    def judge_pair(self, context, answer_a: str, answer_b: str, dimensions=None) -> Verdict:
+        from zhongjing.data.schema import Message
+
+        msgs = [Message(m["role"], m["content"]) for m in context]
+        sa, sb = self.sim.score(msgs, answer_a, None), self.sim.score(msgs, answer_b, None)
+        dims = tuple(d for d in PRIORITY if d in (dimensions or self.dimensions))
+        verdict = {d: "tie" if abs(x - y) < self.tie else ("A" if x > y else "B")
+                   for d, x, y in zip(PRIORITY, sa.key(), sb.key()) if d in dims}
+        return Verdict("ok", verdict, [f"{sa.key()} vs {sb.key()}"])
+
+
 # ----------------------------------------------------------------------------------- comparisons
 
 @dataclass

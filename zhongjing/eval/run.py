@@ -29,10 +29,12 @@ from zhongjing.eval.testsets import TestSetConfig, load_testsets
 
 @dataclass
 class JudgeConfig:
-    backend: Literal["openai", "reward_model", "none"] = "openai"
+    backend: Literal["openai", "reward_model", "rubric", "none"] = "openai"
     endpoint: EndpointConfig = field(default_factory=lambda: EndpointConfig(max_tokens=512))  # backend openai
     reward_model: str = ""  # backend reward_model: a `zhongjing train rm` folder
     margin: float = 0.0  # reward_model: score differences up to this are ties
+    rubric_tie: float = 0.02  # rubric: per-dimension heuristic score differences below this are ties
+    rubric_kg: str = ""  # rubric: optional knowledge graph for its drug check
     dimensions: list[str] = field(default_factory=lambda: list(PRIORITY))
     parse_retries: int = 2  # re-asks (with a correction note) before a reply is recorded as unparseable
     retry_failed: bool = False  # re-ask replies recorded as unparseable in an earlier run
@@ -101,12 +103,14 @@ def check(cfg: EvalConfig) -> None:
 
 
 def build_judge(cfg: JudgeConfig, cache: Cache):
-    from zhongjing.eval.judge import LLMJudge, RewardJudge
+    from zhongjing.eval.judge import LLMJudge, RewardJudge, RubricJudge
 
     if cfg.backend == "none":
         return None
     if cfg.backend == "openai":
         return LLMJudge(Endpoint(cfg.endpoint, "judge"), cache, cfg.dimensions, cfg.parse_retries, cfg.retry_failed)
+    if cfg.backend == "rubric":
+        return RubricJudge(cfg.rubric_tie, cfg.rubric_kg or None)
     if not cfg.reward_model:
         raise ConfigError("judge.backend reward_model needs judge.reward_model (a reward-model folder)")
     from zhongjing.train.rewards import RewardModelScorer
