@@ -99,6 +99,8 @@ class Row:
         self.finish_reason: str | None = None
         self.text = ""  # final text, set when the row finishes
         self.emitted = ""  # text already handed to on_text
+        self.partial = ""  # text decoded so far while generating (complete characters only)
+        self.prefix_off = self.read_off = 0  # token offsets for incremental detokenisation
         self.generator: torch.Generator | None = None
 
     @property
@@ -111,8 +113,8 @@ class Row:
 
 
 def _held_back(text: str, stops: tuple[str, ...]) -> int:
-    """Characters at the end of `text` that may still turn into a stop string (or an unfinished UTF-8 char)."""
-    hold = len(text) - len(text.rstrip("\ufffd"))
+    """Characters at the end of `text` that may still turn into a stop string."""
+    hold = 0
     for s in stops:
         for k in range(min(len(s) - 1, len(text)), 0, -1):
             if text.endswith(s[:k]):
@@ -140,6 +142,12 @@ class Decoder:
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def can_join(self) -> bool:
+        """Whether new rows may join now: always into an empty batch; mid-batch only with plain KV layers
+        (sliding-window caches cannot be re-padded, so those models batch at admission only)."""
+        return not self.rows or _layers(self.cache, check=True) is not False
+
     # -- model calls ------------------------------------------------------------------
     def _forward(self, ids, mask, pos, cache, last_only: bool):
         kw = {self._cache_kw: cache, "use_cache": True}
@@ -161,7 +169,7 @@ class Decoder:
         """Prefill `seqs` together, sample their first token, join them to the batch. Returns rows already done."""
         if not seqs:
             return []
-        if self.rows and not _layers(self.cache, check=True):
+        if not self.can_join:
             raise ZhongjingError("this model's cache type cannot take new rows mid-batch; admit when the batch is empty")
         uniq: dict[tuple, int] = {}
         for s in seqs:  # the K samples of one prompt share one prefill
@@ -267,12 +275,24 @@ class Decoder:
         return text[: min(hits)] if hits else text
 
     def _update_text(self, s: Row) -> None:
-        text = self.tokenizer.decode(s.out_ids, skip_special_tokens=True)
-        if any(stop in text for stop in s.params.stop_strings):
-            s.finish_reason = "stop"  # _decode cuts the text before it
-            return
-        safe = text[: len(text) - _held_back(text, s.params.stop_strings)]
-        if s.on_text and safe.startswith(s.emitted) and len(safe) > len(s.emitted):
+        """Incremental detokenisation: decode only the tokens since the last complete character (O(1) per step,
+        not O(length)); check stop strings only where a new match can start; emit what can no longer change."""
+        ids = s.out_ids
+        prefix = self.tokenizer.decode(ids[s.prefix_off:s.read_off], skip_special_tokens=True)
+        whole = self.tokenizer.decode(ids[s.prefix_off:], skip_special_tokens=True)
+        if len(whole) <= len(prefix) or whole.endswith("\ufffd"):
+            return  # no new text yet, or half a character (byte-level BPE splits CJK characters)
+        new = whole[len(prefix):]
+        s.partial += new
+        s.prefix_off, s.read_off = s.read_off, len(ids)
+        stops = s.params.stop_strings
+        if stops:
+            start = max(0, len(s.partial) - len(new) - max(map(len, stops)) + 1)
+            if any(stop in s.partial[start:] for stop in stops):
+                s.finish_reason = "stop"  # _decode cuts the final text before it
+                return
+        safe = s.partial[: len(s.partial) - _held_back(s.partial, stops)]
+        if s.on_text and len(safe) > len(s.emitted):
             s.on_text(s, safe[len(s.emitted):])
             s.emitted = safe
 
@@ -405,7 +425,7 @@ def sample(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, t
     with _eval_mode(model):
         while waiting or len(dec):
             free = batch_size - len(dec)
-            if free > 0 and waiting:
+            if free > 0 and waiting and dec.can_join:
                 # admitting every step would re-prefill constantly; wait until a quarter of the batch is free
                 if not len(dec) or free >= max(1, batch_size // 4) or len(waiting) <= free:
                     group, waiting = waiting[:free], waiting[free:]

@@ -129,7 +129,7 @@ class Engine:
                 self._waiting_rows = deque(r for r in self._waiting_rows if id(r.tag) not in gone)
                 self._waiting = deque(q for q in self._waiting if id(q) not in gone)
                 self._cancel = []
-            free = self.max_batch - (len(self.decoder) - len(drop))
+            free = self.max_batch - (len(self.decoder) - len(drop)) if self.decoder.can_join else 0
             admit = [self._waiting_rows.popleft() for _ in range(min(free, len(self._waiting_rows)))]
             started = {id(r.tag) for r in admit}
             # a request leaves the queue once its first row runs
@@ -162,7 +162,7 @@ class Engine:
                 req = row.tag
                 self.stats["tokens"] += len(row.out_ids)
                 req.pending -= 1
+                if req.pending == 0:  # count before the client hears of it, so /health never lags behind
+                    self.stats["completed"] += 1
                 if not req.cancelled:
                     req.on_event("done", row, None)
-                if req.pending == 0:
-                    self.stats["completed"] += 1
