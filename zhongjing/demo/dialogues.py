@@ -155,7 +155,7 @@ class Composer:
                 parts.append("线上无法替代当面检查，请不要再拖，尽快到医院就诊。")
             return "".join(parts)
         parts += first if "abnormal" in levels else first + self.sample(c.think[1:], 0 if first else 1, 2)
-        items = self.sample(c.advice, 2, 4)
+        items = c.advice[:1] + self.sample(c.advice[1:], 1, 3)  # the table lists the most important advice first
         style = self.rng.random()
         if style < 0.4:
             numbered = "；\n".join(f"{i}. {t}" for i, t in enumerate(items, 1))

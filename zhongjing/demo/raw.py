@@ -29,15 +29,15 @@ ALIASES = {
     "整形外科": ["整形美容科"], "骨科": ["骨外科"], "普外科": ["普通外科"], "性病科": ["皮肤性病科"],
 }
 BOILERPLATE = "您好，已收到您的问题，稍后给您详细回复。"
-KG_CONFLICTS = {  # condition → (drug not in its KG record, what a careless doctor wrote)
-    "急性上呼吸道感染": ("头孢克肟", "开点头孢克肟吃三天就好了。"),
-    "小儿急性发热": ("阿司匹林", "家里有阿司匹林的话掰半片给孩子吃。"),
+KG_CONFLICTS = {  # condition → (a drug the KG lists only for other conditions, what a careless doctor wrote)
+    "急性上呼吸道感染": ("阿莫西林", "开点阿莫西林吃三天就好了。"),
+    "小儿急性发热": ("左氧氟沙星", "家里有左氧氟沙星的话给孩子吃半片。"),
     "急性胃肠炎": ("左氧氟沙星", "再吃点左氧氟沙星消消炎。"),
     "流行性感冒": ("阿莫西林", "顺便吃几天阿莫西林预防细菌感染。"),
-    "湿疹": ("地塞米松", "痒得厉害就口服几片地塞米松。"),
-    "急性荨麻疹": ("泼尼松", "每次发作自己吃两片泼尼松就行。"),
-    "失眠障碍": ("艾司唑仑", "睡不着就每天吃一片艾司唑仑。"),
-    "急性牙髓炎": ("甲硝唑", "先吃几天甲硝唑消炎再说。"),
+    "湿疹": ("克霉唑乳膏", "涂点克霉唑乳膏就好了。"),
+    "急性荨麻疹": ("阿莫西林", "吃几天阿莫西林消消炎。"),
+    "失眠障碍": ("茶苯海明", "睡不着就吃一片茶苯海明。"),
+    "急性牙髓炎": ("阿莫西林", "先吃几天阿莫西林消炎再说。"),
 }
 ENGLISH = [
     ("Hi doctor, I have had a sore throat and a mild fever for two days. Should I take antibiotics?",
@@ -95,8 +95,8 @@ class RawBuilder:
         for kind in rng.sample(TYPES, rng.choice((1, 1, 2, 3))):
             value, sentence = self.faker.plant(kind, birth, persona["sex"])
             pii.append((kind, value))
-            if late_ok and rng.random() < 0.25:
-                late += sentence.rstrip("，") + "。"
+            if late_ok and rng.random() < 0.25:  # remembered later in the conversation
+                late += f"对了，我叫{value}。" if kind == "name" else "对了，" + sentence.rstrip("，") + "。"
             else:
                 lead += sentence
         first = turns[0][1]
@@ -120,7 +120,8 @@ class RawBuilder:
 
     def _terse_advice(self, cond: Condition) -> str:
         rng = self.rng
-        head = rng.choice((f"考虑{cond.short}，", f"{cond.short}可能性大，", f"像是{cond.short}，", "")) if cond.kind == "disease" else ""
+        said = rng.choice((cond.short, cond.name))  # doctors write the formal name about as often as the plain one
+        head = rng.choice((f"考虑{said}，", f"{said}可能性大，", f"像是{said}，", "")) if cond.kind == "disease" else ""
         text = head + "，".join(rng.sample(cond.advice, min(2, len(cond.advice)))) + "。"
         if cond.drugs and rng.random() < 0.7:
             text += f"可以用{join_cn(rng.sample(cond.drugs, min(2, len(cond.drugs))), '或')}。"
@@ -171,7 +172,9 @@ class RawBuilder:
         kg_candidates = [r for r in base if r["cond"] in KG_CONFLICTS and r["uid"] not in spoiled][: plan["kg"]]
         for r in kg_candidates:
             drug, sentence = KG_CONFLICTS[r["cond"]]
-            r["turns"][-1] = ("doctor", r["turns"][-1][1] + sentence)
+            last = r["turns"][-1][1]
+            named = "" if r["cond"] in last else f"诊断考虑{r['cond']}。"  # the disease a KG check links against
+            r["turns"][-1] = ("doctor", named + last + sentence)
             planted["kg"].append((r["uid"], drug))
         # duplicates come from ordinary records, so each planted problem is listed exactly once
         kg_uids = [u for u, _ in planted["kg"]]
