@@ -127,6 +127,7 @@ def run_chain(cfg: BuildConfig) -> list[StepReport]:
     path = work / f"01-import-{key[:16]}.jsonl"
     reports.append(_cached_or_run("import", path, lambda rep: rep.finish(write_jsonl(
         path, import_dialogues(cfg, rep, work / f"01-import-{key[:16]}.rejects.jsonl"))), cfg))
+    import_copy = path
     for i, name in enumerate(cfg.steps[1:], 2):
         step = STEPS[name]
         if not step.enabled(cfg):
@@ -156,6 +157,8 @@ def run_chain(cfg: BuildConfig) -> list[StepReport]:
                 write_jsonl(out, result)
 
         reports.append(_cached_or_run(name, marker, run, cfg))
+        if i == 2 and out.exists():  # deid is done: keep no copy of identifiable raw text in the work dir
+            import_copy.unlink(missing_ok=True)
         if rewrite_dry_run(cfg, name):
             print("rewrite.dry_run: prompts printed above; nothing was sent and the chain stops here", file=sys.stderr)
             return reports

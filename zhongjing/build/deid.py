@@ -112,7 +112,11 @@ _PATTERNS: list[tuple[str, re.Pattern, int]] = [
     ("name", re.compile(f"(?:我叫|我的名字是|我名字叫|我的名字叫|本人叫|名叫)\\s*({_SURNAME_RE}[{H}]{{1,2}}?)(?=[，,。.！!？?、\\s；;]|$|今年|男|女|\\d)"), 1),
     ("name", re.compile(f"(?:姓名|患者姓名|病人姓名|名字)\\s*[:：]\\s*([{H}]{{2,4}}?)(?=[，,。.\\s；;、]|$|男|女|\\d)"), 1),
     # "患者张三，男，45岁": a cue word, then a name followed by sex or age
-    ("name", re.compile(f"(?:患者|病人|患儿)\\s*[:：]?\\s*({_SURNAME_RE}[{H}]{{1,2}}?)(?=\\s*[，,、（(]?\\s*(?:男|女|\\d{{1,3}}岁))"), 1),
+    # a full three-character name set off by punctuation ("患者杜某某，手上…")
+    ("name", re.compile(f"(?:患者|病人|患儿)\\s*[:：]?\\s*({_SURNAME_RE}[{H}]{{2}})(?=[，,。；;])"), 1),
+    # …or by another identifier field ("患者熊某某，身份证：…")
+    ("name", re.compile(f"(?:患者|病人|患儿)\\s*[:：]?\\s*({_SURNAME_RE}[{H}]{{1,2}}?)(?=\\s*[，,、（(]?\\s*(?:男|女|\\d{{1,3}}岁|"
+                        f"身份证|电话|手机|联系方式|住址|家住|出生|年龄|性别|病历号|住院号|门诊号))"), 1),
 ]
 _TITLE_RE = re.compile(f"(?:{_TITLES})")
 _ID18 = re.compile(_D + r"([1-9]\d{5})[ -]?((?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01]))[ -]?(\d{3}[\dXx])" + _E)
