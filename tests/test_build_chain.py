@@ -70,6 +70,8 @@ def test_chain_end_to_end_killed_mid_rewrite_resumes_from_cache(tmp_path):
         assert second and not set(second) & cached, "a cached input was requested again"
         by_step = {r.step: r for r in reports}
         assert by_step["import"].cached and by_step["deid"].cached and not by_step["rewrite"].cached
+        # no copy of the raw, identifiable import is left in the work dir once deid has run
+        assert not [p for p in work.glob("01-import-*.jsonl") if not p.name.endswith(".rejects.jsonl")]
         assert by_step["rewrite"].counts["cache_hits"] >= len(cached)
         assert by_step["rewrite"].counts["rewritten"] > 0.9 * by_step["rewrite"].counts["doctor_turns"]
 

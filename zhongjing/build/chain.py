@@ -124,10 +124,16 @@ def run_chain(cfg: BuildConfig) -> list[StepReport]:
     work.mkdir(parents=True, exist_ok=True)
     reports: list[StepReport] = []
     key = _import_key(cfg)
-    path = work / f"01-import-{key[:16]}.jsonl"
-    reports.append(_cached_or_run("import", path, lambda rep: rep.finish(write_jsonl(
-        path, import_dialogues(cfg, rep, work / f"01-import-{key[:16]}.rejects.jsonl"))), cfg))
-    import_copy = path
+    path = import_copy = work / f"01-import-{key[:16]}.jsonl"
+    done = work / f"01-import-{key[:16]}.done.json"
+
+    def do_import(rep: StepReport) -> None:
+        rep.finish(write_jsonl(path, import_dialogues(cfg, rep, work / f"01-import-{key[:16]}.rejects.jsonl")))
+        write_json(done, {"dialogues": rep.n_out})
+
+    # The imported copy still holds identifiable text, so it is deleted once deid has run; the
+    # `done` marker keeps the step cached, and it is re-made only if deid must run again.
+    reports.append(_cached_or_run("import", done, do_import, cfg))
     for i, name in enumerate(cfg.steps[1:], 2):
         step = STEPS[name]
         if not step.enabled(cfg):
@@ -146,6 +152,8 @@ def run_chain(cfg: BuildConfig) -> list[StepReport]:
         src = path
 
         def run(rep, src=src, name=name, ctx=ctx, out=out, is_split=is_split, marker=marker):
+            if src == import_copy and not src.exists():
+                do_import(StepReport("import"))
             ds = load_dialogues(src)
             result, r = run_step(name, ds, cfg, ctx)
             rep.__dict__.update({k: v for k, v in r.__dict__.items() if k not in ("step", "_t0")})
