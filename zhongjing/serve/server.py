@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,11 +127,9 @@ def create_app(state: ServeState):
                            "model", "model_not_found")
         prompt, max_new = await run_in_threadpool(state.prompt_for, req)
         params = SamplingParams(max_new, req.temperature, req.top_p, req.top_k, tuple(req.stop), req.seed, req.logprobs)
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
+        events = EventPipe(asyncio.get_running_loop())
         try:
-            handle = state.engine.submit(prompt, params, lambda *ev: loop.call_soon_threadsafe(events.put_nowait, ev),
-                                         n=req.n)
+            handle = state.engine.submit(prompt, params, events.put, n=req.n)
         except QueueFull as e:
             raise ApiError(503, str(e), code="server_overloaded", type_="server_error") from None
         cid = completion_id()
@@ -149,38 +148,75 @@ def create_app(state: ServeState):
     return app
 
 
-async def _collect(handle, events: asyncio.Queue, n: int) -> list:
+class EventPipe:
+    """Engine thread → event loop. Events of one decoding step arrive together; waking the loop once for all
+    of them (not once per token) keeps the HTTP side cheap when many answers stream at once."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.items, self.lock = loop, [], threading.Lock()
+        self.ready, self.scheduled = asyncio.Event(), False
+
+    def put(self, *event) -> None:  # engine thread
+        with self.lock:
+            self.items.append(event)
+            if self.scheduled:
+                return
+            self.scheduled = True
+        self.loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        with self.lock:
+            self.scheduled = False
+        self.ready.set()
+
+    async def get_all(self) -> list[tuple]:
+        while True:
+            with self.lock:
+                if self.items:
+                    out, self.items = self.items, []
+                    return out
+            self.ready.clear()
+            await self.ready.wait()
+
+
+async def _collect(handle, events: EventPipe, n: int) -> list:
     rows = []
     while len(rows) < n:
-        kind, row, payload = await events.get()
-        if kind == "error":
-            raise ApiError(500, str(payload), code="generation_failed", type_="server_error")
-        if kind == "done":
-            rows.append(row)
+        for kind, row, payload in await events.get_all():
+            if kind == "error":
+                raise ApiError(500, str(payload), code="generation_failed", type_="server_error")
+            if kind == "done":
+                rows.append(row)
     return sorted(rows, key=lambda r: r.sample_index)
 
 
-async def _stream(state: ServeState, req: ChatRequest, handle, events: asyncio.Queue, cid: str):
+async def _stream(state: ServeState, req: ChatRequest, handle, events: EventPipe, cid: str):
     created, done, tokens = int(time.time()), 0, 0
+
+    def event(index: int, delta: dict, finish=None, logprobs=None) -> str:
+        return chunk(cid, state.model_id, created, [{"index": index, "delta": delta, "logprobs": logprobs,
+                                                     "finish_reason": finish}])
+
     try:
-        for i in range(req.n):
-            yield chunk(cid, state.model_id, created, [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                                         "logprobs": None, "finish_reason": None}])
+        yield "".join(event(i, {"role": "assistant", "content": ""}) for i in range(req.n))
         while done < req.n:
-            kind, row, payload = await events.get()
-            if kind == "error":
-                err = ApiError(500, str(payload), code="generation_failed", type_="server_error")
-                yield "data: " + json.dumps(err.body(), ensure_ascii=False) + "\n\n"
-                return
-            if kind == "text":
-                yield chunk(cid, state.model_id, created, [{"index": row.sample_index, "delta": {"content": payload},
-                                                             "logprobs": None, "finish_reason": None}])
-            else:
+            out, text = [], {}  # text deltas of one wake-up, joined per choice
+            for kind, row, payload in await events.get_all():
+                if kind == "error":
+                    err = ApiError(500, str(payload), code="generation_failed", type_="server_error")
+                    yield "data: " + json.dumps(err.body(), ensure_ascii=False) + "\n\n"
+                    return
+                if kind == "text":
+                    text[row.sample_index] = text.get(row.sample_index, "") + payload
+                    continue
+                if row.sample_index in text:
+                    out.append(event(row.sample_index, {"content": text.pop(row.sample_index)}))
                 done += 1
                 tokens += len(row.out_ids)
                 lp = logprobs_block(state.tokenizer, row.out_ids, row.logprobs) if req.logprobs else None
-                yield chunk(cid, state.model_id, created, [{"index": row.sample_index, "delta": {}, "logprobs": lp,
-                                                             "finish_reason": row.finish_reason}])
+                out.append(event(row.sample_index, {}, row.finish_reason, lp))
+            out = [event(i, {"content": t}) for i, t in text.items()] + out
+            yield "".join(out)
         if req.include_usage:
             yield chunk(cid, state.model_id, created, [], usage(handle.prompt_tokens, tokens))
         yield "data: [DONE]\n\n"
