@@ -63,7 +63,8 @@ def test_multi_turn_and_streaming(client, local):
     chunks = list(client.chat.completions.create(model=NAME, messages=msgs, temperature=0, max_tokens=64, stream=True,
                                                  stream_options={"include_usage": True}))
     deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
-    assert len(deltas) > 3 and "".join(deltas) == ref.text
+    assert deltas and "".join(deltas) == ref.text  # how many pieces depends on timing: the server joins what is ready
+    assert chunks[0].choices[0].delta.role == "assistant"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(ref.token_ids)
     assert len({c.id for c in chunks}) == 1
