@@ -85,3 +85,38 @@ def kill_when(cmd: list[str], ready, timeout: float = 120) -> int:
     finally:
         if p.poll() is None:
             p.kill()
+
+
+def short_turns(limit: int = 40, n_statements: int = 600) -> list[dict]:
+    """(patient turn, one short doctor sentence) dialogues from real data: every doctor question sentence there is
+    (about a third of the set), then plain statements — a starting policy that sometimes asks, sometimes not."""
+    import re
+
+    questions, statements = [], []
+    for d in real_dialogues():
+        msgs = d.messages
+        for i in range(len(msgs) - 1):
+            if msgs[i].role != "user" or msgs[i + 1].role != "assistant":
+                continue
+            parts = [p for p in re.split(r"(?<=[。？！])", msgs[i + 1].content) if p.strip()]
+            asked = [p for p in parts if "？" in p and len(p) <= limit]
+            reply, pool = (asked[0], questions) if asked else (parts[0][:limit], statements)
+            pool.append({"id": f"{d.id}-{i}", "messages": [{"role": "user", "content": msgs[i].content[:60]},
+                                                          {"role": "assistant", "content": reply}]})
+    return questions + statements[:n_statements]
+
+
+@pytest.fixture(scope="session")
+def sft_policy(medical_base, tmp_path_factory) -> Path:
+    """The tiny base briefly fine-tuned (full) on short real doctor replies: it writes short Chinese-like replies,
+    a minority of them questions. The starting policy of the PPO/GRPO tests."""
+    from zhongjing.config import load_config
+    from zhongjing.train.sft import SFTConfig, run
+
+    d = tmp_path_factory.mktemp("sft")
+    data = write_jsonl(d / "short.jsonl", short_turns())
+    cfg = load_config(SFTConfig, overrides=[
+        f"model={medical_base}", f"output={d / 'sft'}", f"data=[{{path: {data}}}]", "finetune=full", "max_length=128",
+        "train.epochs=3", "train.lr=3e-3", "train.batch_size=16", "train.progress=false", "train.warmup_ratio=0"])
+    run(cfg)
+    return d / "sft"

@@ -67,3 +67,79 @@ def load_prefs(paths: list[str], fmt: str | None, *, val_paths: list[str] = (), 
     counts["train"], counts["val"] = len(train), len(val)
     counts["train_pairs"] = sum(len(r.pairs()) for r in train)
     return PrefData(train, val, counts)
+
+
+@dataclass
+class Encoded:
+    """One ranking, tokenized: each answer with the dialogue before it (see rewards.render_answer)."""
+
+    ids: list[list[int]]  # K token lists, through the answer's end-of-turn token
+    groups: list[list[int]]  # tie groups best → worst
+    k: int
+    targets: list[list[int]] | None = None  # K shifted label lists (next-token targets on the answer only), DPO
+
+
+def encode(rankings: list[Ranking], renderer, counts: Counter, with_targets: bool = False) -> list[Encoded]:
+    from zhongjing.train.batching import shift
+    from zhongjing.train.rewards import render_answer
+
+    out = []
+    for r in rankings:
+        rendered = [render_answer(renderer, r.messages, resp) for resp in r.responses]
+        if any(x is None for x in rendered):
+            counts["too_long"] += 1  # an answer alone does not fit max_length
+            continue
+        targets = [shift(labels) for _, labels in rendered] if with_targets else None
+        out.append(Encoded([ids for ids, _ in rendered], r.ranking, r.k, targets))
+    return out
+
+
+class RankingBatches:
+    """Micro-batches of whole rankings (batch_size of them): every answer encoded once however many pairs it is in,
+    pairs as index tensors. `n` (the loss normaliser) counts rankings (RM) or pairs (DPO)."""
+
+    def __init__(self, train: list[Encoded], val: list[Encoded], batch_size: int, *, seed: int, group: int,
+                 pad_id: int, pair_norm: str = "ckn", per: str = "ranking"):
+        self.train, self.val, self.bs, self.seed, self.group = train, val, batch_size, seed, group
+        self.pad_id, self.pair_norm, self.per = pad_id, pair_norm, per
+
+    def collate(self, items: list[Encoded]) -> dict:
+        import torch
+
+        from zhongjing.data.render import IGNORE
+        from zhongjing.train.losses import ranking_norm, ranking_pairs
+        from zhongjing.train.rewards import pad_right
+
+        rows, offsets, groups = [], [], []
+        for e in items:
+            offsets.append(len(rows))
+            rows += e.ids
+            groups.append(e.groups)
+        better, worse, owner = ranking_pairs(groups, offsets)
+        norms = [ranking_norm(e.k, int((owner == r).sum()), self.pair_norm) for r, e in enumerate(items)]
+        ids = pad_right(rows, self.pad_id)
+        batch = {"input_ids": ids, "better": better, "worse": worse, "owner": owner, "norm": torch.tensor(norms),
+                 "n": len(items) if self.per == "ranking" else len(better), "ntokens": sum(len(x) for x in rows),
+                 "numel": ids.numel()}
+        if items and items[0].targets is not None:
+            targets = torch.full_like(ids, IGNORE)
+            for i, t in enumerate(t for e in items for t in e.targets):
+                targets[i, : len(t)] = torch.tensor(t)
+            batch["targets"] = targets
+        return batch
+
+    def train_batches(self, epoch: int):
+        from zhongjing.train.batching import LazyBatches, group_by_length
+        from zhongjing.train.mix import rng
+
+        order = rng(self.seed, "rankings", epoch).permutation(len(self.train)).tolist()
+        lengths = [sum(len(x) for x in e.ids) for e in self.train]
+        plan = group_by_length(order, lengths, self.bs, self.group, self.seed, epoch)
+        return LazyBatches(plan, lambda rows: self.collate([self.train[r[0]] for r in rows]))
+
+    def val_batches(self):
+        from zhongjing.train.batching import LazyBatches
+
+        order = sorted(range(len(self.val)), key=lambda i: sum(len(x) for x in self.val[i].ids))
+        plan = [order[i:i + self.bs] for i in range(0, len(order), self.bs)]
+        return LazyBatches(plan, lambda idx: self.collate([self.val[i] for i in idx]))

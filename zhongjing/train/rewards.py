@@ -19,16 +19,22 @@ from zhongjing.data.schema import Message
 from zhongjing.errors import ConfigError
 
 
-def reward_input_ids(renderer: Renderer, context: Sequence, response: str) -> list[int] | None:
-    """Token ids the reward model scores for (context ending with a patient turn, answer): the rendered dialogue up
-    to and including the answer's end-of-turn token, oldest exchanges dropped to fit. None if the answer alone is
-    too long for renderer.max_length."""
+def render_answer(renderer: Renderer, context: Sequence, response: str) -> tuple[list[int], list[int]] | None:
+    """(input_ids, labels) of the dialogue so far plus `response` as the doctor's turn, ending with the answer's
+    end-of-turn token; labels mark the answer only (renderer strategy "last"). Oldest exchanges are dropped to fit;
+    None if the answer alone is too long for renderer.max_length."""
     msgs = [m.to_dict() if isinstance(m, Message) else dict(m) for m in context]
     r = renderer.render(msgs + [{"role": "assistant", "content": response}])
     if r is None:
         return None
     last = max(i for i, t in enumerate(r.labels) if t != IGNORE)
-    return r.input_ids[: last + 1]
+    return r.input_ids[: last + 1], r.labels[: last + 1]
+
+
+def reward_input_ids(renderer: Renderer, context: Sequence, response: str) -> list[int] | None:
+    """Token ids the reward model scores for (context ending with a patient turn, answer); see render_answer."""
+    out = render_answer(renderer, context, response)
+    return out[0] if out else None
 
 
 def pad_right(rows: list[list[int]], pad_id: int) -> torch.Tensor:

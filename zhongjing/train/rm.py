@@ -51,68 +51,6 @@ class RMConfig:
             raise ConfigError(f"config key 'val_ratio': must be in [0, 1), got {self.val_ratio}")
 
 
-@dataclass
-class Encoded:
-    ids: list[list[int]]  # K token lists (dialogue + answer, through the answer's end-of-turn token)
-    groups: list[list[int]]  # tie groups best → worst
-    k: int
-
-
-def encode(rankings: list[Ranking], renderer, counts) -> list[Encoded]:
-    from zhongjing.train.rewards import reward_input_ids
-
-    out = []
-    for r in rankings:
-        ids = [reward_input_ids(renderer, r.messages, resp) for resp in r.responses]
-        if any(x is None for x in ids):
-            counts["too_long"] += 1  # an answer alone does not fit max_length
-            continue
-        out.append(Encoded(ids, r.ranking, r.k))
-    return out
-
-
-class RankingBatches:
-    """Micro-batches of whole rankings (batch_size of them): every answer once, pairs as index tensors."""
-
-    def __init__(self, train: list[Encoded], val: list[Encoded], batch_size: int, *, seed: int, group: int,
-                 pad_id: int, pair_norm: str):
-        self.train, self.val, self.bs, self.seed, self.group = train, val, batch_size, seed, group
-        self.pad_id, self.pair_norm = pad_id, pair_norm
-
-    def _collate(self, items: list[Encoded]) -> dict:
-        from zhongjing.train.losses import ranking_norm, ranking_pairs
-        from zhongjing.train.rewards import pad_right
-
-        rows, offsets, groups, norms = [], [], [], []
-        for e in items:
-            offsets.append(len(rows))
-            rows += e.ids
-            groups.append(e.groups)
-        better, worse, owner = ranking_pairs(groups, offsets)
-        for r, e in enumerate(items):
-            norms.append(ranking_norm(e.k, int((owner == r).sum()), self.pair_norm))
-        ids = pad_right(rows, self.pad_id)
-        return {"input_ids": ids, "better": better, "worse": worse, "owner": owner,
-                "norm": torch.tensor(norms), "n": len(items), "ntokens": sum(len(x) for x in rows),
-                "numel": ids.numel()}
-
-    def train_batches(self, epoch: int):
-        from zhongjing.train.batching import LazyBatches, group_by_length
-        from zhongjing.train.mix import rng
-
-        order = rng(self.seed, "rm", epoch).permutation(len(self.train)).tolist()
-        lengths = [sum(len(x) for x in e.ids) for e in self.train]
-        plan = group_by_length(order, lengths, self.bs, self.group, self.seed, epoch)
-        return LazyBatches(plan, lambda rows: self._collate([self.train[r[0]] for r in rows]))
-
-    def val_batches(self):
-        from zhongjing.train.batching import LazyBatches
-
-        order = sorted(range(len(self.val)), key=lambda i: sum(len(x) for x in self.val[i].ids))
-        plan = [order[i:i + self.bs] for i in range(0, len(order), self.bs)]
-        return LazyBatches(plan, lambda idx: self._collate([self.val[i] for i in idx]))
-
-
 def rm_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
     """Σ over the batch's rankings of the per-ranking loss; metrics are sums the loop divides by Σ rankings."""
     from zhongjing.model.value_head import sequence_rewards
@@ -161,7 +99,7 @@ def train_rm(cfg: RMConfig) -> Path:
     from zhongjing.train.checkpoint import code_version, inputs_hash
     from zhongjing.train.common import data_record, hashable_config, make_accelerator
     from zhongjing.train.loop import fit
-    from zhongjing.train.prefs import load_prefs
+    from zhongjing.train.prefs import RankingBatches, encode, load_prefs
 
     if not cfg.model or not cfg.data:
         raise ConfigError("train rm needs model=PARENT_DIR and data=RANKINGS (a file, folder or list)")

@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field, fields, replace
-from typing import Iterator
-
 import torch
 
 from zhongjing.train.lm import only_positions, unwrap
@@ -57,11 +55,6 @@ class Rollout:
                 v = [v[i] for i in idx.tolist()]
             out[f.name] = v
         return replace(self, **out)
-
-    def minibatches(self, size: int, generator: torch.Generator | None = None) -> Iterator["Rollout"]:
-        order = torch.randperm(len(self), generator=generator)
-        for i in range(0, len(self), size):
-            yield self.select(order[i:i + size])
 
 
 # ----------------------------------------------------------------------------- forward passes
@@ -152,12 +145,13 @@ class Sampled:
 
 
 def sample_answers(model, tokenizer, prompts: list[list[int]], *, num_samples: int, max_new_tokens: int,
-                   temperature: float, top_p: float, seed: int | None, batch_size: int, stop_ids=None) -> Sampled:
+                   temperature: float, top_p: float = 1.0, top_k: int = 0, seed: int | None, batch_size: int,
+                   stop_ids=None) -> Sampled:
     from zhongjing.model.generation import sample
 
     t0 = time.perf_counter()
     gens = sample(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                  num_samples=num_samples, seed=seed, batch_size=batch_size, stop_ids=stop_ids)
+                  top_k=top_k, num_samples=num_samples, seed=seed, batch_size=batch_size, stop_ids=stop_ids)
     seconds = time.perf_counter() - t0
     return Sampled([list(prompts[g.prompt_index]) for g in gens], [list(g.token_ids) for g in gens],
                    [g.text for g in gens], [g.prompt_index for g in gens], seconds, sum(len(g.token_ids) for g in gens))
@@ -167,7 +161,8 @@ def sample_answers(model, tokenizer, prompts: list[list[int]], *, num_samples: i
 def score_sampled(model, sampled: "Sampled", *, pad_id: int, stop_ids: set[int], value_head=None,
                   temperature: float = 1.0, forward_batch: int = 16) -> dict:
     """Forward passes over the sampled answers (policy + critic, then reference), `forward_batch` rows at a time."""
-    seq, plens, act, finished = pad_batch(sampled.prompts, sampled.answers, pad_id, stop_ids)
+    device = next(unwrap(model).parameters()).device
+    seq, plens, act, finished = (t.to(device) for t in pad_batch(sampled.prompts, sampled.answers, pad_id, stop_ids))
     was = unwrap(model).training
     model.eval()  # dropout off: the old log-probs must be those of the policy that is then updated
     lps, refs, vals = [], [], []

@@ -1,0 +1,153 @@
+"""`zhongjing train dpo`: direct preference optimisation (sigmoid loss) from the same rankings the RM reads.
+
+Policy = parent (usually the SFT model) + a trainable LoRA adapter; reference = the same weights with the adapter
+disabled, so no second model is held. A K-way ranking gives all its (better, worse) pairs; a batch holds whole
+rankings and each answer is run once per batch whatever the number of pairs it is in. Log-probabilities are
+summed over the answer tokens only (the vocabulary projection runs on those positions alone). All-wrong rankings
+teach the honest "I don't know" answer as preferred (prefs.py). Loss normaliser: pairs.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from zhongjing.config import parse_stage_args
+from zhongjing.errors import ConfigError, ZhongjingError
+from zhongjing.model.lora import LoraSettings
+from zhongjing.train.common import TrainSettings
+from zhongjing.train.prefs import IDK_ANSWER
+
+
+@dataclass
+class DPOConfig:
+    model: str = ""  # policy parent: the SFT model (full folder or adapter)
+    data: list[str] = field(default_factory=list)  # Ranking JSONL, chosen/rejected pairs, ...
+    format: str | None = None
+    val_data: list[str] = field(default_factory=list)
+    val_ratio: float = 0.1
+    output: str = "runs/dpo"
+    beta: float = 0.1  # strength of the implicit KL to the reference
+    label_smoothing: float = 0.0  # conservative DPO: assumed fraction of flipped labels
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainSettings = field(default_factory=lambda: TrainSettings(lr=5e-5, batch_size=4))  # batch = rankings
+    max_length: int = 4096
+    idk_answer: str = IDK_ANSWER
+    length_group: int = 16
+    dtype: str = "float32"
+    skip_bad: bool = False
+
+    def __post_init__(self):
+        if self.beta <= 0:
+            raise ConfigError(f"config key 'beta': must be positive, got {self.beta}")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"config key 'label_smoothing': must be in [0, 0.5), got {self.label_smoothing}")
+
+
+def sequence_logprobs(model, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Σ log π(answer token) per row. input_ids, targets (B, L) → (B,); logits only where a target exists."""
+    from zhongjing.data.render import IGNORE
+    from zhongjing.train.lm import only_positions
+    from zhongjing.train.losses import token_logprobs
+
+    keep = targets != IGNORE  # (B, L)
+    with only_positions(model, keep):
+        logits = model(input_ids=input_ids, use_cache=False).logits  # (N, V)
+    per_token = token_logprobs(logits[None], targets[keep][None])[0]  # (N,)
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(keep)[keep]
+    return torch.zeros(input_ids.shape[0], dtype=per_token.dtype, device=per_token.device).index_add(0, rows, per_token)
+
+
+def dpo_loss_fn(model, batch: dict, *, beta: float, label_smoothing: float) -> tuple[torch.Tensor, dict]:
+    """Σ over the batch's pairs of the sigmoid DPO loss; metrics are sums the loop divides by Σ pairs."""
+    from zhongjing.train.losses import dpo_loss
+    from zhongjing.train.rollout import reference_mode
+
+    b, w = batch["better"], batch["worse"]
+    with torch.no_grad(), reference_mode(model):
+        ref = sequence_logprobs(model, batch["input_ids"], batch["targets"])
+    pol = sequence_logprobs(model, batch["input_ids"], batch["targets"])
+    loss, chosen, rejected = dpo_loss(pol[b], pol[w], ref[b], ref[w], beta, label_smoothing)
+    margin = chosen - rejected
+    return loss.sum(), {"correct": float((margin > 0).sum()), "margin": float(margin.sum()),
+                        "chosen_reward": float(chosen.sum()), "rejected_reward": float(rejected.sum()),
+                        "chosen_logp": float(pol[b].detach().sum())}
+
+
+def dpo_metrics(rec: dict) -> dict:
+    return {"val_accuracy": rec["val_correct"]}  # already Σcorrect / Σpairs
+
+
+def train_dpo(cfg: DPOConfig) -> Path:
+    from collections import Counter
+
+    from zhongjing.config import to_dict
+    from zhongjing.data.render import Renderer
+    from zhongjing.model.load import load_tokenizer
+    from zhongjing.model.lora import TrainedIO, count_params, prepare_model
+    from zhongjing.train.checkpoint import code_version, inputs_hash
+    from zhongjing.train.common import data_record, hashable_config, make_accelerator
+    from zhongjing.train.loop import fit
+    from zhongjing.train.prefs import RankingBatches, encode, load_prefs
+
+    if not cfg.model or not cfg.data:
+        raise ConfigError("train dpo needs model=POLICY_PARENT and data=RANKINGS")
+    t0 = time.time()
+    acc = make_accelerator(cfg.train)
+    tok = load_tokenizer(cfg.model)
+    prefs = load_prefs(cfg.data, cfg.format, val_paths=cfg.val_data, val_ratio=cfg.val_ratio, seed=cfg.train.seed,
+                       idk_answer=cfg.idk_answer, skip_bad=cfg.skip_bad)
+    counts = Counter(prefs.counts)
+    renderer = Renderer(tok, max_length=cfg.max_length, strategy="last")
+    train = encode(prefs.train, renderer, counts, with_targets=True)
+    val = encode(prefs.val, renderer, counts, with_targets=True)
+    if not train:
+        raise ZhongjingError(f"no usable rankings in {cfg.data} ({dict(counts)})")
+    data = RankingBatches(train, val, cfg.train.batch_size, seed=cfg.train.seed, group=cfg.length_group,
+                          pad_id=tok.pad_token_id, per="pair")
+    model = prepare_model(cfg.model, "lora", cfg.lora, dtype=cfg.dtype,
+                          gradient_checkpointing=cfg.train.gradient_checkpointing)
+    trainable, total = count_params(model)
+    config = to_dict(cfg)
+    parent = str(Path(cfg.model).resolve())
+    records = [data_record(p) for p in list(cfg.data) + list(cfg.val_data)]
+    meta = {"stage": "dpo", "kind": "adapter", "base_model": parent, "parent": parent,
+            "inputs_hash": inputs_hash("dpo", cfg.model, records, hashable_config(config)), "data": records,
+            "config": config, "code": code_version(), "counts": dict(counts),
+            "params": {"trainable": trainable, "total": total}}
+    if acc.is_main_process:
+        print(f"dpo: {counts['train']} rankings ({counts['train_pairs']} pairs) train, {counts['val']} val; "
+              f"{trainable:,}/{total:,} trainable parameters", file=sys.stderr)
+    loss_fn = functools.partial(dpo_loss_fn, beta=cfg.beta, label_smoothing=cfg.label_smoothing)
+    result = fit(model, data, loss_fn, cfg.train, cfg.output, accelerator=acc, io=TrainedIO(tok, parent), meta=meta,
+                 on_eval=dpo_metrics)
+    if acc.is_main_process:
+        from zhongjing.io import write_json
+        from zhongjing.model.load import read_meta
+
+        final = read_meta(cfg.output)
+        best = next((h for h in result.history if h["step"] == result.best_step), None)
+        if best is not None:
+            final["metrics"] |= {"val_accuracy": best["val_accuracy"], "val_margin": best["val_margin"]}
+        final["seconds"] = round(time.time() - t0, 1)
+        write_json(Path(cfg.output) / "meta.json", final)
+    acc.wait_for_everyone()
+    return Path(cfg.output)
+
+
+def main(argv: list[str]) -> int:
+    cfg = parse_stage_args("zhongjing train dpo", DPOConfig, argv, __doc__.split("\n\n")[0])
+    out = train_dpo(cfg)
+    from zhongjing.model.load import read_meta
+
+    m = read_meta(out).get("metrics", {})
+    acc = m.get("val_accuracy")
+    print(f"dpo policy → {out}" + (f" (val preference accuracy {acc:.3f})" if acc is not None and not math.isnan(acc)
+                                    else ""))
+    return 0

@@ -1,0 +1,355 @@
+"""The loop PPO and GRPO share: prompts → rollout → several epochs of clipped updates, with checkpoints and resume.
+
+One *update* = sample answers for `rollout_prompts` prompts, score them once (policy, reference, critic, reward),
+then `update_epochs` passes over them in optimizer steps of batch_size × grad_accum answers. The algorithm (PPO
+or GRPO) supplies the critic (or none), how a rollout gets its advantages, and the loss. Everything else lives
+here: prompts and their held-out evaluation set, the reward, logging (`logs/train.jsonl` per update,
+`logs/eval.jsonl`), atomic checkpoints after an update (resume regenerates nothing twice: sampling is seeded by
+update number), guards against reward hacking (answer length logged and capped, entropy logged, a run stopped
+when KL to the reference passes `stop_kl`), and the output folder (the policy adapter over the parent, plus the
+critic's `value_head.safetensors` when there is one).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from zhongjing.errors import ConfigError, ZhongjingError
+from zhongjing.model.lora import LoraSettings, TrainedIO
+from zhongjing.train.common import TrainSettings
+from zhongjing.train.rewards import RewardConfig
+
+
+@dataclass
+class GenSettings:
+    max_new_tokens: int = 256  # hard cap on answer length (a reward-hacking guard as well as a cost one)
+    temperature: float = 1.0  # 1.0 = the policy's own distribution, which PPO's ratios assume
+    top_p: float = 1.0
+    top_k: int = 0
+    batch_size: int = 16  # rows decoded together
+    forward_batch: int = 16  # rows per scoring forward pass (policy, reference, critic)
+
+
+@dataclass
+class RLConfig:
+    model: str = ""  # policy parent: the SFT model (full folder or adapter, merged in memory)
+    prompts: list[str] = field(default_factory=list)  # dialogue or ranking files: the patient turns to answer
+    format: str | None = None
+    turn: str = "last"  # dialogue files: "last" patient turn, "all", or a 1-based number
+    output: str = "runs/rl"
+    max_length: int = 4096  # prompt + answer; older exchanges are dropped from the prompt
+    eval_prompts: int = 16  # held out from training; reward, question rate, length and KL measured on them
+    stop_kl: float = 0.0  # stop the run when the mean KL(policy‖reference) per answer passes this (0 = never)
+    rollout_prompts: int = 0  # prompts per update; 0 = batch_size × grad_accum answers' worth
+    update_epochs: int = 2  # passes over each rollout ("several PPO epochs per batch")
+    dtype: str = "float32"
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    generation: GenSettings = field(default_factory=GenSettings)
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(dropout=0.0))  # ratios need a deterministic policy
+    train: TrainSettings = field(default_factory=lambda: TrainSettings(lr=5e-5, epochs=2, batch_size=8,
+                                                                        grad_accum=4, warmup_ratio=0.0))
+
+    def __post_init__(self):
+        if self.turn not in ("last", "all") and not (self.turn.isdigit() and int(self.turn) >= 1):
+            raise ConfigError(f"config key 'turn': 'last', 'all' or a patient-turn number, got {self.turn!r}")
+        if self.update_epochs < 1:
+            raise ConfigError(f"config key 'update_epochs': must be ≥ 1, got {self.update_epochs}")
+
+
+# ----------------------------------------------------------------------------- the trained modules
+
+
+class ActorCritic(nn.Module):
+    """Policy (peft model) + optional value head: one forward gives log-probs, values and entropy (B, R), and goes
+    through any DDP wrapper put around this module."""
+
+    def __init__(self, policy, value_head: nn.Module | None):
+        super().__init__()
+        self.policy, self.value_head = policy, value_head
+
+    def forward(self, sequences, prompt_lens, action_mask, temperature: float = 1.0, with_entropy: bool = True):
+        from zhongjing.train.rollout import response_forward
+
+        return response_forward(self.policy, sequences, prompt_lens, action_mask, value_head=self.value_head,
+                                temperature=temperature, with_entropy=with_entropy)
+
+
+@dataclass
+class ActorCriticIO:
+    """Saves the policy adapter like every stage (TrainedIO) and the critic next to it."""
+
+    inner: TrainedIO
+
+    def save(self, model: ActorCritic, out: Path, state_dict: dict | None = None) -> None:
+        sd = {k[len("policy."):]: v for k, v in state_dict.items() if k.startswith("policy.")} if state_dict else None
+        self.inner.save(model.policy, out, sd)
+        if model.value_head is not None:
+            model.value_head.save(out)
+
+    def restore(self, model: ActorCritic, src: Path) -> None:
+        from zhongjing.model.value_head import ValueHead
+
+        self.inner.restore(model.policy, src)
+        if model.value_head is not None:
+            head = ValueHead.load(src, model.value_head.summary.in_features)
+            model.value_head.load_state_dict(head.state_dict())
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+@dataclass
+class Prompt:
+    id: str
+    context: list  # Messages ending with the patient turn
+    ids: list[int]  # rendered prompt (generation prompt included)
+
+
+def load_prompts(cfg: RLConfig, tokenizer, counts) -> list[Prompt]:
+    from zhongjing.data.readers import kind_of, list_files, read_dialogues, read_rankings
+    from zhongjing.data.readers.detect import detect_format
+    from zhongjing.data.render import Renderer
+    from zhongjing.generate import select_turns
+
+    renderer = Renderer(tokenizer, max_length=cfg.max_length)
+    out, seen = [], set()
+    for f in list_files(cfg.prompts):
+        kind = kind_of(cfg.format or detect_format(f))
+        if kind == "dialogue":
+            items = [(it.id, it.context) for d in read_dialogues(f, cfg.format) for it in select_turns(d, cfg.turn)]
+        elif kind == "ranking":
+            items = [(r.id, r.messages) for r in read_rankings(f, cfg.format)]
+        else:
+            raise ZhongjingError(f"{f}: holds {kind} data; prompts come from dialogue or ranking files")
+        for id_, ctx in items:
+            key = tuple((m.role, m.content) for m in ctx)
+            if key in seen:
+                counts["duplicate_prompts"] += 1
+                continue
+            seen.add(key)
+            try:
+                ids = renderer.prompt_ids(ctx, reserve=cfg.generation.max_new_tokens)
+            except ZhongjingError:
+                counts["prompt_too_long"] += 1
+                continue
+            out.append(Prompt(id_, list(ctx), ids))
+    if not out:
+        raise ZhongjingError(f"no usable prompts in {cfg.prompts}")
+    return out
+
+
+def split_prompts(prompts: list[Prompt], n_eval: int, seed: int) -> tuple[list[Prompt], list[Prompt]]:
+    from zhongjing.train.mix import rng
+
+    if n_eval <= 0:
+        return prompts, []
+    if n_eval >= len(prompts):
+        raise ConfigError(f"eval_prompts={n_eval} leaves no training prompts (only {len(prompts)})")
+    perm = rng(seed, "eval-prompts").permutation(len(prompts)).tolist()
+    held = set(perm[:n_eval])
+    return [p for i, p in enumerate(prompts) if i not in held], [p for i, p in enumerate(prompts) if i in held]
+
+
+# ----------------------------------------------------------------------------- algorithm interface
+
+
+class Algorithm:
+    """What PPO and GRPO each define; see ppo.py and grpo.py."""
+
+    name = "rl"
+    samples_per_prompt = 1
+    critic = False
+
+    def make_rollout(self, sampled, scored: dict, scores: torch.Tensor):  # → Rollout
+        raise NotImplementedError
+
+    def loss(self, model: ActorCritic, batch: dict) -> tuple[torch.Tensor, dict]:  # batch["rollout"] → (Σ, sums)
+        raise NotImplementedError
+
+    def after_rollout(self, rollout) -> dict:  # adaptive controllers; returns values to log
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def rollout_batches(rollout, batch_size: int, grad_accum: int, generator) -> list[list[dict]]:
+    """The rollout in random order → optimizer steps (windows of grad_accum micro-batches of batch_size rows).
+    Each micro-batch carries n = its answer tokens: the loss is a token mean over the whole window."""
+    order = torch.randperm(len(rollout), generator=generator)
+    micro = [rollout.select(order[i:i + batch_size]) for i in range(0, len(rollout), batch_size)]
+    batches = [{"rollout": m, "n": int(m.action_mask.sum()), "ntokens": int(m.action_mask.sum())} for m in micro]
+    return [batches[i:i + grad_accum] for i in range(0, len(batches), grad_accum)]
+
+
+def summarize(scores: torch.Tensor, parts: dict, scored: dict) -> dict:
+    """Per-rollout numbers that show progress — and reward hacking (length, unfinished answers, KL)."""
+    act = scored["action_mask"]
+    out = {"reward": scores.mean().item(), "reward_std": scores.std().item() if len(scores) > 1 else 0.0,
+           "answer_len": act.sum(1).float().mean().item(), "finished": scored["finished"].float().mean().item(),
+           "kl": scored["kl"].sum(1).mean().item()}
+    return out | {f"reward_{k}": v.float().mean().item() for k, v in parts.items()}
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
+    from collections import Counter
+
+    from zhongjing.config import to_dict
+    from zhongjing.model.generation import derive_seed
+    from zhongjing.model.load import end_of_turn_ids, load_tokenizer
+    from zhongjing.model.lora import count_params, prepare_model
+    from zhongjing.model.value_head import ValueHead, hidden_size
+    from zhongjing.train import checkpoint as ckpt
+    from zhongjing.train.common import data_record, hashable_config, make_accelerator
+    from zhongjing.train.logs import RunLogger
+    from zhongjing.train.loop import _train_step
+    from zhongjing.train.mix import rng
+    from zhongjing.train.optim import Guard, build_optimizer, build_scheduler
+    from zhongjing.train.rewards import Rewards
+    from zhongjing.train.rollout import sample_answers, score_sampled
+
+    if not cfg.model or not cfg.prompts:
+        raise ConfigError(f"train {stage} needs model=SFT_DIR and prompts=DIALOGUES_OR_RANKINGS")
+    cfg.reward.check()
+    t_start = time.perf_counter()
+    tc, gc, K = cfg.train, cfg.generation, algo.samples_per_prompt
+    acc = make_accelerator(tc)
+    world, rank, out = acc.num_processes, acc.process_index, Path(cfg.output)
+    tok = load_tokenizer(cfg.model)
+    counts: Counter = Counter()
+    train_p, eval_p = split_prompts(load_prompts(cfg, tok, counts), cfg.eval_prompts, tc.seed)
+    per_update = cfg.rollout_prompts or max(1, tc.batch_size * tc.grad_accum // K)
+    per_epoch = len(train_p) // per_update
+    if per_epoch == 0:
+        raise ZhongjingError(f"{len(train_p)} training prompts, but one update takes {per_update}")
+    total = tc.max_steps or per_epoch * tc.epochs
+    steps_per_update = cfg.update_epochs * math.ceil(per_update * K / world / (tc.batch_size * tc.grad_accum))
+
+    policy = prepare_model(cfg.model, "lora", cfg.lora, dtype=cfg.dtype, gradient_checkpointing=tc.gradient_checkpointing)
+    model = ActorCritic(policy, ValueHead(hidden_size(policy)) if algo.critic else None)
+    trainable, n_params = count_params(model)
+    rewards = Rewards(cfg.reward, max_length=cfg.max_length)
+    optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas, tc.eps)
+    scheduler = build_scheduler(optimizer, total * steps_per_update, tc.warmup_steps, tc.warmup_ratio, tc.min_lr_ratio)
+    model, optimizer = acc.prepare(model, optimizer)
+    scheduler.optimizer = optimizer
+    guard = Guard(tc.explode_grad_norm, tc.explode_lr_decay)
+    io = ActorCriticIO(TrainedIO(tok, cfg.model))
+    stop_ids = end_of_turn_ids(tok, policy)
+    parent = str(Path(cfg.model).resolve())
+    config = to_dict(cfg)
+    records = [data_record(p) for p in cfg.prompts]
+    meta = {"stage": stage, "kind": "adapter", "base_model": parent, "parent": parent,
+            "inputs_hash": ckpt.inputs_hash(stage, cfg.model, records, hashable_config(config)), "data": records,
+            "config": config, "code": ckpt.code_version(), "critic": "value_head.safetensors" if algo.critic else None,
+            "counts": dict(counts, train_prompts=len(train_p), eval_prompts=len(eval_p)),
+            "params": {"trainable": trainable, "total": n_params}}
+
+    if acc.is_main_process:
+        ckpt.prepare_out(out, resume=tc.resume, overwrite=tc.overwrite)
+    acc.wait_for_everyone()
+    step, epoch, in_epoch, history, stopped = 0, 0, 0, [], None
+    last = ckpt.latest_checkpoint(out) if tc.resume else None
+    if last is not None:
+        st = ckpt.load_checkpoint(last, accelerator=acc, model=model, io=io, optimizer=optimizer)
+        if (st["grad_accum"], st["batch_size"], st["per_update"]) != (tc.grad_accum, tc.batch_size, per_update):
+            raise ZhongjingError(f"{last}: written with other batch settings; resume with the same ones")
+        scheduler.load_state_dict(st["scheduler"])
+        guard.load_state_dict(st["guard"])
+        algo.load_state_dict(st["algorithm"])
+        step, epoch, in_epoch, history, stopped = st["step"], st["epoch"], st["in_epoch"], st["history"], st["stopped"]
+    log = RunLogger(out / "logs", enabled=acc.is_main_process, total_steps=total, start_step=step,
+                    tensorboard=tc.tensorboard, progress=tc.progress)
+    log.info(f"{stage}: {len(train_p)} training prompts ({per_update} per update, {total} updates), "
+             f"{len(eval_p)} held out; {trainable:,}/{n_params:,} trainable parameters"
+             + (f"; resumed from {last} (update {step})" if last is not None else ""))
+    unwrapped = acc.unwrap_model(model)
+
+    def rollout_for(prompts: list[Prompt], seed: int, k: int):
+        sampled = sample_answers(unwrapped.policy, tok, [p.ids for p in prompts], num_samples=k,
+                                 max_new_tokens=gc.max_new_tokens, temperature=gc.temperature, top_p=gc.top_p,
+                                 top_k=gc.top_k, seed=seed, batch_size=gc.batch_size, stop_ids=stop_ids)
+        scored = score_sampled(unwrapped.policy, sampled, pad_id=tok.pad_token_id, stop_ids=stop_ids,
+                               value_head=unwrapped.value_head, temperature=gc.temperature,
+                               forward_batch=gc.forward_batch)
+        contexts = [prompts[i].context for i in sampled.prompt_index]
+        scores, parts = rewards.score(contexts, sampled.texts, scored["response_len"].cpu(), scored["finished"].cpu())
+        return sampled, scored, scores.to(scored["kl"].device), parts
+
+    def evaluate(step: int) -> None:
+        if not eval_p:
+            return
+        _, scored, scores, parts = rollout_for(eval_p[rank::world], derive_seed(tc.seed, 7), 1)
+        rec = {"step": step, "epoch": epoch, **{f"eval_{k}": v for k, v in summarize(scores, parts, scored).items()}}
+        history.append(rec)
+        log.eval(rec)
+
+    def save(step: int) -> None:
+        state = {"step": step, "epoch": epoch, "in_epoch": in_epoch, "history": history, "stopped": stopped,
+                 "scheduler": scheduler.state_dict(), "guard": guard.state_dict(), "algorithm": algo.state_dict(),
+                 "world_size": world, "grad_accum": tc.grad_accum, "batch_size": tc.batch_size,
+                 "per_update": per_update, "best_step": step, "best_val": None}
+        ckpt.save_checkpoint(out, step, accelerator=acc, model=model, io=io, optimizer=optimizer, state=state,
+                             meta=meta | {"best_step": step}, keep=tc.keep_checkpoints, protect={step})
+
+    if step == 0 and not history:
+        evaluate(0)  # the starting policy, for comparison
+    loss_fn = algo.loss
+    while step < total and not stopped:
+        t0 = time.perf_counter()
+        order = rng(tc.seed, "prompts", epoch).permutation(len(train_p)).tolist()
+        batch = [train_p[i] for i in order[in_epoch * per_update:(in_epoch + 1) * per_update]][rank::world]
+        sampled, scored, scores, parts = rollout_for(batch, derive_seed(tc.seed, step), K)
+        rollout = algo.make_rollout(sampled, scored, scores)
+        t_rollout = time.perf_counter() - t0
+        rec = summarize(scores, parts, scored) | algo.after_rollout(rollout)
+        rec |= {"gen_tokens_per_s": sampled.tokens / max(sampled.seconds, 1e-9), "t_generate": sampled.seconds,
+                "t_rollout": t_rollout}
+        if cfg.stop_kl and rec["kl"] > cfg.stop_kl:
+            stopped = f"KL to the reference {rec['kl']:.3f} passed stop_kl={cfg.stop_kl} at update {step + 1}"
+            log.info(f"{stage}: {stopped}; keeping the policy from update {step}")
+            break
+        gen = torch.Generator().manual_seed(derive_seed(tc.seed, step, 1))
+        steps = [_train_step(model, window, loss_fn, acc, optimizer, scheduler, guard, tc, log)
+                 for _ in range(cfg.update_epochs)
+                 for window in rollout_batches(rollout, tc.batch_size, tc.grad_accum, gen)]
+        last_epoch = steps[-len(steps) // cfg.update_epochs:]
+        train_keys = [k for k in last_epoch[0] if k not in rec and isinstance(last_epoch[0][k], (int, float))]
+        rec |= {k: sum(s[k] for s in last_epoch if s[k] is not None) / len(last_epoch) for k in train_keys}
+        rec |= {"lr": steps[0]["lr"], "t_train": time.perf_counter() - t0 - t_rollout,
+                "seconds": time.perf_counter() - t0}
+        step, in_epoch = step + 1, in_epoch + 1
+        end_of_epoch = in_epoch >= per_epoch
+        if end_of_epoch:
+            epoch, in_epoch = epoch + 1, 0
+        log.step({"step": step, "epoch": epoch, **rec})
+        do_eval = step == total or (step % tc.eval_every == 0 if tc.eval_every else end_of_epoch)
+        if do_eval:
+            evaluate(step)
+        if do_eval or (tc.save_every and step % tc.save_every == 0):
+            save(step)
+    if stopped and (not history or history[-1]["step"] != step):
+        evaluate(step)
+    if not ckpt.checkpoints(out) or ckpt.checkpoints(out)[-1][0] != step or stopped:
+        save(step)
+    if acc.is_main_process:
+        final = meta | {"best_step": step, "step": step, "stopped": stopped,
+                        "metrics": {"history": history, "explosions": guard.explosions,
+                                    "train_seconds": round(time.perf_counter() - t_start, 1)}}
+        ckpt.finalize(out, step, final)
+    acc.wait_for_everyone()
+    log.info(f"{stage}: done, {step} updates → {out}")
+    log.close()
+    return out
