@@ -170,7 +170,7 @@ def test_concurrent_clients_get_independent_answers(server, client, local):
 def test_stream_disconnect_frees_the_batch(server):
     before = server.health()
     body = {"model": NAME, "messages": [{"role": "user", "content": "hi"}], "stream": True, "temperature": 2.0,
-            "max_tokens": 200, "seed": 1}
+            "max_tokens": 230, "n": 16, "seed": 1}  # long enough that it cannot end before the client leaves
     with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=30) as r:
         lines = r.iter_lines()
         assert next(lines).startswith("data: ")
@@ -233,3 +233,28 @@ def test_prompt_rendering_safety_prompt_and_history_truncation(chat_model_dir):
     assert DIALOGUES[0][0][1] not in text and max_new == 30
     assert SAFETY_PROMPT and ServeState(None, tok, NAME, 256, 40, SAFETY_PROMPT).prompt_for(
         ChatRequest(NAME, messages(DIALOGUES[0][:1])))[1] == 40
+
+
+def test_engine_cancel_drops_rows_and_leaves_others_intact(chat_model_dir):
+    """In-process: cancel one request mid-batch; the other's answer must equal a run on its own."""
+    from zhongjing.model.generation import SamplingParams
+    from zhongjing.serve.engine import Engine
+
+    tok = load_tokenizer(chat_model_dir)
+    model, r = load_model(chat_model_dir), Renderer(tok, max_length=256)
+    keep_p, cancel_p = r.prompt_ids(messages(DIALOGUES[1][:1])), r.prompt_ids(messages(DIALOGUES[0][:1]))
+    ref = sample(model, tok, [keep_p], max_new_tokens=60, temperature=1.5, seed=3)[0]
+    engine = Engine(model, tok, max_batch=4)
+    got, texts = threading.Event(), []
+    kept = engine.submit(keep_p, SamplingParams(60, 1.5, seed=3), lambda k, row, p: k == "done" and got.set())
+    doomed = engine.submit(cancel_p, SamplingParams(240, 2.0, seed=1), lambda k, row, p: texts.append(k), n=3)
+    engine.decoder.admit(engine._take()[0])  # drive the worker by hand: admit both, run a few steps
+    for _ in range(3):
+        engine.decoder.step()
+    engine.cancel(doomed)
+    engine.start()
+    assert got.wait(60)
+    engine.close()
+    assert kept.rows[0].result().token_ids == ref.token_ids
+    assert all(row.finish_reason == "cancelled" for row in doomed.rows) and "done" not in texts
+    assert len(engine.decoder) == 0 and engine.load()["cancelled"] == 1
