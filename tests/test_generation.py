@@ -111,6 +111,31 @@ def test_stop_ids_stop_strings_and_length(mt, prompts):
     assert g.finish_reason == "length" and g.token_ids == full.token_ids[:5]
 
 
+def test_penalties_match_a_reference_loop(mt, prompts):
+    model, tok, _ = mt
+
+    def penalized_loop(prompt, n, rep, freq, pres):
+        ids, out = list(prompt), []
+        with torch.no_grad():
+            for _ in range(n):
+                logits = model(torch.tensor([ids])).logits[0, -1].clone()
+                for t in set(ids):  # CTRL-style over everything seen
+                    logits[t] = logits[t] / rep if logits[t] > 0 else logits[t] * rep
+                for t in set(out):  # OpenAI-style over the answer
+                    logits[t] -= freq * out.count(t) + pres
+                out.append(int(logits.argmax()))
+                ids.append(out[-1])
+        return out
+
+    for rep, freq, pres in ((1.3, 0.0, 0.0), (1.0, 0.7, 0.3), (1.2, 0.5, 0.5)):
+        gens = sample(model, tok, prompts[:3], max_new_tokens=15, temperature=0, stop_ids=set(), repetition_penalty=rep,
+                      frequency_penalty=freq, presence_penalty=pres)
+        assert [g.token_ids for g in gens] == [penalized_loop(p, 15, rep, freq, pres) for p in prompts[:3]]
+    # a prohibitive presence penalty: no token is generated twice
+    g = sample(model, tok, prompts[:1], max_new_tokens=30, temperature=0, stop_ids=set(), presence_penalty=1e4)[0]
+    assert len(set(g.token_ids)) == len(g.token_ids) == 30
+
+
 def test_logprobs_match_a_forward_pass(mt, prompts):
     model, tok, _ = mt
     for temp in (0.0, 0.7):

@@ -81,6 +81,11 @@ def test_n_seed_and_sampling_params(client, local):
     ref = local(msgs, num_samples=3, max_new_tokens=20, **kw)  # same per-sample seeds as in-process sampling
     assert texts == [g.text for g in ref] and len(set(texts)) > 1
     assert r.usage.completion_tokens == sum(len(g.token_ids) for g in ref)
+    pen = dict(temperature=0, frequency_penalty=0.8, presence_penalty=0.4, extra_body={"repetition_penalty": 1.3})
+    r = client.chat.completions.create(model=NAME, messages=msgs, max_tokens=20, **pen)
+    ref = local(msgs, max_new_tokens=20, temperature=0, frequency_penalty=0.8, presence_penalty=0.4,
+                repetition_penalty=1.3)
+    assert r.choices[0].message.content == ref[0].text
     streamed = ["", "", ""]
     for c in client.chat.completions.create(model=NAME, messages=msgs, n=3, max_tokens=20, stream=True, **kw):
         for ch in c.choices:
@@ -126,6 +131,8 @@ def _post(server, body, raw=False):
      "unsupported_content"),
     ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "temperature": 3}, 400, "invalid_value"),
     ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "n": 0}, 400, "invalid_value"),
+    ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "frequency_penalty": 2.5}, 400, "invalid_value"),
+    ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "repetition_penalty": 0}, 400, "invalid_value"),
     ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "stop": [""]}, 400, "invalid_value"),
     ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "temprature": 0}, 400, "unknown_parameter"),
     ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, 400,

@@ -11,7 +11,7 @@ Semantics every caller can rely on:
 - `token_ids` are the generated ids; when a stop id ended the answer it is the last id (PPO learns to stop),
   `text` never contains it. A stop string ends the answer; `text` is cut before it (OpenAI semantics).
 - `logprobs[i]` is the log-probability of token i under the model at the sampling temperature
-  (raw distribution when greedy), before top-k/top-p truncation.
+  (raw distribution when greedy), before top-k/top-p truncation (penalties, when set, included).
 - prompts longer than the model's context, or with no room left for one new token, are refused with a
   ZhongjingError; `max_new_tokens` is capped so prompt + answer fits the context.
 """
@@ -47,6 +47,13 @@ class SamplingParams:
     stop_strings: tuple[str, ...] = ()
     seed: int | None = None
     logprobs: bool = False
+    repetition_penalty: float = 1.0  # CTRL/HF style, over prompt + answer: >1 discourages any seen token
+    frequency_penalty: float = 0.0  # OpenAI style, over the answer: minus this × times the token was generated
+    presence_penalty: float = 0.0  # OpenAI style, over the answer: minus this once a token was generated
+
+    @property
+    def penalized(self) -> bool:
+        return self.repetition_penalty != 1.0 or bool(self.frequency_penalty) or bool(self.presence_penalty)
 
     def __post_init__(self):
         self.stop_strings = tuple(s for s in (self.stop_strings or ()) if s)
@@ -58,6 +65,8 @@ class SamplingParams:
             raise ZhongjingError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ZhongjingError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise ZhongjingError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
 
 
 def derive_seed(seed: int, *keys: int) -> int:
@@ -299,6 +308,9 @@ class Decoder:
     # -- sampling ----------------------------------------------------------------------
     def _pick(self, logits: torch.Tensor, rows: list[Row]) -> torch.Tensor:
         """Next token per row; records logprobs for rows that asked. logits: [B, V] float."""
+        for i, s in enumerate(rows):
+            if s.params.penalized:
+                _penalize(logits[i], s)
         temps = torch.tensor([s.params.temperature for s in rows], device=logits.device)
         greedy = temps <= 0
         scaled = logits / torch.where(greedy, torch.ones_like(temps), temps)[:, None]
@@ -315,6 +327,18 @@ class Decoder:
                 if s.params.logprobs:
                     s.logprobs.append(x)
         return tokens
+
+
+def _penalize(logits: torch.Tensor, s: Row) -> None:
+    """Repetition / frequency / presence penalties on one row's logits [V], in place."""
+    p = s.params
+    if p.repetition_penalty != 1.0:
+        seen = torch.tensor(s.prompt_ids + s.out_ids, device=logits.device).unique()
+        x = logits[seen]
+        logits[seen] = torch.where(x > 0, x / p.repetition_penalty, x * p.repetition_penalty)
+    if s.out_ids and (p.frequency_penalty or p.presence_penalty):
+        ids, counts = torch.tensor(s.out_ids, device=logits.device).unique(return_counts=True)
+        logits[ids] -= p.frequency_penalty * counts.to(logits.dtype) + p.presence_penalty
 
 
 def _filter(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
@@ -410,13 +434,16 @@ def _eval_mode(model):
 def sample(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
            top_p: float = 1.0, top_k: int = 0, num_samples: int = 1, stop_ids: set[int] | None = None,
            stop_strings: Sequence[str] | None = None, seed: int | None = None, return_logprobs: bool = False,
-           batch_size: int = 16, on_text: Callable[[int, int, str], None] | None = None) -> list[Generation]:
+           batch_size: int = 16, on_text: Callable[[int, int, str], None] | None = None,
+           repetition_penalty: float = 1.0, frequency_penalty: float = 0.0,
+           presence_penalty: float = 0.0) -> list[Generation]:
     """`num_samples` answers per prompt (token-id lists, chat template already applied), ordered by
     (prompt_index, sample_index). At most `batch_size` rows decode together; finished rows are replaced by
     waiting ones at once. `on_text(prompt_index, sample_index, delta)` streams text."""
     if num_samples < 1 or batch_size < 1:
         raise ZhongjingError("num_samples and batch_size must be at least 1")
-    params = SamplingParams(max_new_tokens, temperature, top_p, top_k, tuple(stop_strings or ()), seed, return_logprobs)
+    params = SamplingParams(max_new_tokens, temperature, top_p, top_k, tuple(stop_strings or ()), seed, return_logprobs,
+                            repetition_penalty, frequency_penalty, presence_penalty)
     cb = (lambda s, d: on_text(s.prompt_index, s.sample_index, d)) if on_text else None
     waiting = make_sequences(model, [list(p) for p in prompts], params, num_samples=num_samples, on_text=cb)
     waiting.sort(key=lambda s: -len(s.prompt_ids))  # similar lengths prefill together: less padding
@@ -464,6 +491,9 @@ class Stream:
 
 def stream(model, tokenizer, prompt: list[int], *, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
            top_k: int = 0, stop_ids: set[int] | None = None, stop_strings: Sequence[str] | None = None,
-           seed: int | None = None) -> Stream:
+           seed: int | None = None, repetition_penalty: float = 1.0, frequency_penalty: float = 0.0,
+           presence_penalty: float = 0.0) -> Stream:
     return Stream(model, tokenizer, prompt, stop_ids=stop_ids, max_new_tokens=max_new_tokens, temperature=temperature,
-                  top_p=top_p, top_k=top_k, stop_strings=tuple(stop_strings or ()), seed=seed)
+                  top_p=top_p, top_k=top_k, stop_strings=tuple(stop_strings or ()), seed=seed,
+                  repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
+                  presence_penalty=presence_penalty)

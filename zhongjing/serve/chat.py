@@ -35,12 +35,13 @@ class ChatSession:
     """History + rendering + generation, separate from the terminal so it is easy to drive."""
 
     def __init__(self, model, tokenizer, context: int, *, system: str | None, max_new_tokens: int,
-                 temperature: float, top_p: float, seed: int | None, name: str):
+                 temperature: float, top_p: float, seed: int | None, name: str, repetition_penalty: float = 1.0):
         self.model, self.tokenizer, self.context, self.system = model, tokenizer, context, system
         self.max_new_tokens = max_new_tokens
         # room kept free for the answer when old turns must go; never more than half the context
         self.reserve = min(max_new_tokens, context // 2)
         self.temperature, self.top_p, self.seed, self.name = temperature, top_p, seed, name
+        self.repetition_penalty = repetition_penalty
         self.renderer = Renderer(tokenizer, max_length=context)
         self.reset()
 
@@ -67,7 +68,7 @@ class ChatSession:
             print("(the conversation is longer than the model's context: the oldest turns are left out)", file=sys.stderr)
         seed = None if self.seed is None else self.seed + self.turn
         s = stream(self.model, self.tokenizer, ids, max_new_tokens=min(self.max_new_tokens, self.context - len(ids)),
-                   temperature=self.temperature, top_p=self.top_p, seed=seed)
+                   temperature=self.temperature, top_p=self.top_p, seed=seed, repetition_penalty=self.repetition_penalty)
         for piece in s:
             write(piece)
         self.turn += 1
@@ -140,6 +141,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeating tokens (1 = off)")
     p.add_argument("--seed", type=int, default=None)
     args = p.parse_args(argv)
     if args.max_new_tokens < 1:
@@ -149,7 +151,8 @@ def main(argv: list[str]) -> int:
             stream_.reconfigure(encoding="utf-8", errors="replace")
     model, tokenizer, ctx = load_chat_model(args.model, dtype=args.dtype, threads=args.threads)
     session = ChatSession(model, tokenizer, ctx, system=system_prompt_from(args), max_new_tokens=args.max_new_tokens,
-                          temperature=args.temperature, top_p=args.top_p, seed=args.seed, name=model_id(args.model))
+                          temperature=args.temperature, top_p=args.top_p, seed=args.seed, name=model_id(args.model),
+                          repetition_penalty=args.repetition_penalty)
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"zhongjing chat · {session.name} · context {ctx} tokens\n{HELP}", file=sys.stderr)

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 ROLE_ALIASES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 # accepted and ignored: they carry no meaning for generation, or only their neutral value is supported
 IGNORED = {"user", "store", "metadata", "service_tier", "parallel_tool_calls", "stream_options"}
-NEUTRAL = {"frequency_penalty": 0, "presence_penalty": 0, "logit_bias": None, "tools": None, "tool_choice": None,
+NEUTRAL = {"logit_bias": None, "tools": None, "tool_choice": None,
            "functions": None, "function_call": None, "response_format": None, "top_logprobs": 0}
 KNOWN = {"model", "messages", "stream", "n", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
-         "seed", "stop", "logprobs"} | IGNORED | set(NEUTRAL)
+         "seed", "stop", "logprobs", "frequency_penalty", "presence_penalty", "repetition_penalty"}
+KNOWN |= IGNORED | set(NEUTRAL)
 
 
 class ApiError(Exception):
@@ -45,6 +46,9 @@ class ChatRequest:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     logprobs: bool = False
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # extension (as in vLLM)
 
 
 def _number(body: dict, key: str, lo: float, hi: float, integer: bool = False, lo_open: bool = False):
@@ -145,6 +149,11 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         req.top_p = float(_number(body, "top_p", 0, 1, lo_open=True))
     if body.get("top_k") is not None:
         req.top_k = _number(body, "top_k", 0, 1 << 30, integer=True)
+    for key in ("frequency_penalty", "presence_penalty"):
+        if body.get(key) is not None:
+            setattr(req, key, float(_number(body, key, -2, 2)))
+    if body.get("repetition_penalty") is not None:
+        req.repetition_penalty = float(_number(body, "repetition_penalty", 0, 10, lo_open=True))
     if body.get("seed") is not None:
         req.seed = _number(body, "seed", -(1 << 63), (1 << 63) - 1, integer=True)
     stop = body.get("stop")

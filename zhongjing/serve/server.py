@@ -126,7 +126,8 @@ def create_app(state: ServeState):
             raise ApiError(404, f"The model '{req.model}' does not exist (this server has '{state.model_id}')",
                            "model", "model_not_found")
         prompt, max_new = await run_in_threadpool(state.prompt_for, req)
-        params = SamplingParams(max_new, req.temperature, req.top_p, req.top_k, tuple(req.stop), req.seed, req.logprobs)
+        params = SamplingParams(max_new, req.temperature, req.top_p, req.top_k, tuple(req.stop), req.seed, req.logprobs,
+                                req.repetition_penalty, req.frequency_penalty, req.presence_penalty)
         events = EventPipe(asyncio.get_running_loop())
         try:
             handle = state.engine.submit(prompt, params, events.put, n=req.n)
