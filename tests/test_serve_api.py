@@ -191,13 +191,21 @@ def test_stream_disconnect_frees_the_batch(server):
 
 
 def test_full_queue_is_refused_and_api_key_checked(chat_model_dir):
-    s = Server(chat_model_dir, "--no-safety-prompt", "--max-batch", "1", "--queue", "2", "--api-key", "sekret")
+    s = Server(chat_model_dir, "--no-safety-prompt", "--max-batch", "1", "--queue", "2", "--api-key", "sekret",
+               "--allow-origin", "https://ward.example")
     try:
         name = chat_model_dir.name
         body = {"model": name, "messages": [{"role": "user", "content": "hi"}], "temperature": 2.0, "max_tokens": 150}
         assert httpx.post(s.url + "/v1/chat/completions", json=body).status_code == 401
         assert httpx.get(s.url + "/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
         auth = {"Authorization": "Bearer sekret"}
+        pre = httpx.options(s.url + "/v1/chat/completions", headers={
+            "Origin": "https://ward.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type"})
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "https://ward.example"
+        other = httpx.options(s.url + "/v1/chat/completions", headers={
+            "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+        assert "access-control-allow-origin" not in other.headers
         results = []
 
         def ask():

@@ -40,6 +40,7 @@ class ServeState:
     truncate_history: bool = False
     api_key: str | None = None
     created: int = 0
+    allow_origins: tuple[str, ...] = ()  # browser pages on other origins allowed to call the API (CORS)
 
     def prompt_for(self, req: ChatRequest) -> tuple[list[int], int]:
         """(prompt ids, max new tokens) or an OpenAI-style context_length_exceeded error."""
@@ -69,6 +70,11 @@ def create_app(state: ServeState):
     from starlette.exceptions import HTTPException
 
     app = FastAPI(title="zhongjing", docs_url=None, redoc_url=None, openapi_url=None)
+    if state.allow_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(state.allow_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
 
     @app.exception_handler(ApiError)
     async def _api_error(_request, e: ApiError):
@@ -239,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truncate-history", action="store_true",
                    help="drop the oldest turns of a too-long conversation instead of refusing it")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from ORIGIN call the API (CORS); repeatable, '*' for any")
     p.add_argument("--log-level", default="info")
     return p
 
@@ -253,7 +261,8 @@ def main(argv: list[str]) -> int:
         ctx = min(ctx, args.max_context)
     engine = Engine(model, tokenizer, max_batch=args.max_batch, queue_size=args.queue).start()
     state = ServeState(engine, tokenizer, args.model_name or model_id(args.model), ctx, args.max_tokens,
-                       system_prompt_from(args), args.truncate_history, args.api_key, int(time.time()))
+                       system_prompt_from(args), args.truncate_history, args.api_key, int(time.time()),
+                       tuple(args.allow_origin))
     app = create_app(state)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     print(f"zhongjing serve: '{state.model_id}' on http://{args.host}:{args.port} (context {ctx} tokens, "
