@@ -3,6 +3,7 @@ dialogues from the shared data (tests may read ../shared/data; the package never
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -117,6 +118,26 @@ def sft_policy(medical_base, tmp_path_factory) -> Path:
     data = write_jsonl(d / "short.jsonl", short_turns())
     cfg = load_config(SFTConfig, overrides=[
         f"model={medical_base}", f"output={d / 'sft'}", f"data=[{{path: {data}}}]", "finetune=full", "max_length=128",
-        "train.epochs=3", "train.lr=3e-3", "train.batch_size=16", "train.progress=false", "train.warmup_ratio=0"])
-    run(cfg)
+        "train.epochs=3", "train.lr=3e-3", "train.batch_size=16", "train.progress=false", "train.warmup_ratio=0",
+        "train.threads=1"])
+    with same_threads():
+        run(cfg)
     return d / "sft"
+
+
+@contextlib.contextmanager
+def same_threads():
+    """Stages set torch's thread count for the whole process (train.threads); put it back afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=False)
+def keep_threads():
+    with same_threads():
+        yield

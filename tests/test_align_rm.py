@@ -9,16 +9,19 @@ import random
 import pytest
 import torch
 
-from align_helpers import MEDICAL_PAIRS, kill_when, medical_base, real_dialogues, run_cli, write_jsonl  # noqa: F401
+from align_helpers import (MEDICAL_PAIRS, keep_threads, kill_when, medical_base, real_dialogues, run_cli,  # noqa: F401
+                           same_threads, write_jsonl)
 from zhongjing.data.schema import Ranking
 from zhongjing.train.prefs import IDK_ANSWER, complete_all_wrong
 from zhongjing.train.rm import RMConfig, train_rm
+
+pytestmark = pytest.mark.usefixtures("keep_threads")
 
 def rm_config(base, data, out, max_length=384, **train):
     from zhongjing.model.lora import LoraSettings
     from zhongjing.train.common import TrainSettings
 
-    t = dict(lr=2e-3, epochs=3, batch_size=4, progress=False, warmup_ratio=0.0) | train
+    t = dict(lr=2e-3, epochs=3, batch_size=4, progress=False, warmup_ratio=0.0, threads=1) | train
     return RMConfig(model=str(base), data=[str(d) for d in data], output=str(out), val_ratio=0.3,
                     lora=LoraSettings(r=8, alpha=16, dropout=0.0), train=TrainSettings(**t), max_length=max_length,
                     length_group=8)
@@ -27,7 +30,8 @@ def rm_config(base, data, out, max_length=384, **train):
 @pytest.fixture(scope="module")
 def medical_rm(medical_base, tmp_path_factory):
     out = tmp_path_factory.mktemp("rm") / "rm"
-    train_rm(rm_config(medical_base, [MEDICAL_PAIRS], out))
+    with same_threads():
+        train_rm(rm_config(medical_base, [MEDICAL_PAIRS], out))
     return out
 
 
@@ -143,7 +147,7 @@ def test_resume_after_kill_matches_uninterrupted_run(medical_base, tmp_path):
     data = write_jsonl(tmp_path / "pairs.json", rows)
     args = [f"model={medical_base}", f"data={data}", "max_length=128", "val_ratio=0.25", "train.epochs=2",
             "train.batch_size=2", "train.lr=1e-3", "train.save_every=2", "train.progress=false", "lora.r=4",
-            "lora.dropout=0.0"]
+            "lora.dropout=0.0", "train.threads=1"]
     train_rm(load_config(RMConfig, overrides=args + [f"output={tmp_path / 'full'}"]))
     killed = tmp_path / "killed"
     code = kill_when(["train", "rm", *args, f"output={killed}"], lambda: len(checkpoints(killed)) >= 1)
