@@ -186,6 +186,8 @@ def test_lora_adapter_generates_like_its_merged_model(mt, prompts, chat_model_di
     assert [g.token_ids for g in sample(loaded, tok, prompts, max_new_tokens=20, temperature=0)] == [g.token_ids for g in out]
     merged = loaded.merge_and_unload()
     assert [g.token_ids for g in sample(merged, tok, prompts, max_new_tokens=20, temperature=0)] == [g.token_ids for g in out]
+    wrapped = torch.nn.DataParallel(peft_model)  # what a training loop may hand over
+    assert [g.token_ids for g in sample(wrapped, tok, prompts, max_new_tokens=20, temperature=0)] == [g.token_ids for g in out]
     plain = sample(model, tok, prompts, max_new_tokens=20, temperature=0)
     assert [g.token_ids for g in plain] != [g.token_ids for g in out]  # the adapter really changed the answers
 

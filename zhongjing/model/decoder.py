@@ -1,0 +1,399 @@
+"""The batch decoder behind `zhongjing.model.generation`: rows sharing one left-padded KV cache.
+
+`admit` prefills new prompts together and merges their cache rows into the running batch (left-padding
+whichever side is shorter); `step` feeds every row its last token and samples the next; finished rows leave
+and the columns that became padding for everyone are trimmed. Sampling is per row (own temperature, top-k,
+top-p, penalties, seeded generator), so a row's tokens do not depend on its neighbours. Streaming text is
+detokenised incrementally and held back while it may still become a stop string.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from zhongjing.errors import ZhongjingError
+
+
+@dataclass
+class Generation:
+    prompt_index: int
+    sample_index: int
+    token_ids: list[int]
+    text: str
+    finish_reason: str  # "stop" (stop id or stop string) | "length" | "cancelled"
+    logprobs: list[float] | None = None
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop_strings: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: bool = False
+    repetition_penalty: float = 1.0  # CTRL/HF style, over prompt + answer: >1 discourages any seen token
+    frequency_penalty: float = 0.0  # OpenAI style, over the answer: minus this × times the token was generated
+    presence_penalty: float = 0.0  # OpenAI style, over the answer: minus this once a token was generated
+
+    @property
+    def penalized(self) -> bool:
+        return self.repetition_penalty != 1.0 or bool(self.frequency_penalty) or bool(self.presence_penalty)
+
+    def __post_init__(self):
+        self.stop_strings = tuple(s for s in (self.stop_strings or ()) if s)
+        if self.max_new_tokens < 1:
+            raise ZhongjingError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ZhongjingError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ZhongjingError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ZhongjingError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise ZhongjingError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
+
+
+def _unwrap(model):
+    """The model inside DDP / DataParallel / DeepSpeed / torch.compile wrappers (training loops pass those)."""
+    for _ in range(4):
+        if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) \
+                or type(model).__name__ == "DeepSpeedEngine":
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            break
+    return model
+
+
+def context_length(model) -> int | None:
+    cfg = getattr(_unwrap(model), "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        v = getattr(cfg, key, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def default_stop_ids(tokenizer, model=None) -> set[int]:
+    from zhongjing.model.load import end_of_turn_ids
+
+    return end_of_turn_ids(tokenizer, model)
+
+
+class Row:
+    """One row being generated. `on_text(seq, delta)` receives text as it becomes final (streaming)."""
+
+    def __init__(self, prompt_ids: Sequence[int], params: SamplingParams, *, seed: int, max_new: int,
+                 prompt_index: int = 0, sample_index: int = 0, on_text: Callable | None = None, tag=None):
+        if not prompt_ids:
+            raise ZhongjingError("a prompt must have at least one token")
+        self.prompt_ids = list(prompt_ids)
+        self.params, self.seed, self.max_new = params, seed, max_new
+        self.prompt_index, self.sample_index, self.on_text, self.tag = prompt_index, sample_index, on_text, tag
+        self.out_ids: list[int] = []
+        self.logprobs: list[float] = []
+        self.finish_reason: str | None = None
+        self.text = ""  # final text, set when the row finishes
+        self.emitted = ""  # text already handed to on_text
+        self.partial = ""  # text decoded so far while generating (complete characters only)
+        self.prefix_off = self.read_off = 0  # token offsets for incremental detokenisation
+        self.generator: torch.Generator | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def result(self) -> Generation:
+        return Generation(self.prompt_index, self.sample_index, list(self.out_ids), self.text,
+                          self.finish_reason or "cancelled", list(self.logprobs) if self.params.logprobs else None)
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """Characters at the end of `text` that may still turn into a stop string."""
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                hold = max(hold, k)
+                break
+    return hold
+
+
+class Decoder:
+    """A batch of rows sharing one left-padded KV cache; `admit` adds rows, `step` decodes one token for all."""
+
+    def __init__(self, model, tokenizer, *, stop_ids: set[int] | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.stop_ids = set(default_stop_ids(tokenizer, model) if stop_ids is None else stop_ids)
+        self.net = _inner(model)
+        params = inspect.signature(type(self.net).forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._keep_kw = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
+        self.device = next(model.parameters()).device
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.rows: list[Row] = []
+        self.cache = None
+        self.mask = self.pos = self.next_tokens = None  # [B, T] long, [B] long, [B] long
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def can_join(self) -> bool:
+        """Whether new rows may join now: always into an empty batch; mid-batch only with plain KV layers
+        (sliding-window caches cannot be re-padded, so those models batch at admission only)."""
+        return not self.rows or _layers(self.cache, check=True) is not False
+
+    # -- model calls ------------------------------------------------------------------
+    def _forward(self, ids, mask, pos, cache, last_only: bool):
+        kw = {self._cache_kw: cache, "use_cache": True}
+        if last_only and self._keep_kw:
+            kw[self._keep_kw] = 1
+        out = self.net(input_ids=ids, attention_mask=mask, position_ids=pos, **kw)
+        return out.logits[:, -1, :].float()
+
+    def _new_cache(self):
+        from transformers import DynamicCache
+
+        try:
+            return DynamicCache(config=self.net.config)
+        except TypeError:  # older transformers
+            return DynamicCache()
+
+    @torch.inference_mode()
+    def admit(self, seqs: list[Row]) -> list[Row]:
+        """Prefill `seqs` together, sample their first token, join them to the batch. Returns rows already done."""
+        if not seqs:
+            return []
+        if not self.can_join:
+            raise ZhongjingError("this model's cache type cannot take new rows mid-batch; admit when the batch is empty")
+        uniq: dict[tuple, int] = {}
+        for s in seqs:  # the K samples of one prompt share one prefill
+            uniq.setdefault(tuple(s.prompt_ids), len(uniq))
+        prompts = list(uniq)
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = self._new_cache()
+        logits = self._forward(ids, mask, pos, cache, last_only=True)
+        index = torch.tensor([uniq[tuple(s.prompt_ids)] for s in seqs], device=self.device)
+        if len(prompts) != len(seqs) or index.tolist() != list(range(len(seqs))):
+            _set_layers(cache, [(k[index], v[index]) for k, v in _layers(cache)])
+            logits, mask = logits[index], mask[index]
+        for s in seqs:
+            if s.generator is None:
+                s.generator = torch.Generator(device=self.device).manual_seed(s.seed)
+        tokens = self._pick(logits, seqs)
+        self._merge(seqs, cache, mask, torch.tensor([len(s.prompt_ids) for s in seqs], device=self.device), tokens)
+        return self._advance(seqs, tokens)
+
+    @torch.inference_mode()
+    def step(self) -> list[Row]:
+        """Feed every row its last sampled token and sample the next. Returns rows that finished."""
+        if not self.rows:
+            return []
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        logits = self._forward(self.next_tokens[:, None], self.mask, self.pos[:, None], self.cache, last_only=False)
+        self.pos = self.pos + 1
+        self.next_tokens = self._pick(logits, self.rows)
+        return self._advance(self.rows, self.next_tokens)
+
+    def drop(self, seqs: list[Row], reason: str = "cancelled") -> None:
+        """Remove rows (e.g. a client went away); they finish with `reason`."""
+        gone = {id(s) for s in seqs}
+        for s in self.rows:
+            if id(s) in gone and not s.finished:
+                s.finish_reason = reason
+                s.text = self._decode(s)
+        self._keep([i for i, s in enumerate(self.rows) if id(s) not in gone])
+
+    def reset(self) -> None:
+        self.rows, self.cache, self.mask, self.pos, self.next_tokens = [], None, None, None, None
+
+    # -- batch bookkeeping -------------------------------------------------------------
+    def _merge(self, seqs, cache, mask, pos, tokens) -> None:
+        if not self.rows:
+            self.rows, self.cache, self.mask, self.pos, self.next_tokens = list(seqs), cache, mask, pos, tokens
+            return
+        old, new = _layers(self.cache), _layers(cache)
+        width = max(self.mask.shape[1], mask.shape[1])
+        merged = [(torch.cat([_lpad(k0, width), _lpad(k1, width)]), torch.cat([_lpad(v0, width), _lpad(v1, width)]))
+                  for (k0, v0), (k1, v1) in zip(old, new)]
+        _set_layers(self.cache, merged)
+        self.mask = torch.cat([_lpad(self.mask, width, dim=1), _lpad(mask, width, dim=1)])
+        self.pos = torch.cat([self.pos, pos])
+        self.next_tokens = torch.cat([self.next_tokens, tokens])
+        self.rows += list(seqs)
+
+    def _keep(self, keep: list[int]) -> None:
+        if len(keep) == len(self.rows):
+            return
+        if not keep:
+            self.reset()
+            return
+        idx = torch.tensor(keep, device=self.device)
+        mask = self.mask[idx]
+        first = int(mask.any(0).nonzero()[0])  # columns that are padding for every remaining row go
+        _set_layers(self.cache, [(k[idx, :, first:], v[idx, :, first:]) for k, v in _layers(self.cache)])
+        self.mask, self.pos, self.next_tokens = mask[:, first:], self.pos[idx], self.next_tokens[idx]
+        self.rows = [self.rows[i] for i in keep]
+
+    def _advance(self, rows: list[Row], tokens: torch.Tensor) -> list[Row]:
+        """Append each row's new token, decide who is finished, let finished rows leave the batch."""
+        done = []
+        for s, t in zip(rows, tokens.tolist()):
+            s.out_ids.append(t)
+            if t in self.stop_ids:
+                s.finish_reason = "stop"
+            elif s.params.stop_strings or s.on_text:
+                self._update_text(s)
+            if not s.finished and len(s.out_ids) >= s.max_new:
+                s.finish_reason = "length"
+            if s.finished:
+                s.text = self._decode(s)
+                if s.on_text and s.text.startswith(s.emitted) and len(s.text) > len(s.emitted):
+                    s.on_text(s, s.text[len(s.emitted):])
+                    s.emitted = s.text
+                done.append(s)
+        if done:
+            self._keep([i for i, s in enumerate(self.rows) if not s.finished])
+        return done
+
+    def _decode(self, s: Row) -> str:
+        ids = s.out_ids[:-1] if s.out_ids and s.out_ids[-1] in self.stop_ids else s.out_ids
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        hits = [text.index(stop) for stop in s.params.stop_strings if stop in text]
+        return text[: min(hits)] if hits else text
+
+    def _update_text(self, s: Row) -> None:
+        """Incremental detokenisation: decode only the tokens since the last complete character (O(1) per step,
+        not O(length)); check stop strings only where a new match can start; emit what can no longer change."""
+        ids = s.out_ids
+        prefix = self.tokenizer.decode(ids[s.prefix_off:s.read_off], skip_special_tokens=True)
+        whole = self.tokenizer.decode(ids[s.prefix_off:], skip_special_tokens=True)
+        if len(whole) <= len(prefix) or whole.endswith("\ufffd"):
+            return  # no new text yet, or half a character (byte-level BPE splits CJK characters)
+        new = whole[len(prefix):]
+        s.partial += new
+        s.prefix_off, s.read_off = s.read_off, len(ids)
+        stops = s.params.stop_strings
+        if stops:
+            start = max(0, len(s.partial) - len(new) - max(map(len, stops)) + 1)
+            if any(stop in s.partial[start:] for stop in stops):
+                s.finish_reason = "stop"  # _decode cuts the final text before it
+                return
+        safe = s.partial[: len(s.partial) - _held_back(s.partial, stops)]
+        if s.on_text and len(safe) > len(s.emitted):
+            s.on_text(s, safe[len(s.emitted):])
+            s.emitted = safe
+
+    # -- sampling ----------------------------------------------------------------------
+    def _pick(self, logits: torch.Tensor, rows: list[Row]) -> torch.Tensor:
+        """Next token per row; records logprobs for rows that asked. logits: [B, V] float."""
+        for i, s in enumerate(rows):
+            if s.params.penalized:
+                _penalize(logits[i], s)
+        temps = torch.tensor([s.params.temperature for s in rows], device=logits.device)
+        greedy = temps <= 0
+        scaled = logits / torch.where(greedy, torch.ones_like(temps), temps)[:, None]
+        tokens = scaled.argmax(-1)
+        sampled = [i for i, s in enumerate(rows) if not greedy[i]]
+        if sampled:
+            sub = _filter(scaled[sampled], [rows[i].params for i in sampled])
+            probs = torch.softmax(sub, dim=-1)
+            for j, i in enumerate(sampled):
+                tokens[i] = torch.multinomial(probs[j], 1, generator=rows[i].generator)[0]
+        if any(s.params.logprobs for s in rows):
+            lp = torch.log_softmax(scaled, dim=-1).gather(1, tokens[:, None])[:, 0].tolist()
+            for s, x in zip(rows, lp):
+                if s.params.logprobs:
+                    s.logprobs.append(x)
+        return tokens
+
+
+def _penalize(logits: torch.Tensor, s: Row) -> None:
+    """Repetition / frequency / presence penalties on one row's logits [V], in place."""
+    p = s.params
+    if p.repetition_penalty != 1.0:
+        seen = torch.tensor(s.prompt_ids + s.out_ids, device=logits.device).unique()
+        x = logits[seen]
+        logits[seen] = torch.where(x > 0, x / p.repetition_penalty, x * p.repetition_penalty)
+    if s.out_ids and (p.frequency_penalty or p.presence_penalty):
+        ids, counts = torch.tensor(s.out_ids, device=logits.device).unique(return_counts=True)
+        logits[ids] -= p.frequency_penalty * counts.to(logits.dtype) + p.presence_penalty
+
+
+def _filter(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """Top-k then top-p (nucleus) per row; the most likely token always survives."""
+    top_k = [p.top_k for p in params]
+    top_p = [p.top_p for p in params]
+    if not any(top_k) and all(p >= 1 for p in top_p):
+        return logits
+    vocab = logits.shape[-1]
+    srt, idx = logits.sort(dim=-1, descending=True)
+    ranks = torch.arange(vocab, device=logits.device)[None, :]
+    k = torch.tensor([min(x, vocab) if x > 0 else vocab for x in top_k], device=logits.device)[:, None]
+    remove = ranks >= k
+    srt = srt.masked_fill(remove, float("-inf"))
+    probs = torch.softmax(srt, dim=-1)
+    before = probs.cumsum(-1) - probs  # mass of the tokens ranked above
+    remove |= before >= torch.tensor(top_p, device=logits.device)[:, None]
+    remove[:, 0] = False
+    srt = srt.masked_fill(remove, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(-1, idx, srt)
+
+
+def _inner(model):
+    """The module to call: LoRA adapters live inside the base model's layers, so call that directly."""
+    model = _unwrap(model)
+    peft_config = getattr(model, "peft_config", None)
+    if peft_config and hasattr(model, "get_base_model"):
+        cfg = peft_config.get(getattr(model, "active_adapter", None)) or next(iter(peft_config.values()))
+        if getattr(cfg, "is_prompt_learning", False):
+            raise ZhongjingError("prompt-learning adapters are not supported for generation; use LoRA")
+        return model.get_base_model()
+    return model
+
+
+def _layers(cache, check: bool = False):
+    """[(keys, values)] per layer, each [B, heads, T, head_dim]; with check=True: False if not mergeable."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        if check and any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+            return False
+        return [(layer.keys, layer.values) for layer in layers]
+    if hasattr(cache, "key_cache"):
+        return list(zip(cache.key_cache, cache.value_cache))
+    if check:
+        return False
+    raise ZhongjingError(f"unsupported KV cache type {type(cache).__name__}")
+
+
+def _set_layers(cache, kv) -> None:
+    if getattr(cache, "layers", None) is not None:
+        for layer, (k, v) in zip(cache.layers, kv):
+            layer.keys, layer.values = k, v
+    else:
+        cache.key_cache[:], cache.value_cache[:] = [k for k, _ in kv], [v for _, v in kv]
+
+
+def _lpad(x: torch.Tensor, width: int, dim: int = -2) -> torch.Tensor:
+    """Left-pad `x` with zeros along `dim` (time) to `width`."""
+    missing = width - x.shape[dim]
+    if missing <= 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = missing
+    return torch.cat([x.new_zeros(shape), x], dim=dim)
