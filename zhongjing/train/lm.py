@@ -48,6 +48,22 @@ def lm_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
     return loss, {}
 
 
+def start_lm(stage: str, cfg):
+    """Start-up pt and sft share: accelerator (seeded), a main-process logger, tokenizer, the model to train."""
+    from zhongjing.model.load import load_tokenizer
+    from zhongjing.model.lora import count_params, prepare_model
+    from zhongjing.train.common import make_accelerator
+
+    acc = make_accelerator(cfg.train)
+    log = print if acc.is_main_process else (lambda *_: None)
+    tokenizer = load_tokenizer(cfg.model)
+    model = prepare_model(cfg.model, cfg.finetune, cfg.lora, dtype=cfg.dtype,
+                          gradient_checkpointing=cfg.train.gradient_checkpointing)
+    trainable, total = count_params(model)
+    log(f"{stage}: {cfg.finetune} fine-tuning, {trainable:,} of {total:,} parameters trained")
+    return acc, log, tokenizer, model
+
+
 def train_lm(stage: str, cfg, *, accelerator, model, tokenizer, data, data_records: list[dict],
              metrics: dict | None = None):
     """What pt and sft share after their data is ready: meta.json identity, TrainedIO, fit with the LM loss

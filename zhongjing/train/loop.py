@@ -206,7 +206,7 @@ def fit(model, data, loss_fn: Callable, settings: TrainSettings, out: str | Path
             rec = _train_step(model, [batches[(in_epoch * ga + j) * world + rank] for j in range(ga)], loss_fn,
                               acc, optimizer, scheduler, guard, settings, log)
             step, in_epoch = step + 1, in_epoch + 1
-            log.step({"step": step, "epoch": epoch, **rec})
+            log.step({"step": step, "epoch": epoch, **rec, "elapsed": round(time.perf_counter() - t_start, 4)})
             end_of_epoch = in_epoch >= n_steps
             if end_of_epoch:  # the saved data position is the start of the next epoch
                 epoch, in_epoch = epoch + 1, 0

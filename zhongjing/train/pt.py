@@ -124,19 +124,10 @@ def load_documents(cfg: PTConfig, tokenizer, log=print) -> tuple[DocData, list[d
 
 
 def run(cfg: PTConfig):
-    from zhongjing.model.load import load_tokenizer
-    from zhongjing.model.lora import count_params, prepare_model
-    from zhongjing.train.common import make_accelerator
-    from zhongjing.train.lm import train_lm
+    from zhongjing.train.lm import start_lm, train_lm
 
-    acc = make_accelerator(cfg.train)
-    log = print if acc.is_main_process else (lambda *_: None)
-    tokenizer = load_tokenizer(cfg.model)
+    acc, log, tokenizer, model = start_lm("pt", cfg)
     data, records, stats = load_documents(cfg, tokenizer, log)
-    model = prepare_model(cfg.model, cfg.finetune, cfg.lora, dtype=cfg.dtype,
-                          gradient_checkpointing=cfg.train.gradient_checkpointing)
-    trainable, total = count_params(model)
-    log(f"pt: {cfg.finetune} fine-tuning, {trainable:,} of {total:,} parameters trained")
     return train_lm("pt", cfg, accelerator=acc, model=model, tokenizer=tokenizer, data=data,
                     data_records=records, metrics=stats)
 

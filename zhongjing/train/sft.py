@@ -193,23 +193,15 @@ def load_dialogues(cfg: SFTConfig, tokenizer, end_ids: set[int], log=print) -> t
 
 
 def run(cfg: SFTConfig):
-    from zhongjing.model.load import end_of_turn_ids, load_tokenizer
-    from zhongjing.model.lora import count_params, prepare_model
-    from zhongjing.train.common import make_accelerator
-    from zhongjing.train.lm import train_lm
+    from zhongjing.model.load import end_of_turn_ids
+    from zhongjing.train.lm import start_lm, train_lm
 
-    acc = make_accelerator(cfg.train)
-    log = print if acc.is_main_process else (lambda *_: None)
-    tokenizer = load_tokenizer(cfg.model)
-    model = prepare_model(cfg.model, cfg.finetune, cfg.lora, dtype=cfg.dtype,
-                          gradient_checkpointing=cfg.train.gradient_checkpointing)
+    acc, log, tokenizer, model = start_lm("sft", cfg)
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit and cfg.max_length > limit:
         log(f"sft: max_length {cfg.max_length} > the model's {limit} positions; using {limit}")
         cfg.max_length = limit
     data, records, stats = load_dialogues(cfg, tokenizer, end_of_turn_ids(tokenizer, model), log)
-    trainable, total = count_params(model)
-    log(f"sft: {cfg.finetune} fine-tuning, {trainable:,} of {total:,} parameters trained")
     return train_lm("sft", cfg, accelerator=acc, model=model, tokenizer=tokenizer, data=data,
                     data_records=records, metrics=stats)
 
