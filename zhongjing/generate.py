@@ -41,6 +41,7 @@ class GenerateConfig:
     retries: int = 3  # extra draws for answers that came out empty
     seed: int = 0
     dtype: str = "float32"
+    threads: int = 0  # torch CPU threads; 0 = torch's default
     overwrite: bool = False  # start over even if OUT or OUT.partial exists
     progress: bool = True
 
@@ -141,7 +142,7 @@ def generate(cfg: GenerateConfig) -> dict:
         n = sum(1 for _ in iter_jsonl(output))
         print(f"{output} already complete ({n} items); set overwrite=true to generate again", file=sys.stderr)
         return {"items": n, "generated": 0, "skipped_empty": 0}
-    setup_torch(seed=cfg.seed)
+    setup_torch(seed=cfg.seed, threads=cfg.threads or None)
     items = [it for d in read_dialogues(cfg.input, cfg.format) for it in select_turns(d, cfg.turn)]
     if not items:
         raise ZhongjingError(f"no patient turns to answer in {cfg.input} (turn={cfg.turn})")
@@ -213,7 +214,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--top-p", dest="top_p", type=float)
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
     p.add_argument("args", nargs="*", metavar="INPUT | key=value")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)
     overrides = [x for x in a.args if "=" in x and not Path(x).exists()]
     cfg = load_config(GenerateConfig, a.config, overrides)
     for key in ("model", "output", "k", "turn", "temperature", "top_p", "max_new_tokens"):
