@@ -60,7 +60,7 @@ def tiny_lm(seed=0):
                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64))
 
 
-def run(tmp, batch_size, grad_accum, data=None, loss_fn=lm_loss, **kw):
+def run(tmp, batch_size, grad_accum, data=None, loss_fn=lm_loss, meta=None, **kw):
     explode = kw.pop("explode", 0.0)
     s = TrainSettings(**(dict(batch_size=batch_size, grad_accum=grad_accum, lr=3e-3, warmup_steps=2, progress=False,
                               explode_grad_norm=explode) | kw))
@@ -68,7 +68,8 @@ def run(tmp, batch_size, grad_accum, data=None, loss_fn=lm_loss, **kw):
     data.bs = batch_size
     acc = make_accelerator(s)
     model = tiny_lm()
-    res = fit(model, data, loss_fn, s, tmp, accelerator=acc, io=TrainedIO(Tok(), str(tmp)), meta={"stage": "test"})
+    res = fit(model, data, loss_fn, s, tmp, accelerator=acc, io=TrainedIO(Tok(), str(tmp)),
+              meta=meta or {"stage": "test"})
     logs = [json.loads(x) for x in (tmp / "logs" / "train.jsonl").read_text().splitlines()]
     return res, logs, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -142,3 +143,15 @@ def test_checkpoints_keep_last_and_best_and_output_is_best(tmp_path):
     assert (out / "model.safetensors").read_bytes() == (out / best).read_bytes()
     with pytest.raises(ZhongjingError, match="resume"):
         run(out, 8, 1, max_steps=2)  # a second run may not silently mix into the first one's folder
+
+
+def test_resume_refuses_other_data_and_logs_to_tensorboard(tmp_path):
+    out = tmp_path / "tb"
+    first = {"stage": "test", "data": [{"sha256": "aaa"}], "inputs_hash": "h1"}
+    run(out, 8, 1, max_steps=4, save_every=2, eval_every=4, tensorboard=True, meta=first)
+    assert list((out / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+    other = first | {"data": [{"sha256": "bbb"}], "inputs_hash": "h2"}
+    with pytest.raises(ZhongjingError, match="data changed"):
+        run(out, 8, 1, max_steps=6, resume=True, meta=other)
+    res, logs, _ = run(out, 8, 1, max_steps=6, save_every=2, eval_every=4, resume=True, meta=first)
+    assert [r["step"] for r in logs] == [1, 2, 3, 4, 5, 6] and res.step == 6  # continued at 5, log not repeated

@@ -191,6 +191,21 @@ def _prune(out: Path, keep: int, protect: set[int]) -> None:
             shutil.rmtree(doomed, ignore_errors=True)
 
 
+def check_resumable(path: Path, meta: dict) -> None:
+    """Resuming on other data would make the saved data position meaningless: refuse. Other changes (more
+    epochs, a new learning rate) are allowed but named, since the result then matches neither run."""
+    old = json.loads((Path(path) / "meta.json").read_text(encoding="utf-8"))
+    was = [d.get("sha256") for d in old.get("data", [])]
+    now = [d.get("sha256") for d in meta.get("data", [])]
+    if was != now:
+        raise ZhongjingError(f"{path}: the training data changed since this checkpoint; resume needs the same "
+                             "files (or train.overwrite=true to start over)")
+    if old.get("inputs_hash") != meta.get("inputs_hash"):
+        a, b = old.get("config", {}), meta.get("config", {})
+        changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k != "output")
+        print(f"warning: resuming with a changed config ({', '.join(changed) or 'parent model'})", flush=True)
+
+
 def load_checkpoint(path: Path, *, accelerator, model, io, optimizer) -> dict:
     """Restore weights, optimizer, scaler and this process's RNG; return trainer state (step, epoch, ...)."""
     trainer = Path(path) / TRAINER

@@ -163,6 +163,7 @@ def fit(model, data, loss_fn: Callable, settings: TrainSettings, out: str | Path
     step, epoch, in_epoch, best_step, best_val, history = 0, 0, 0, -1, None, []
     last = ckpt.latest_checkpoint(out) if settings.resume else None
     if last is not None:
+        ckpt.check_resumable(last, meta)
         st = ckpt.load_checkpoint(last, accelerator=acc, model=model, io=io, optimizer=optimizer)
         if (st["grad_accum"], st["batch_size"]) != (ga, settings.batch_size):
             raise ZhongjingError(f"{last}: written with batch_size={st['batch_size']} grad_accum={st['grad_accum']}; "
