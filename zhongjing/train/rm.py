@@ -121,6 +121,9 @@ def train_rm(cfg: RMConfig) -> Path:
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = _apply_lora(model, cfg.lora) if cfg.finetune == "lora" else model.requires_grad_(True)
+    for p in model.parameters():  # trained weights in fp32 even over an fp16 base (the fp16 scaler needs them so)
+        if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16) and cfg.finetune == "lora":
+            p.data = p.data.float()
     model.train()
     trainable, total = count_params(model)
     config = to_dict(cfg)
