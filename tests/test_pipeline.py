@@ -1,0 +1,221 @@
+"""The whole pipeline on a shrunken demo config, for real, on CPU: every stage trains or runs (tiny model, a few
+steps each), then the pipeline's promises are checked — outputs exist and load, a rerun skips everything, a
+config change re-runs that stage and the later ones only, --only / --from, a SIGKILL mid-stage resumes, and
+`zhongjing chat` answers with the result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+DEMO = REPO / "zhongjing" / "demo"
+ORDER = ["init", "build", "pt", "sft", "generate", "rank", "rm", "ppo", "eval"]
+
+
+def tiny_config(work: Path) -> dict:
+    """configs/demo.yaml shrunk: a 2-layer model, a few dozen dialogues, a handful of steps per stage."""
+    cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text(encoding="utf-8"))
+    cfg["work_dir"] = str(work)
+    cfg["splits"] |= {"generate": "train", "generate_limit": 12, "ppo_limit": 8, "test_limit": 3}
+    cfg["init"] |= {"vocab_size": 600, "hidden_size": 64, "num_layers": 2, "num_heads": 2, "num_kv_heads": 2,
+                    "intermediate_size": 176, "max_position_embeddings": 512}
+    cfg["build"]["inputs"] = [{"path": str(DEMO / "dialogues.jsonl"), "limit": 48},
+                              {"path": str(DEMO / "single_turn.jsonl"), "limit": 8}]
+    cfg["pt"] |= {"block_size": 128, "data": [{"path": str(DEMO / "kg.jsonl"), "name": "kg"}]}
+    cfg["pt"]["train"] |= {"max_steps": 4, "batch_size": 4, "eval_every": 2, "max_eval_batches": 2}
+    cfg["sft"] |= {"max_length": 320}
+    # checkpoints every step, so the kill below always finds one to resume from
+    cfg["sft"]["train"] |= {"max_steps": 8, "batch_size": 2, "eval_every": 4, "save_every": 1,
+                            "max_eval_batches": 2}
+    cfg["generate"] |= {"max_new_tokens": 16, "max_length": 320}
+    cfg["rm"] |= {"max_length": 256}
+    cfg["rm"]["train"] |= {"max_steps": 3, "batch_size": 2}
+    cfg["ppo"] = tiny_ppo(cfg.get("ppo") or {})
+    cfg["eval"]["testsets"] = [{"name": "safety", "path": str(DEMO / "safety.jsonl"), "format": "dialogue",
+                                "limit": 2}]
+    cfg["eval"]["exams"] = [{"name": "exam", "path": str(DEMO / "exam.jsonl"), "format": "exam", "limit": 4,
+                             "shots": [0]}]
+    cfg["eval"] |= {"generation": {"max_new_tokens": 12, "batch_size": 8, "max_length": 320},
+                    "report": {"examples": 1, "bootstrap": 50}}
+    for s in ("init", "build"):
+        cfg[s].pop("corpus", None) if s == "build" else None
+    cfg["init"]["corpus"] = [str(DEMO / "corpus")]
+    cfg["build"]["kg"]["path"] = str(DEMO / "kg.jsonl")
+    cfg["rank"]["kg"] = str(DEMO / "kg.jsonl")
+    cfg["eval"]["judge"]["rubric_kg"] = str(DEMO / "kg.jsonl")
+    return cfg
+
+
+def tiny_ppo(section: dict) -> dict:
+    """The demo's ppo section with a couple of tiny updates."""
+    section = dict(section)
+    train = dict(section.get("train") or {})
+    section["train"] = train | {"max_steps": 2}
+    return section
+
+
+def run(cfg_path: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    p = subprocess.run([sys.executable, "-m", "zhongjing", "pipeline", "--config", str(cfg_path), *args],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, f"pipeline {args} failed:\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
+    return p
+
+
+def actions(work: Path) -> dict[str, str]:
+    return {r["stage"]: r["action"] for r in json.loads((work / "summary.json").read_text())["stages"]}
+
+
+def state(work: Path) -> dict:
+    return json.loads((work / "pipeline-state.json").read_text())["stages"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    work = root / "work"
+    cfg_path = root / "pipeline.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny_config(work), allow_unicode=True), encoding="utf-8")
+    return cfg_path, work
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end(tiny):
+    cfg_path, work = tiny
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+
+    # 1. first run, killed (SIGKILL, the pipeline process only) while sft has written a checkpoint
+    proc = subprocess.Popen([sys.executable, "-m", "zhongjing", "pipeline", "--config", str(cfg_path)], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = work / "sft" / "checkpoints"
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None:
+        if ckpts.is_dir() and any((p / "trainer" / "state.json").exists() for p in ckpts.iterdir()):
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the pipeline ended before sft wrote a checkpoint"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.0)  # the stage process dies with the pipeline (PR_SET_PDEATHSIG)
+    st = state(work)
+    assert [s for s in ORDER if st.get(s, {}).get("status") == "done"] == ["init", "build", "pt"]
+    assert st["sft"]["status"] == "running" and not (work / "sft" / "meta.json").exists()
+
+    # 2. rerun: finished stages skipped, sft resumes from its checkpoint, the rest runs
+    out = run(cfg_path).stdout
+    assert actions(work) == {"init": "skipped", "build": "skipped", "pt": "skipped", "sft": "resumed",
+                             **{s: "ran" for s in ORDER[4:]}}
+    assert "resumed from" in (work / "logs" / "sft.log").read_text()
+    assert "SIMULATED" in out and "SIMULATED" in (work / "summary.md").read_text()
+    check_outputs(work)
+
+    # 3. rerun: everything is up to date
+    run(cfg_path)
+    assert set(actions(work).values()) == {"skipped"}
+
+    # 4. one stage's config changed: that stage and the later ones re-run, nothing before it
+    run(cfg_path, "rm.train.lr=5e-4")
+    assert actions(work) == {**{s: "skipped" for s in ORDER[:6]}, "rm": "ran", "ppo": "ran", "eval": "ran"}
+
+    # 5. --only: just that stage; its output is identical (deterministic), so nothing after it is stale
+    run(cfg_path, "rm.train.lr=5e-4", "--only", "rank")
+    assert [s for s, a in actions(work).items() if a != "skipped"] == ["rank"]
+    plan = run(cfg_path, "rm.train.lr=5e-4", "--plan").stdout
+    assert all(f"{s} " in plan for s in ORDER) and " run " not in plan
+
+    # 6. --from: that stage and everything after it
+    run(cfg_path, "rm.train.lr=5e-4", "--from", "ppo")
+    assert [s for s, a in actions(work).items() if a != "skipped"] == ["ppo", "eval"]
+
+    # 7. the aligned model chats
+    p = subprocess.run([sys.executable, "-m", "zhongjing", "chat", "--model", str(work / "ppo"),
+                        "--max-new-tokens", "8", "--temperature", "0"],
+                       input="医生你好，我头疼两天了。\n", cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip(), "chat printed no answer"
+
+
+def check_outputs(work: Path) -> None:
+    """Every stage's output exists and loads with the loader its consumers use."""
+    from zhongjing.data.readers import read_dialogues, read_rankings
+    from zhongjing.model.load import load_model, load_tokenizer, read_meta
+    from zhongjing.model.value_head import load_reward_model
+
+    for name in ("base", "pt", "sft", "ppo"):
+        load_tokenizer(work / name)
+        assert load_model(work / name) is not None
+    assert read_meta(work / "sft")["base_model"] == str((work / "pt").resolve())
+    assert read_meta(work / "rm")["base_model"] == str((work / "pt").resolve())  # the paper: RM from the pt base
+    assert load_reward_model(work / "rm")[0] is not None
+    for split in ("train", "validation", "test"):
+        assert list(read_dialogues(str(work / "data" / f"{split}.jsonl")))
+    answers = list(read_rankings(str(work / "generate" / "answers.jsonl")))
+    assert answers and all(len(r.responses) == 4 and not r.ranking for r in answers)
+    ranked = list(read_rankings(str(work / "rank" / "rankings.jsonl")))
+    assert len(ranked) == len(answers) and all(r.ranking and r.annotators == ["simulated"] for r in ranked)
+    results = json.loads((work / "eval" / "results.json").read_text())
+    pairs = {(r["target"], r["baseline"]) for r in results["pairwise"]}
+    assert {("aligned", "sft"), ("aligned", "base")} <= pairs
+    summary = json.loads((work / "summary.json").read_text())
+    assert summary["model"] == str((work / "ppo").resolve())
+    assert all(r["summary"].get("cpu_seconds") is not None for r in summary["stages"])
+
+
+# ------------------------------------------------------------------------------------------ config checks (fast)
+
+def _load(overrides: list[str], path: Path = REPO / "configs" / "demo.yaml"):
+    from zhongjing.pipeline import build_configs, load_pipeline_config
+
+    return build_configs(load_pipeline_config(str(path), overrides))
+
+
+def test_demo_and_paper_configs_wire_every_stage(tmp_path):
+    from zhongjing.pipeline_wiring import CLASSES
+
+    w, configs = _load([f"work_dir={tmp_path}"])
+    assert set(configs) == {"init", "build", "pt", "sft", "generate", "rank", "rm", "ppo", "eval"}
+    assert configs["sft"].model == str(tmp_path / "pt") and configs["rm"].model == str(tmp_path / "pt")
+    assert configs["eval"].target == "aligned" and configs["eval"].ablation.before == "sft"
+    rankings = tmp_path / "rankings.jsonl"
+    rankings.write_text("")
+    base = tmp_path / "base-model"
+    base.mkdir()
+    w, configs = _load([f"work_dir={tmp_path}/paper", f"rankings={rankings}", f"base_model={base}"],
+                       REPO / "configs" / "paper" / "pipeline.yaml")
+    assert "init" not in configs and configs["pt"].model == str(base.resolve())
+    for stage, cfg in configs.items():
+        if stage in CLASSES:
+            assert type(cfg).__name__ == CLASSES[stage][1]
+
+
+@pytest.mark.parametrize("override, message", [
+    (["sft.model=/elsewhere"], "sft.model is wired by the pipeline"),
+    (["rm.no_such_key=1"], "section 'rm': unknown config key 'no_such_key'"),
+    (["sft.train.lr=fast"], "sft"),
+    (["stages=[init,build,pt,sft,rm,eval]"], "rm needs rank"),
+    (["splits.generate=dev"], "splits.generate"),
+])
+def test_bad_pipeline_configs_are_one_line_errors(tmp_path, override, message):
+    from zhongjing.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        _load([f"work_dir={tmp_path}", *override])
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cli_rejects_unknown_stage_and_conflicting_flags():
+    from zhongjing.cli import main
+
+    assert main(["pipeline", "--config", str(REPO / "configs" / "demo.yaml"), "--only", "dpo"]) == 2
+    assert main(["pipeline", "--config", str(REPO / "configs" / "demo.yaml"), "--from", "sft", "--only", "rm"]) == 2

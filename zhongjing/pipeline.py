@@ -1,0 +1,307 @@
+"""`zhongjing pipeline --config configs/demo.yaml`: the whole chain from one YAML.
+
+    init-model → build → pt → sft → generate → rank → rm → ppo → eval
+
+The YAML has one section per stage holding exactly that stage's config keys (checked by the stage's own
+dataclass), plus pipeline keys (work_dir, base_model, rankings, stages, ...). What flows between stages —
+model folders, data files — is wired here; a section that sets a wired key is rejected.
+
+Each stage runs in its own process (`python -m zhongjing <stage> --config WORK/configs/<stage>.yaml`, or under
+`launch` for training stages on several GPUs) and is skipped when its key is unchanged: the hash of its resolved
+config, the code of its modules, the content of the files it reads and the fingerprints of the upstream outputs
+it uses (pipeline_state.py). `--from STAGE` re-runs a stage and everything after it, `--only STAGE` just that one;
+a killed pipeline resumes (training stages from their last checkpoint, generate from its partial file, build and
+eval from their caches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zhongjing.config import describe, from_dict, load_config, to_dict
+from zhongjing.errors import ConfigError, ZhongjingError
+from zhongjing.pipeline_state import State, code_hash, fingerprint, inputs_of, lock
+from zhongjing.pipeline_wiring import (CLASSES, COMMANDS, LAUNCHED, RankSettings, Wiring, check_stages,
+                                       stage_config)
+
+STAGES = ("init", "build", "pt", "sft", "generate", "rank", "rm", "ppo", "eval")
+SIMULATED_NOTE = ("The rankings the reward model learned from were made by a SIMULATED annotator (rubric heuristics "
+                  "in zhongjing/annotate/simulate.py), not by doctors: this run demonstrates the mechanics only.")
+
+
+@dataclass
+class SplitUse:
+    """Which built dialogues the later stages use (seeded samples of the build's train/validation/test splits)."""
+
+    pretrain: bool = True  # the built training dialogues join the pre-training corpus (the paper's Table 1 does)
+    generate: str = "validation"  # split whose dialogues get K answers to rank: not seen in SFT by default
+    generate_limit: int = 0  # dialogues drawn; 0 = all
+    ppo: str = "train"  # split whose patient turns are the PPO prompts
+    ppo_limit: int = 0
+    test_limit: int = 0  # dialogues of the test split evaluated; 0 = all
+    seed: int = 0
+
+    def __post_init__(self):
+        for key in ("generate", "ppo"):
+            if getattr(self, key) not in ("train", "validation", "test"):
+                raise ConfigError(f"splits.{key}: expected train, validation or test, got {getattr(self, key)!r}")
+
+
+@dataclass
+class PipelineConfig:
+    work_dir: str = "runs/demo"  # every stage's output lives under it
+    base_model: str = ""  # a local Hugging Face folder (7B–13B for the paper); empty = init-model builds a tiny one
+    rankings: str = "simulated"  # "simulated" (demo) or a Ranking JSONL from `zhongjing annotate export`
+    stages: list[str] = field(default_factory=lambda: list(STAGES))  # the stages this config includes
+    launch: str = ""  # command prefix for training stages, e.g. "accelerate launch --config_file X.yaml"
+    python: str = ""  # interpreter for stage processes; empty = this one
+    splits: SplitUse = field(default_factory=SplitUse)
+    init: dict[str, Any] = field(default_factory=dict)
+    build: dict[str, Any] = field(default_factory=dict)
+    pt: dict[str, Any] = field(default_factory=dict)
+    sft: dict[str, Any] = field(default_factory=dict)
+    generate: dict[str, Any] = field(default_factory=dict)
+    rank: RankSettings = field(default_factory=RankSettings)
+    rm: dict[str, Any] = field(default_factory=dict)
+    ppo: dict[str, Any] = field(default_factory=dict)
+    eval: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        bad = [s for s in self.stages if s not in STAGES]
+        if bad:
+            raise ConfigError(f"stages: unknown stage {bad[0]!r} (valid: {', '.join(STAGES)})")
+
+    @property
+    def simulated(self) -> bool:
+        return self.rankings == "simulated"
+
+    def active(self) -> list[str]:
+        """Stages in order, without init when a base model is given."""
+        return [s for s in STAGES if s in self.stages and not (s == "init" and self.base_model)]
+
+
+# ----------------------------------------------------------------------------------------------- planning
+
+@dataclass
+class Plan:
+    stage: str
+    action: str  # run | resume | skip | off
+    why: str
+    key: str = ""
+    config: Any = None
+
+
+def build_configs(cfg: PipelineConfig) -> tuple[Wiring, dict[str, Any]]:
+    """Every active stage's dataclass config, validated, with the wiring filled in."""
+    w = Wiring(cfg)
+    check_stages(cfg, w)
+    return w, {s: stage_config(s, cfg, w) for s in cfg.active()}
+
+
+def stage_key(state: State, w: Wiring, stage: str, config, fps: dict) -> str:
+    """The stage's identity now: config, code, user files, pipeline settings it uses, upstream fingerprints
+    (`fps` holds those of stages (re)run in this invocation)."""
+    deps = {d: fps.get(d) or state.fingerprint(d) for d in w.deps(stage)}
+    return state.key_for(stage, config, code_hash(stage), inputs_of(config, w.work), deps, w.settings(stage))
+
+
+def plan(cfg: PipelineConfig, state: State, *, start: str | None = None, only: list[str] | None = None) -> list[Plan]:
+    """What each stage will do and why; keys chain through the upstream outputs' fingerprints."""
+    w, configs = build_configs(cfg)
+    active = cfg.active()
+    forced = set(only or []) | ({s for s in active if STAGES.index(s) >= STAGES.index(start)} if start else set())
+    plans, fps = [], {}  # fps: the fingerprint each upstream output will have when the stage runs
+    for s in STAGES:
+        if s not in active:
+            plans.append(Plan(s, "off", "not in this config" if s in STAGES else ""))
+            continue
+        key = stage_key(state, w, s, configs[s], fps)
+        rec = state.get(s)
+        out = w.output(s)
+        done = rec.get("status") == "done" and rec.get("key") == key and fingerprint(out) == rec.get("fingerprint")
+        if only is not None and s not in only:
+            finished = rec.get("status") == "done" and fingerprint(out) is not None
+            if not finished and any(s in w.deps(o) for o in only):
+                raise ZhongjingError(f"--only: stage {s!r} (an input of {', '.join(only)}) has no finished output "
+                                     f"in {w.work}; run it first")
+            plans.append(Plan(s, "skip", "not selected (--only)", key, configs[s]))
+            if finished:
+                fps[s] = rec.get("fingerprint")
+            continue
+        if s in forced:
+            plans.append(Plan(s, "run", "forced (--from/--only)", key, configs[s]))
+            fps[s] = f"pending:{key}"
+        elif done:
+            plans.append(Plan(s, "skip", "inputs, code and config unchanged", key, configs[s]))
+            fps[s] = rec["fingerprint"]
+        elif rec.get("status") == "running" and rec.get("key") == key:
+            plans.append(Plan(s, "resume", "interrupted earlier run with the same inputs", key, configs[s]))
+            fps[s] = f"pending:{key}"
+        else:
+            why = "never run" if not rec else ("output changed on disk" if rec.get("key") == key
+                                               else "inputs, code or config changed")
+            plans.append(Plan(s, "run", why, key, configs[s]))
+            fps[s] = f"pending:{key}"
+    return plans
+
+
+# ----------------------------------------------------------------------------------------------- running
+
+def _child_env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["PYTHONUNBUFFERED"] = "1"
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _die_with_parent() -> None:
+    """Child processes die with the pipeline (Linux), so a killed pipeline never leaves a stage writing."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def child_cpu_seconds() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_child(cmd: list[str], log_path: Path) -> None:
+    """Run a stage process, copying its output to the terminal and to the stage's log file."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        log.write(f"\n$ {shlex.join(cmd)}\n".encode())
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_child_env(),
+                                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        try:
+            while chunk := os.read(proc.stdout.fileno(), 8192):
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+                log.write(chunk)
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    if rc != 0:
+        raise ZhongjingError(f"stage command failed (exit {rc}): {shlex.join(cmd)} — see {log_path}")
+
+
+def run_stage(p: Plan, cfg: PipelineConfig, w: Wiring) -> None:
+    s, scfg = p.stage, p.config
+    resume = p.action == "resume"
+    if hasattr(scfg, "train"):  # training stages: continue the interrupted run, or start clean
+        scfg.train.resume, scfg.train.overwrite = resume, not resume
+    elif hasattr(scfg, "overwrite"):  # generate: its partial file is the resume point
+        scfg.overwrite = not resume
+    if s == "generate":
+        w.write_prompts("generate")
+    if s == "ppo":
+        w.write_prompts("ppo")
+    if s == "rank":
+        from zhongjing.pipeline_wiring import run_rank
+
+        run_rank(cfg, w, scfg)
+        return
+    import yaml
+
+    cfg_file = w.work / "configs" / f"{s}.yaml"
+    from zhongjing.io import atomic_open
+
+    with atomic_open(cfg_file) as f:
+        yaml.safe_dump(to_dict(scfg), f, allow_unicode=True, sort_keys=False)
+    python = cfg.python or sys.executable
+    prefix = shlex.split(cfg.launch) if cfg.launch and s in LAUNCHED else [python]
+    run_child([*prefix, "-m", "zhongjing", *COMMANDS[s], "--config", str(cfg_file)], w.work / "logs" / f"{s}.log")
+
+
+def run_pipeline(cfg: PipelineConfig, *, start: str | None = None, only: list[str] | None = None,
+                 dry_run: bool = False, out=print) -> dict:
+    from zhongjing.pipeline_report import stage_summary, write_summary
+
+    work = Path(cfg.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    with lock(work):
+        state = State(work)
+        plans = plan(cfg, state, start=start, only=only)
+        out(f"pipeline: work dir {work.resolve()}")
+        for p in plans:
+            if p.action != "off":
+                out(f"  {p.stage:<9} {p.action:<7} {p.why}")
+        if cfg.simulated and any(p.stage in ("rank", "rm") and p.action != "off" for p in plans):
+            out(f"pipeline: NOTE: {SIMULATED_NOTE}")
+        if dry_run:
+            return {"plans": plans}
+        w, _ = build_configs(cfg)
+        times: dict[str, float] = {}
+        fps: dict[str, str] = {}
+        for p in plans:
+            if p.action in ("off", "skip"):
+                continue
+            # the key of a later stage depends on what this one writes: recompute with real fingerprints
+            p.key = stage_key(state, w, p.stage, p.config, fps)
+            out(f"\n=== {p.stage} ({p.action}) ===")
+            state.start(p.stage, p.key)
+            t0, c0 = time.time(), child_cpu_seconds()
+            run_stage(p, cfg, w)
+            times[p.stage] = time.time() - t0
+            fps[p.stage] = fingerprint(w.output(p.stage))
+            summary = stage_summary(p.stage, w, cfg) | {"cpu_seconds": round(child_cpu_seconds() - c0, 1)}
+            state.finish(p.stage, p.key, fps[p.stage], times[p.stage], summary)
+        summary = write_summary(cfg, w, state, plans, times)
+    out("")
+    out(summary["text"])
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+def load_pipeline_config(path: str | None, overrides: list[str]) -> PipelineConfig:
+    """The pipeline YAML + `section.key=value` overrides; stage sections are checked in build_configs."""
+    return load_config(PipelineConfig, path, overrides)
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="zhongjing pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="pipeline keys (stage sections take that stage's keys, see `zhongjing <stage> --help`):\n"
+               + "\n".join(line for line in describe(PipelineConfig) if "dict[" not in line))
+    p.add_argument("--config", help="pipeline YAML (configs/demo.yaml, configs/paper/pipeline.yaml)")
+    p.add_argument("--from", dest="start", choices=STAGES, help="re-run this stage and every stage after it")
+    p.add_argument("--only", help="run just these stages (comma-separated); the others must be finished")
+    p.add_argument("--plan", action="store_true", help="print what would run or be skipped, and why; run nothing")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. work_dir=runs/x sft.train.lr=1e-4")
+    a = p.parse_args(argv)
+    if a.start and a.only:
+        raise ConfigError("use --from or --only, not both")
+    only = [s.strip() for s in a.only.split(",") if s.strip()] if a.only else None
+    for s in only or []:
+        if s not in STAGES:
+            raise ConfigError(f"--only: unknown stage {s!r} (valid: {', '.join(STAGES)})")
+    cfg = load_pipeline_config(a.config, a.overrides)
+    run_pipeline(cfg, start=a.start, only=only, dry_run=a.plan)
+    return 0
+
+
+if __name__ == "__main__":
+    from zhongjing.cli import main as cli_main
+
+    raise SystemExit(cli_main(["pipeline", *sys.argv[1:]]))

@@ -1,0 +1,161 @@
+"""What the pipeline tells the user at the end: per-stage time and effect, where the model and the report are.
+
+Each stage's summary is read from what the stage wrote (meta.json metrics, the eval results), so it shows
+whether the stage did something real: pt lowers the validation perplexity, sft the validation loss, the reward
+model ranks held-out pairs above chance, PPO raises the reward, and eval compares the aligned model with the SFT
+model and the base. Written to WORK/summary.md and WORK/summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from zhongjing.io import atomic_open, iter_jsonl, write_json
+
+
+def _meta(path: Path) -> dict:
+    p = Path(path) / "meta.json"
+    return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
+
+
+def _history(meta: dict) -> list[dict]:
+    return (meta.get("metrics") or {}).get("history") or []
+
+
+def _count(path: Path) -> int:
+    return sum(1 for _ in iter_jsonl(path)) if Path(path).exists() else 0
+
+
+def _fmt(x, nd: int = 3) -> str:
+    return "–" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
+
+
+def stage_summary(stage: str, w, cfg) -> dict:
+    """A few numbers per stage, and a one-line `text` for the table."""
+    out = w.output(stage)
+    if stage == "init":
+        m = _meta(out)
+        return {"params": m.get("params"), "vocab": m.get("vocab_size"),
+                "text": f"tiny LLaMA from scratch: {m.get('params', 0):,} parameters, vocab {m.get('vocab_size')}"}
+    if stage == "build":
+        n = {s: _count(w.built(s)) for s in ("train", "validation", "test")}
+        return {**n, "text": f"dialogues: {n['train']} train / {n['validation']} validation / {n['test']} test"}
+    if stage in ("pt", "sft"):
+        h = _history(_meta(out))
+        key = "val_ppl" if stage == "pt" else "val_loss"
+        first, best = (h[0].get(key), min(x.get(key) for x in h)) if h else (None, None)
+        init = _initial(stage, w)
+        s = {"first_eval": first, "best": best, "initial": init, "metric": key}
+        start = f"{_fmt(init, 2)} before training → " if init is not None else ""
+        return {**s, "text": f"validation {key.replace('val_', '')}: {start}{_fmt(first, 2)} after the first "
+                             f"evaluation → {_fmt(best, 2)} best"}
+    if stage == "generate":
+        n = _count(out)
+        return {"items": n, "text": f"{n} prompts × K answers from the SFT model"}
+    if stage == "rank":
+        rows = [r for _, r in iter_jsonl(out)]
+        sim = any("simulated" in (r.get("annotators") or []) for r in rows)
+        wrong = sum(bool(r.get("all_wrong")) for r in rows)
+        who = "SIMULATED annotator (heuristics, not doctors)" if sim else "real annotators"
+        return {"rankings": len(rows), "all_wrong": wrong, "simulated": sim,
+                "text": f"{len(rows)} rankings by {who}; {wrong} all-wrong"}
+    if stage == "rm":
+        m = (_meta(out).get("metrics") or {})
+        acc = m.get("val_accuracy")
+        return {"val_accuracy": acc, "val_margin": m.get("val_margin"),
+                "text": f"held-out pairwise accuracy {_fmt(acc)} (chance 0.5), margin {_fmt(m.get('val_margin'))}"}
+    if stage == "ppo":
+        return _ppo_summary(_meta(out))
+    if stage == "eval":
+        return _eval_summary(out)
+    return {"text": ""}
+
+
+def _initial(stage: str, w) -> float | None:
+    """The metric before training, when the stage logged one (an evaluation at step 0)."""
+    h = _history(_meta(w.output(stage)))
+    zero = [x for x in h if x.get("step") == 0]
+    key = "val_ppl" if stage == "pt" else "val_loss"
+    return zero[0].get(key) if zero else None
+
+
+def _ppo_summary(meta: dict) -> dict:
+    """Reward, KL and answer length on the held-out prompts: before the first update and after the last."""
+    h = _history(meta)
+    first, last = (h[0], h[-1]) if h else ({}, {})
+    out = {k: (first.get(f"eval_{k}"), last.get(f"eval_{k}")) for k in ("reward", "kl", "answer_len")}
+    text = (f"held-out reward {_fmt(out['reward'][0])} → {_fmt(out['reward'][1])} after {last.get('step', 0)} "
+            f"updates, KL to the SFT model {_fmt(out['kl'][1])}, answer length {_fmt(out['answer_len'][0], 0)} → "
+            f"{_fmt(out['answer_len'][1], 0)} tokens")
+    if meta.get("stopped"):
+        text += f" (stopped early: {meta['stopped']})"
+    return {**out, "text": text}
+
+
+def _eval_summary(results_path: Path) -> dict:
+    if not Path(results_path).exists():
+        return {"text": "no results"}
+    r = json.loads(Path(results_path).read_text(encoding="utf-8"))
+    rows = []
+    for row in r.get("pairwise", []):
+        dims = row.get("dimensions") or {}
+        d = "overall" if "overall" in dims else next(iter(dims), None)
+        if d is None:
+            continue
+        x = dims[d]
+        rows.append({"target": row["target"], "baseline": row["baseline"], "testset": row["testset"],
+                     "dimension": d, "win": x.get("win_rate"), "tie": x.get("tie_rate"), "lose": x.get("lose_rate"),
+                     "n": x.get("n")})
+    seen, parts = set(), []
+    for x in rows:
+        k = (x["target"], x["baseline"], x["testset"])
+        if k not in seen:
+            seen.add(k)
+            parts.append(f"{x['target']} vs {x['baseline']} ({x['testset']}, {x['dimension']}): "
+                         f"win {_pct(x['win'])} tie {_pct(x['tie'])} lose {_pct(x['lose'])}")
+    return {"pairwise": rows, "judge": (r.get("meta") or {}).get("judge"), "text": "; ".join(parts) or "no pairwise results"}
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.0f}%"
+
+
+def write_summary(cfg, w, state, plans, times: dict) -> dict:
+    """The end-of-run table and pointers; also saved as summary.md / summary.json in the work dir."""
+    from zhongjing.pipeline import SIMULATED_NOTE
+
+    lines = ["| stage | this run | seconds | result |", "|---|---|---:|---|"]
+    rows, total = [], 0.0
+    for p in plans:
+        if p.action == "off":
+            continue
+        rec = state.get(p.stage)
+        secs = times.get(p.stage)
+        total += secs or 0.0
+        what = {"run": "ran", "resume": "resumed", "skip": "skipped"}[p.action]
+        summ = rec.get("summary") or {}
+        rows.append({"stage": p.stage, "action": what, "seconds": secs, "last_seconds": rec.get("seconds"),
+                     "summary": summ})
+        shown = f"{secs:.0f}" if secs is not None else f"({rec.get('seconds', 0):.0f})"
+        lines.append(f"| {p.stage} | {what} | {shown} | {summ.get('text', '')} |")
+    lines.append(f"| **total** | | {total:.0f} | |")
+    model = w.output("ppo") if "ppo" in w.stages else w.output("sft")
+    report = w.output("eval").parent / "report.md"
+    text = ["## Pipeline summary", "", *lines, "",
+            "(seconds in parentheses: the earlier run that produced a skipped stage's output)", "",
+            f"- model: {model}  →  chat with it: zhongjing chat --model {model}"]
+    if "eval" in w.stages:
+        text.append(f"- evaluation report: {report} (also report.html, results.json)")
+    if cfg.simulated:
+        text += ["", f"**NOTE:** {SIMULATED_NOTE}"]
+        if "eval" in w.stages and "reward" in json.dumps((_eval_summary(w.output("eval")).get("pairwise") or [])[:1]):
+            text.append("The demo's eval judge is the pipeline's own reward model — the one PPO optimised — so it "
+                        "favours the aligned model by construction; use an LLM judge or doctors for real numbers.")
+    body = "\n".join(text) + "\n"
+    with atomic_open(w.work / "summary.md") as f:
+        f.write(body)
+    data = {"stages": rows, "total_seconds": round(total, 1), "model": str(model), "report": str(report),
+            "simulated_rankings": cfg.simulated}
+    write_json(w.work / "summary.json", data)
+    return {**data, "text": body}

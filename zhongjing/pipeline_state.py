@@ -1,0 +1,211 @@
+"""What the pipeline remembers between runs: a key per stage, and how outputs and code are fingerprinted.
+
+WORK/pipeline-state.json holds, per stage: status (running | done), key, the fingerprint of its output, seconds
+and a summary. A stage is up to date when its status is done, its recorded key equals the key computed now and
+its output still has the recorded fingerprint. The key hashes:
+  - the stage's resolved config, without run-only keys (resume, progress, ...) and with WORK written as $WORK,
+    so a moved work dir stays valid;
+  - the source of the modules that make up the stage (CODE below) and the package version;
+  - the content of every file or folder the config names outside WORK (data, corpus, a user base model);
+  - the fingerprints of the upstream outputs it reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from zhongjing.errors import ZhongjingError
+from zhongjing.io import sha256_file, sha256_json, write_json
+
+_TRAIN = ["zhongjing.train.loop", "zhongjing.train.batching", "zhongjing.train.checkpoint", "zhongjing.train.common",
+          "zhongjing.train.optim", "zhongjing.train.mix", "zhongjing.train.logs", "zhongjing.model.lora",
+          "zhongjing.model.load", "zhongjing.data"]
+# The modules whose source is a stage's "code version": editing one of them re-runs that stage (and what follows).
+CODE: dict[str, list[str]] = {
+    "init": ["zhongjing.model.init_model", "zhongjing.data.readers"],
+    "build": ["zhongjing.build", "zhongjing.data"],
+    "pt": ["zhongjing.train.pt", "zhongjing.train.lm", *_TRAIN],
+    "sft": ["zhongjing.train.sft", "zhongjing.train.lm", *_TRAIN],
+    "generate": ["zhongjing.generate", "zhongjing.model.generation", "zhongjing.model.load", "zhongjing.data"],
+    "rank": ["zhongjing.annotate.simulate", "zhongjing.annotate.rubric", "zhongjing.build.kg_check",
+             "zhongjing.data", "zhongjing.pipeline_wiring"],
+    "rm": ["zhongjing.train.rm", "zhongjing.train.prefs", "zhongjing.train.rewards", "zhongjing.train.losses",
+           "zhongjing.model.value_head", *_TRAIN],
+    "ppo": ["zhongjing.train.ppo", "zhongjing.train.rollout", "zhongjing.train.rewards", "zhongjing.train.losses",
+            "zhongjing.model.value_head", "zhongjing.model.generation", *_TRAIN],
+    "eval": ["zhongjing.eval", "zhongjing.model.generation", "zhongjing.train.rewards", "zhongjing.model.value_head",
+             "zhongjing.model.load", "zhongjing.data"],
+}
+# Config keys that change how a stage runs, not what it produces.
+RUN_ONLY = {"resume", "overwrite", "progress", "tensorboard", "threads", "keep_checkpoints", "save_every"}
+STATE_FILE = "pipeline-state.json"
+
+
+def _module_files(name: str) -> list[Path]:
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        return []
+    origin = Path(spec.origin)
+    if origin.name == "__init__.py":
+        return sorted(origin.parent.rglob("*.py"))
+    return [origin]
+
+
+def code_hash(stage: str) -> str:
+    import zhongjing
+
+    root = Path(zhongjing.__file__).resolve().parent
+    files = sorted({f for m in CODE[stage] for f in _module_files(m)})
+    return sha256_json({"version": zhongjing.__version__, "missing": [m for m in CODE[stage] if not _module_files(m)],
+                        "files": [(str(f.resolve().relative_to(root)) if f.resolve().is_relative_to(root) else str(f),
+                                   sha256_file(f)) for f in files]})
+
+
+def _is_model_dir(p: Path) -> bool:
+    return (p / "config.json").exists() or (p / "adapter_config.json").exists()
+
+
+def fingerprint(path: str | Path) -> str | None:
+    """Identity of a stage output: file content; a model folder's meta.json plus its top-level files' sizes and
+    modification times (weights of a 13B model are too big to hash on every run); other folders by content.
+    None if missing or unfinished (a model folder without meta.json)."""
+    p = Path(path)
+    if p.is_file():
+        return sha256_file(p)
+    if not p.is_dir():
+        return None
+    if _is_model_dir(p):
+        if not (p / "meta.json").exists():
+            return None
+        files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in p.iterdir() if f.is_file())
+        return sha256_json({"meta": sha256_file(p / "meta.json"), "files": files})
+    files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+    if not files:
+        return None
+    return sha256_json([(str(f.relative_to(p)), sha256_file(f)) for f in files])
+
+
+def external_fingerprint(p: Path) -> str:
+    """A file or folder the user's config names: by content, except model folders (see fingerprint)."""
+    if p.is_dir() and _is_model_dir(p):
+        from zhongjing.train.checkpoint import model_fingerprint
+
+        return model_fingerprint(p)
+    return fingerprint(p) or "empty"
+
+
+def _strings(obj: Any):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _strings(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _strings(v)
+    elif isinstance(obj, str):
+        yield obj
+
+
+def inputs_of(config: Any, work: Path) -> dict[str, str]:
+    """Content hash of every existing file/folder named in the config outside the work dir (user data)."""
+    import dataclasses
+
+    data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
+    work = work.resolve()
+    out = {}
+    for s in _strings(data):
+        if not s or ("/" not in s and "." not in s) or "\n" in s or len(s) > 4096:
+            continue
+        p = Path(s)
+        try:
+            if not p.exists():
+                continue
+            rp = p.resolve()
+        except OSError:
+            continue
+        if rp == work or rp.is_relative_to(work) or rp == Path.cwd().resolve():
+            continue
+        out[str(rp)] = external_fingerprint(rp)
+    return out
+
+
+def hashable(config: Any, work: Path) -> Any:
+    """The config as plain data without run-only keys, with the work dir written as $WORK."""
+    import dataclasses
+
+    data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
+    prefix = str(work.resolve())
+
+    def clean(x):
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items() if k not in RUN_ONLY}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        if isinstance(x, str) and x.startswith(prefix):
+            return "$WORK" + x[len(prefix):]
+        return x
+
+    return clean(data)
+
+
+class State:
+    def __init__(self, work: Path):
+        self.work = Path(work)
+        self.path = self.work / STATE_FILE
+        try:
+            self.data = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
+        except json.JSONDecodeError as e:
+            raise ZhongjingError(f"{self.path}: unreadable pipeline state ({e.msg}); delete it to start over") from None
+        self.data.setdefault("stages", {})
+
+    def get(self, stage: str) -> dict:
+        return self.data["stages"].get(stage, {})
+
+    def fingerprint(self, stage: str) -> str | None:
+        rec = self.get(stage)
+        return rec.get("fingerprint") if rec.get("status") == "done" else None
+
+    def key_for(self, stage: str, config: Any, code: str, inputs: dict, deps: dict, settings: dict) -> str:
+        return sha256_json({"stage": stage, "config": hashable(config, self.work), "code": code, "inputs": inputs,
+                            "upstream": deps, "pipeline": settings})
+
+    def _save(self) -> None:
+        write_json(self.path, self.data)
+
+    def start(self, stage: str, key: str) -> None:
+        self.data["stages"][stage] = {"status": "running", "key": key, "started": _now()}
+        self._save()
+
+    def finish(self, stage: str, key: str, fp: str | None, seconds: float, summary: dict) -> None:
+        if fp is None:
+            raise ZhongjingError(f"stage {stage} finished but its output is missing or incomplete")
+        rec = self.data["stages"][stage]
+        rec.update({"status": "done", "key": key, "fingerprint": fp, "seconds": round(seconds, 1),
+                    "finished": _now(), "summary": summary})
+        self._save()
+
+
+def _now() -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S")
+
+
+@contextlib.contextmanager
+def lock(work: Path):
+    """One pipeline per work dir at a time (the lock goes away with the process, even on SIGKILL)."""
+    path = Path(work) / ".pipeline.lock"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ZhongjingError(f"another pipeline is running in {work} (lock {path})") from None
+        yield
+    finally:
+        os.close(fd)
