@@ -1,0 +1,162 @@
+"""Reward-model and DPO training throughput: `zhongjing train rm|dpo` against TRL `RewardTrainer` / `DPOTrainer`.
+
+    pip install -c constraints.txt 'zhongjing[bench]'
+    python benchmarks/bench_rm_dpo.py [--pairs 256]
+
+Same tiny model (the init-model default shape, ~5M parameters, tokenizer trained on the data), same preference
+pairs (MedicalGPT's 100 medical pairs + its general Chinese pairs, chosen/rejected), LoRA r=16 on all linear
+layers without dropout (TRL switches dropout off by default), batch 8 pairs, ≤ 512 tokens, one epoch, fp32, CPU,
+no activation checkpointing on either side (TRL's default recomputes activations). The RM reads the answers
+rendered by zhongjing's chat-template renderer (handed to TRL pre-tokenized); TRL's DPO tokenizes the same
+conversations with the same chat template. Figure: real (non-pad) tokens through the model per second, from the
+end of step 2 to the last step; each system runs in its own process so its peak RSS is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_common import SHARED, build_model, child, our_steps, peak_mib, print_table, write_jsonl  # noqa: E402
+
+BATCH, MAX_LEN, LR, SKIP, BETA = 8, 512, 2e-4, 2, 0.1
+PAIRS = [SHARED / "medicalgpt_samples" / "reward_medical_test.json", SHARED / "medicalgpt_samples" / "dpo_zh_500.jsonl"]
+
+
+def load_pairs(limit: int) -> list:
+    """Rankings (K=2) from the MedicalGPT files, the ones whose answers fit MAX_LEN (both systems get the same)."""
+    from zhongjing.data.readers import read_rankings
+
+    return [r for p in PAIRS for r in read_rankings(p)][:limit]
+
+
+def _lora():
+    from zhongjing.model.lora import LoraSettings
+
+    return LoraSettings(r=16, alpha=32, dropout=0.0)
+
+
+def _train():
+    from zhongjing.train.common import TrainSettings
+
+    return TrainSettings(batch_size=BATCH, epochs=1, lr=LR, warmup_steps=0, progress=False, overwrite=True,
+                         mixed_precision="no", max_grad_norm=1.0)
+
+
+def run_ours(stage: str, model: str, data: str, work: Path) -> dict:
+    out = work / f"ours-{stage}"
+    if stage == "rm":
+        from zhongjing.train.rm import RMConfig, train_rm
+
+        train_rm(RMConfig(model=model, data=[data], output=str(out), val_ratio=0.0, max_length=MAX_LEN, lora=_lora(),
+                          train=_train()))
+    else:
+        from zhongjing.train.dpo import DPOConfig, train_dpo
+
+        train_dpo(DPOConfig(model=model, data=[data], output=str(out), val_ratio=0.0, max_length=MAX_LEN, beta=BETA,
+                            lora=_lora(), train=_train()))
+    secs, _, tokens = our_steps(out, SKIP)
+    return {"tokens_per_s": tokens / secs, "seconds": secs, "peak_mib": peak_mib()}
+
+
+def run_trl(stage: str, model_dir: str, data: str, work: Path) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+
+    from zhongjing.data.readers import read_rankings
+    from zhongjing.model.load import load_tokenizer, setup_torch
+
+    setup_torch(seed=42)
+    tok = load_tokenizer(model_dir)
+    rankings = list(read_rankings(data))
+    seen, marks = [], []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            marks.append(time.perf_counter())
+
+    common = dict(output_dir=str(work / f"trl-{stage}"), per_device_train_batch_size=BATCH, num_train_epochs=1,
+                  learning_rate=LR, lr_scheduler_type="cosine", warmup_steps=0, max_length=MAX_LEN,
+                  save_strategy="no", report_to=[], logging_steps=10**6, use_cpu=True, seed=42,
+                  dataloader_num_workers=0, disable_tqdm=True, bf16=False, fp16=False,  # TRL defaults to bf16
+                  gradient_checkpointing=False, disable_dropout=True, max_grad_norm=1.0)
+    if stage == "rm":
+        from transformers import AutoModelForSequenceClassification
+        from trl import RewardConfig, RewardTrainer
+
+        from zhongjing.data.render import Renderer
+        from zhongjing.train.rewards import reward_input_ids
+
+        renderer = Renderer(tok, max_length=MAX_LEN, strategy="last")
+        ds = Dataset.from_dict({
+            "chosen_ids": [reward_input_ids(renderer, r.messages, r.responses[0]) for r in rankings],
+            "rejected_ids": [reward_input_ids(renderer, r.messages, r.responses[1]) for r in rankings]})
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=torch.float32)
+        model.config.pad_token_id = tok.pad_token_id
+        lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="SEQ_CLS")
+        trainer = RewardTrainer(model=model, args=RewardConfig(**common), train_dataset=ds, processing_class=tok,
+                                peft_config=lora, callbacks=[Clock()])
+    else:
+        from transformers import AutoModelForCausalLM
+        from trl import DPOConfig, DPOTrainer
+
+        conv = lambda ms: [m.to_dict() for m in ms]  # noqa: E731
+        ds = Dataset.from_list([{"prompt": conv(r.messages),
+                                 "chosen": [{"role": "assistant", "content": r.responses[0]}],
+                                 "rejected": [{"role": "assistant", "content": r.responses[1]}]} for r in rankings])
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+        trainer = DPOTrainer(model=model, args=DPOConfig(beta=BETA, **common), train_dataset=ds, processing_class=tok,
+                             peft_config=lora, callbacks=[Clock()])
+    collate = trainer.data_collator
+
+    def counting(examples):
+        b = collate(examples)
+        seen.append(int(b["attention_mask"].sum()) if "attention_mask" in b else
+                    int(b["chosen_attention_mask"].sum() + b["rejected_attention_mask"].sum()))
+        return b
+
+    trainer.data_collator = counting
+    trainer.train()
+    steps = len(marks)
+    secs = marks[-1] - marks[SKIP - 1]
+    return {"tokens_per_s": sum(seen[SKIP:steps]) / secs, "seconds": secs, "peak_mib": peak_mib()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pairs", type=int, default=256)
+    p.add_argument("--child", nargs=5, metavar=("SYSTEM", "STAGE", "MODEL", "DATA", "WORK"), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        system, stage, model, data, work = a.child
+        fn = run_ours if system == "ours" else run_trl
+        print(json.dumps(fn(stage, model, data, Path(work))))
+        return
+    work = Path(tempfile.mkdtemp(prefix="bench-rm-dpo-"))
+    rankings = load_pairs(a.pairs * 2)
+    model = build_model(work / "model", [{"messages": [m.to_dict() for m in r.messages] + [
+        {"role": "assistant", "content": x} for x in r.responses]} for r in rankings])
+    from zhongjing.data.render import Renderer
+    from zhongjing.model.load import load_tokenizer
+    from zhongjing.train.rewards import reward_input_ids
+
+    renderer = Renderer(load_tokenizer(model), max_length=MAX_LEN, strategy="last")
+    fit = [r for r in rankings if all(reward_input_ids(renderer, r.messages, x) for x in r.responses)][:a.pairs]
+    data = write_jsonl(work / "pairs.jsonl", [r.to_dict() for r in fit])
+    for stage, peer in (("rm", "TRL RewardTrainer"), ("dpo", "TRL DPOTrainer")):
+        results = [(f"zhongjing train {stage}", child(__file__, "--child", "ours", stage, str(model), str(data), str(work))),
+                   (peer, child(__file__, "--child", "trl", stage, str(model), str(data), str(work)))]
+        print_table(f"{stage.upper()}: {len(fit)} preference pairs × 1 epoch, LoRA r=16, batch {BATCH}, ≤ {MAX_LEN} "
+                    "tokens", results, "tokens_per_s", "tokens/s", ["seconds"])
+
+
+if __name__ == "__main__":
+    main()
