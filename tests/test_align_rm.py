@@ -69,7 +69,8 @@ def test_folder_loads_with_plain_transformers_and_peft(medical_rm, medical_base)
 def test_score_command(medical_rm, medical_base, tmp_path, capsys):
     from zhongjing.cli import main
 
-    assert main(["score", "--rm", str(medical_rm), str(MEDICAL_PAIRS), "-o", str(tmp_path / "s.jsonl")]) == 0
+    assert main(["score", "--rm", str(medical_rm), str(MEDICAL_PAIRS), "-o", str(tmp_path / "s.jsonl"),
+                 "--threads", "1"]) == 0
     rows = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 100 and all(len(x["rewards"]) == 2 for x in rows)
     summary = json.loads(capsys.readouterr().err.strip().splitlines()[-1])

@@ -85,7 +85,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=4096)
     p.add_argument("--normalize", action="store_true", help="(r − mean)/std with the RM's validation statistics")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     a = p.parse_args(argv)
+    if a.threads:
+        from zhongjing.model.load import setup_torch
+
+        setup_torch(threads=a.threads)
     rows, summary = score_file(a.rm, a.files, a.format, batch_size=a.batch_size, max_length=a.max_length,
                                normalize=a.normalize)
     if a.output:

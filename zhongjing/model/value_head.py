@@ -60,19 +60,6 @@ def hidden_size(model) -> int:
     return cfg.get_text_config().hidden_size
 
 
-def score_layer(model) -> nn.Module:
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = getattr(inner, "score", None)
-    if head is None:
-        raise ZhongjingError(f"{type(inner).__name__} has no 'score' head; load reward models with load_reward_model()")
-    return head
-
-
-def pad_id_of(model) -> int | None:
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner.config.get_text_config().pad_token_id
-
-
 def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Scalar reward of each right-padded sequence. (B, T) → (B,). Goes through the model's own forward (and so
     through any DDP wrapper), which pools the rightmost non-pad token."""

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from zhongjing.config import parse_stage_args
-from zhongjing.errors import ConfigError, ZhongjingError
+from zhongjing.errors import ConfigError
 from zhongjing.model.lora import LoraSettings
 from zhongjing.train.common import TrainSettings
 from zhongjing.train.prefs import IDK_ANSWER
@@ -85,60 +83,20 @@ def dpo_metrics(rec: dict) -> dict:
 
 
 def train_dpo(cfg: DPOConfig) -> Path:
-    from collections import Counter
-
-    from zhongjing.config import to_dict
-    from zhongjing.data.render import Renderer
     from zhongjing.model.load import load_tokenizer
-    from zhongjing.model.lora import TrainedIO, count_params, prepare_model
-    from zhongjing.train.checkpoint import code_version, inputs_hash
-    from zhongjing.train.common import data_record, hashable_config, make_accelerator
-    from zhongjing.train.loop import fit
-    from zhongjing.train.prefs import RankingBatches, encode, load_prefs
+    from zhongjing.model.lora import prepare_model
+    from zhongjing.train.common import make_accelerator
+    from zhongjing.train.prefs import fit_prefs, pref_batches
 
     if not cfg.model or not cfg.data:
         raise ConfigError("train dpo needs model=POLICY_PARENT and data=RANKINGS")
-    t0 = time.time()
     acc = make_accelerator(cfg.train)
     tok = load_tokenizer(cfg.model)
-    prefs = load_prefs(cfg.data, cfg.format, val_paths=cfg.val_data, val_ratio=cfg.val_ratio, seed=cfg.train.seed,
-                       idk_answer=cfg.idk_answer, skip_bad=cfg.skip_bad)
-    counts = Counter(prefs.counts)
-    renderer = Renderer(tok, max_length=cfg.max_length, strategy="last")
-    train = encode(prefs.train, renderer, counts, with_targets=True)
-    val = encode(prefs.val, renderer, counts, with_targets=True)
-    if not train:
-        raise ZhongjingError(f"no usable rankings in {cfg.data} ({dict(counts)})")
-    data = RankingBatches(train, val, cfg.train.batch_size, seed=cfg.train.seed, group=cfg.length_group,
-                          pad_id=tok.pad_token_id, per="pair")
+    data, counts = pref_batches(cfg, tok, per="pair", with_targets=True)
     model = prepare_model(cfg.model, "lora", cfg.lora, dtype=cfg.dtype,
                           gradient_checkpointing=cfg.train.gradient_checkpointing)
-    trainable, total = count_params(model)
-    config = to_dict(cfg)
-    parent = str(Path(cfg.model).resolve())
-    records = [data_record(p) for p in list(cfg.data) + list(cfg.val_data)]
-    meta = {"stage": "dpo", "kind": "adapter", "base_model": parent, "parent": parent,
-            "inputs_hash": inputs_hash("dpo", cfg.model, records, hashable_config(config)), "data": records,
-            "config": config, "code": code_version(), "counts": dict(counts),
-            "params": {"trainable": trainable, "total": total}}
-    if acc.is_main_process:
-        print(f"dpo: {counts['train']} rankings ({counts['train_pairs']} pairs) train, {counts['val']} val; "
-              f"{trainable:,}/{total:,} trainable parameters", file=sys.stderr)
     loss_fn = functools.partial(dpo_loss_fn, beta=cfg.beta, label_smoothing=cfg.label_smoothing)
-    result = fit(model, data, loss_fn, cfg.train, cfg.output, accelerator=acc, io=TrainedIO(tok, parent), meta=meta,
-                 on_eval=dpo_metrics)
-    if acc.is_main_process:
-        from zhongjing.io import write_json
-        from zhongjing.model.load import read_meta
-
-        final = read_meta(cfg.output)
-        best = next((h for h in result.history if h["step"] == result.best_step), None)
-        if best is not None:
-            final["metrics"] |= {"val_accuracy": best["val_accuracy"], "val_margin": best["val_margin"]}
-        final["seconds"] = round(time.time() - t0, 1)
-        write_json(Path(cfg.output) / "meta.json", final)
-    acc.wait_for_everyone()
-    return Path(cfg.output)
+    return fit_prefs("dpo", cfg, model, tok, data, counts, loss_fn, dpo_metrics, accelerator=acc, meta={})
 
 
 def main(argv: list[str]) -> int:

@@ -143,3 +143,66 @@ class RankingBatches:
         order = sorted(range(len(self.val)), key=lambda i: sum(len(x) for x in self.val[i].ids))
         plan = [order[i:i + self.bs] for i in range(0, len(order), self.bs)]
         return LazyBatches(plan, lambda idx: self.collate([self.val[i] for i in idx]))
+
+
+# ----------------------------------------------------------------------------- what train rm and train dpo share
+
+
+def pref_batches(cfg, tokenizer, *, per: str, with_targets: bool) -> tuple[RankingBatches, Counter]:
+    """cfg (RMConfig / DPOConfig) → the encoded rankings as batches, and what was counted on the way."""
+    from zhongjing.data.render import Renderer
+    from zhongjing.errors import ZhongjingError
+
+    prefs = load_prefs(cfg.data, cfg.format, val_paths=cfg.val_data, val_ratio=cfg.val_ratio, seed=cfg.train.seed,
+                       idk_answer=cfg.idk_answer, skip_bad=cfg.skip_bad)
+    counts = Counter(prefs.counts)
+    renderer = Renderer(tokenizer, max_length=cfg.max_length, strategy="last")
+    train = encode(prefs.train, renderer, counts, with_targets=with_targets)
+    val = encode(prefs.val, renderer, counts, with_targets=with_targets)
+    if not train:
+        raise ZhongjingError(f"no usable rankings in {cfg.data} ({dict(counts)})")
+    return RankingBatches(train, val, cfg.train.batch_size, seed=cfg.train.seed, group=cfg.length_group,
+                          pad_id=tokenizer.pad_token_id, pair_norm=getattr(cfg, "pair_norm", "ckn"), per=per), counts
+
+
+def fit_prefs(stage: str, cfg, model, tokenizer, data: RankingBatches, counts: Counter, loss_fn, on_eval, *,
+              accelerator, meta: dict, best_extra=None):
+    """fit() with the meta.json every preference stage writes; afterwards the best validation record's accuracy and
+    margin (and best_extra(record), e.g. the RM's reward statistics) are added to OUT/meta.json."""
+    import sys
+    import time
+    from pathlib import Path
+
+    from zhongjing.config import to_dict
+    from zhongjing.io import write_json
+    from zhongjing.model.load import read_meta
+    from zhongjing.model.lora import TrainedIO, count_params
+    from zhongjing.train.checkpoint import code_version, inputs_hash
+    from zhongjing.train.common import data_record, hashable_config
+    from zhongjing.train.loop import fit
+
+    t0 = time.time()
+    trainable, total = count_params(model)
+    config, parent = to_dict(cfg), str(Path(cfg.model).resolve())
+    records = [data_record(p) for p in list(cfg.data) + list(cfg.val_data)]
+    meta = {"stage": stage, "kind": "full" if getattr(cfg, "finetune", "lora") == "full" else "adapter",
+            "base_model": parent, "parent": parent,
+            "inputs_hash": inputs_hash(stage, cfg.model, records, hashable_config(config)), "data": records,
+            "config": config, "code": code_version(), "counts": dict(counts),
+            "params": {"trainable": trainable, "total": total}} | meta
+    if accelerator.is_main_process:
+        print(f"{stage}: {counts['train']} rankings ({counts['train_pairs']} pairs) train, {counts['val']} val; "
+              f"{trainable:,}/{total:,} trainable parameters", file=sys.stderr)
+    result = fit(model, data, loss_fn, cfg.train, cfg.output, accelerator=accelerator,
+                 io=TrainedIO(tokenizer, parent), meta=meta, on_eval=on_eval)
+    out = Path(cfg.output)
+    if accelerator.is_main_process:
+        final = read_meta(out)
+        best = next((h for h in result.history if h["step"] == result.best_step), None)
+        if best is not None:
+            final["metrics"] |= {"val_accuracy": best["val_accuracy"], "val_margin": best["val_margin"]}
+            final |= best_extra(best) if best_extra else {}
+        final["seconds"] = round(time.time() - t0, 1)
+        write_json(out / "meta.json", final)
+    accelerator.wait_for_everyone()
+    return out

@@ -12,8 +12,6 @@ and its reward mean/std on the validation answers go to meta.json for PPO's rewa
 from __future__ import annotations
 
 import math
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -21,8 +19,7 @@ from typing import Literal
 import torch
 
 from zhongjing.config import parse_stage_args
-from zhongjing.data.schema import Ranking
-from zhongjing.errors import ConfigError, ZhongjingError
+from zhongjing.errors import ConfigError
 from zhongjing.model.lora import Finetune, LoraSettings
 from zhongjing.train.common import TrainSettings
 from zhongjing.train.prefs import IDK_ANSWER
@@ -88,34 +85,16 @@ def _apply_lora(model, s: LoraSettings):
 
 
 def train_rm(cfg: RMConfig) -> Path:
-    from collections import Counter
-
-    from zhongjing.config import to_dict
-    from zhongjing.data.render import Renderer
-    from zhongjing.io import write_json
-    from zhongjing.model.load import load_tokenizer, read_meta
-    from zhongjing.model.lora import TrainedIO, count_params
+    from zhongjing.model.load import load_tokenizer
     from zhongjing.model.value_head import REWARD_TASK, new_reward_model
-    from zhongjing.train.checkpoint import code_version, inputs_hash
-    from zhongjing.train.common import data_record, hashable_config, make_accelerator
-    from zhongjing.train.loop import fit
-    from zhongjing.train.prefs import RankingBatches, encode, load_prefs
+    from zhongjing.train.common import make_accelerator
+    from zhongjing.train.prefs import fit_prefs, pref_batches
 
     if not cfg.model or not cfg.data:
         raise ConfigError("train rm needs model=PARENT_DIR and data=RANKINGS (a file, folder or list)")
-    t0 = time.time()
     acc = make_accelerator(cfg.train)
     tok = load_tokenizer(cfg.model)
-    prefs = load_prefs(cfg.data, cfg.format, val_paths=cfg.val_data, val_ratio=cfg.val_ratio, seed=cfg.train.seed,
-                       idk_answer=cfg.idk_answer, skip_bad=cfg.skip_bad)
-    counts = Counter(prefs.counts)
-    renderer = Renderer(tok, max_length=cfg.max_length, strategy="last")
-    train, val = encode(prefs.train, renderer, counts), encode(prefs.val, renderer, counts)
-    if not train:
-        raise ZhongjingError(f"no usable rankings in {cfg.data} ({dict(counts)})")
-    data = RankingBatches(train, val, cfg.train.batch_size, seed=cfg.train.seed, group=cfg.length_group,
-                          pad_id=tok.pad_token_id, pair_norm=cfg.pair_norm)
-
+    data, counts = pref_batches(cfg, tok, per="ranking", with_targets=False)
     model = new_reward_model(cfg.model, cfg.dtype, pad_token_id=tok.pad_token_id)
     model.config.use_cache = False
     if cfg.train.gradient_checkpointing:
@@ -125,33 +104,16 @@ def train_rm(cfg: RMConfig) -> Path:
         if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16) and cfg.finetune == "lora":
             p.data = p.data.float()
     model.train()
-    trainable, total = count_params(model)
-    config = to_dict(cfg)
-    records = [data_record(p) for p in list(cfg.data) + list(cfg.val_data)]
-    meta = {"stage": "rm", "task": REWARD_TASK, "kind": "adapter" if cfg.finetune == "lora" else "full",
-            "base_model": str(Path(cfg.model).resolve()), "parent": str(Path(cfg.model).resolve()),
-            "inputs_hash": inputs_hash("rm", cfg.model, records, hashable_config(config)),
-            "data": records, "config": config, "code": code_version(), "counts": dict(counts),
+    meta = {"task": REWARD_TASK, "pad_token_id": tok.pad_token_id,
             "head": {"type": "linear", "layer": "score", "outputs": 1, "pooling": "rightmost non-pad token",
-                     "load": "AutoModelForSequenceClassification(num_labels=1) [+ PeftModel]"},
-            "pad_token_id": tok.pad_token_id, "params": {"trainable": trainable, "total": total}}
-    if acc.is_main_process:
-        print(f"rm: {counts['train']} rankings ({counts['train_pairs']} pairs) train, {counts['val']} val; "
-              f"{trainable:,}/{total:,} trainable parameters", file=sys.stderr)
-    result = fit(model, data, rm_loss, cfg.train, cfg.output, accelerator=acc, io=TrainedIO(tok, cfg.model),
-                 meta=meta, on_eval=rm_metrics)
-    out = Path(cfg.output)
-    if acc.is_main_process:
-        final = read_meta(out)
-        best = next((h for h in result.history if h["step"] == result.best_step), None)
-        if best is not None:
-            final["reward_stats"] = {"mean": best["val_reward_mean"], "std": best["val_reward_std"],
-                                     "on": "validation answers", "step": result.best_step}
-            final["metrics"] |= {"val_accuracy": best["val_accuracy"], "val_margin": best["val_margin"]}
-        final["seconds"] = round(time.time() - t0, 1)
-        write_json(out / "meta.json", final)
-    acc.wait_for_everyone()
-    return out
+                     "load": "AutoModelForSequenceClassification(num_labels=1) [+ PeftModel]"}}
+
+    def reward_stats(best: dict) -> dict:  # for PPO's reward normalisation
+        return {"reward_stats": {"mean": best["val_reward_mean"], "std": best["val_reward_std"],
+                                 "on": "validation answers", "step": best["step"]}}
+
+    return fit_prefs("rm", cfg, model, tok, data, counts, rm_loss, rm_metrics, accelerator=acc, meta=meta,
+                     best_extra=reward_stats)
 
 
 def main(argv: list[str]) -> int:
