@@ -231,6 +231,9 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
     counts: Counter = Counter()
     train_p, eval_p = split_prompts(load_prompts(cfg, tok, counts), cfg.eval_prompts, tc.seed)
     per_update = cfg.rollout_prompts or max(1, tc.batch_size * tc.grad_accum // K)
+    if per_update % world:
+        raise ConfigError(f"rollout_prompts={per_update} must divide by the {world} processes (equal shares keep "
+                          "their optimizer steps in lockstep)")
     per_epoch = len(train_p) // per_update
     if per_epoch == 0:
         raise ZhongjingError(f"{len(train_p)} training prompts, but one update takes {per_update}")
@@ -317,6 +320,8 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
         rec = summarize(scores, parts, scored) | algo.after_rollout(rollout)
         rec |= {"gen_tokens_per_s": sampled.tokens / max(sampled.seconds, 1e-9), "t_generate": sampled.seconds,
                 "t_rollout": t_rollout}
+        if world > 1:  # every process must take the same decisions below
+            rec["kl"] = acc.reduce(torch.tensor(rec["kl"], device=acc.device), "mean").item()
         if cfg.stop_kl and rec["kl"] > cfg.stop_kl:
             stopped = f"KL to the reference {rec['kl']:.3f} passed stop_kl={cfg.stop_kl} at update {step + 1}"
             log.info(f"{stage}: {stopped}; keeping the policy from update {step}")
