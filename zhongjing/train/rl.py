@@ -334,7 +334,7 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
         train_keys = [k for k in last_epoch[0] if k not in rec and isinstance(last_epoch[0][k], (int, float))]
         rec |= {k: sum(s[k] for s in last_epoch if s[k] is not None) / len(last_epoch) for k in train_keys}
         rec |= {"lr": steps[0]["lr"], "t_train": time.perf_counter() - t0 - t_rollout,
-                "seconds": time.perf_counter() - t0}
+                "seconds": time.perf_counter() - t0, "elapsed": round(time.perf_counter() - t_start, 4)}
         step, in_epoch = step + 1, in_epoch + 1
         end_of_epoch = in_epoch >= per_epoch
         if end_of_epoch:
