@@ -5,7 +5,8 @@
 Starts `zhongjing serve` on a free loopback port; every client sends its requests one after another (streaming, greedy),
 all clients at once. The peer is what a plain script does with the same model: `model.generate` (KV cache, greedy) on
 the same prompts, in static left-padded batches of the client count. Greedy decoding makes both produce the same tokens,
-so tokens/s compare like for like. Without --model, a ~5M-parameter LLaMA (the init-model default shape, random
+so tokens/s compare like for like. Each level runs --repeat times, interleaved; the fastest run of each side is
+reported (the least disturbed by other work on the machine). Without --model, a ~5M-parameter LLaMA (the init-model default shape, random
 weights) is built in a temp folder. Numbers on a shared 2-core machine move by ±10–20% between runs.
 """
 
@@ -69,15 +70,16 @@ def start_server(model: Path, port: int, max_batch: int, threads: int | None) ->
     raise SystemExit("server did not start")
 
 
-def run_clients(url: str, name: str, texts: list[str], clients: int, max_tokens: int) -> dict:
+def run_clients(url: str, name: str, jobs: list[tuple[str, int]], clients: int) -> dict:
+    """jobs: (user message, max_tokens) pairs; client i sends jobs i, i+clients, ... one after another."""
     lat, ttft, tokens = [], [], []
-    per = [texts[i::clients] for i in range(clients)]
+    per = [jobs[i::clients] for i in range(clients)]
     barrier = threading.Barrier(clients)
 
     def client(mine):
         with httpx.Client(timeout=600) as http:
             barrier.wait()
-            for text in mine:
+            for text, max_tokens in mine:
                 body = {"model": name, "messages": [{"role": "user", "content": text}], "temperature": 0,
                         "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}}
                 t0, first = time.perf_counter(), None
@@ -102,20 +104,24 @@ def run_clients(url: str, name: str, texts: list[str], clients: int, max_tokens:
 
 
 @torch.inference_mode()
-def run_hf(model, tok, texts: list[str], batch: int, max_tokens: int) -> dict:
-    """Plain transformers: static left-padded batches through model.generate, one batch after another."""
+def run_hf(model, tok, jobs: list[tuple[str, int]], batch: int) -> dict:
+    """Plain transformers: static left-padded batches through model.generate, one batch after another; a batch
+    runs to its longest request's max_tokens (generate has one limit per call), each row counts up to its own."""
     tok.padding_side = "left"
     stop = {tok.eos_token_id, tok.pad_token_id}
     lat, total = [], 0
     t0 = time.perf_counter()
-    for i in range(0, len(texts), batch):
+    for i in range(0, len(jobs), batch):
+        group = jobs[i:i + batch]
         chunk = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
-                 for t in texts[i:i + batch]]
+                 for t, _ in group]
+        t1 = time.perf_counter()
         enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
-        out = model.generate(**enc, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-        for row in out[:, enc["input_ids"].shape[1]:].tolist():
-            total += next((k + 1 for k, t in enumerate(row) if t in stop), len(row))
-        lat += [time.perf_counter() - t0] * len(chunk)  # everyone waits for the batches before theirs and their own
+        limit = max(m for _, m in group)
+        out = model.generate(**enc, max_new_tokens=limit, do_sample=False, pad_token_id=tok.pad_token_id)
+        for row, (_, own) in zip(out[:, enc["input_ids"].shape[1]:].tolist(), group):
+            total += min(own, next((k + 1 for k, t in enumerate(row) if t in stop), len(row)))
+        lat += [time.perf_counter() - t1] * len(chunk)  # like the clients: the next batch starts after this one
     wall = time.perf_counter() - t0
     return {"tok_s": total / wall, "p50": pct(lat, 0.5), "p95": pct(lat, 0.95), "tokens": total}
 
@@ -127,6 +133,7 @@ def main() -> None:
     p.add_argument("--requests-per-client", type=int, default=4)
     p.add_argument("--concurrency", default="1,4,16")
     p.add_argument("--threads", type=int, default=None, help="torch threads for the server and the peer alike")
+    p.add_argument("--repeat", type=int, default=3, help="interleaved runs per level; the fastest of each is kept")
     a = p.parse_args()
     setup_torch(seed=0, threads=a.threads)
     tmp = tempfile.TemporaryDirectory()
@@ -141,24 +148,30 @@ def main() -> None:
     server = start_server(model_dir, port, max(levels), a.threads)
     url, name = f"http://127.0.0.1:{port}", model_dir.resolve().name
     rows = []
+    rng = random.Random(2)
     try:
-        run_clients(url, name, prompts(2), 1, 8)  # warm-up
-        run_hf(model, tok, prompts(2), 1, 8)
-        for c in levels:
-            texts = prompts(c * a.requests_per_client)
-            srv = run_clients(url, name, texts, c, a.max_tokens)
-            hf = run_hf(model, tok, texts, c, a.max_tokens)
-            rows.append((c, srv, hf))
+        run_clients(url, name, [(t, 8) for t in prompts(2)], 1)  # warm-up
+        run_hf(model, tok, [(t, 8) for t in prompts(2)], 1)
+        for lengths in ("fixed", "mixed"):
+            for c in levels:
+                texts = prompts(c * a.requests_per_client)
+                # mixed: every request asks for its own answer length, as real clients do
+                jobs = [(t, a.max_tokens if lengths == "fixed" else rng.randint(8, 2 * a.max_tokens - 8)) for t in texts]
+                runs = [(run_clients(url, name, jobs, c), run_hf(model, tok, jobs, c))
+                        for _ in range(a.repeat)]  # interleaved, so a burst of load elsewhere hits both sides
+                rows.append((lengths, c, max((r[0] for r in runs), key=lambda x: x["tok_s"]),
+                             max((r[1] for r in runs), key=lambda x: x["tok_s"])))
     finally:
         server.terminate()
         server.wait(10)
-    print(f"\nmodel: {params / 1e6:.1f}M params, greedy, max_tokens {a.max_tokens}, {a.requests_per_client} requests per "
-          f"client, torch {torch.__version__}, {torch.get_num_threads()} torch threads on {os.cpu_count()} cores\n")
-    print("| clients | zhongjing serve tok/s | p50 / p95 latency (s) | p50 first token (s) | HF generate tok/s "
-          "(static batch) | HF p50 / p95 (s) | ratio |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    for c, srv, hf in rows:
-        print(f"| {c} | {srv['tok_s']:.0f} | {srv['p50']:.2f} / {srv['p95']:.2f} | {srv['ttft50']:.2f} | "
+    print(f"\nmodel: {params / 1e6:.1f}M params, greedy; max_tokens {a.max_tokens} (fixed) or 8..{2 * a.max_tokens - 8} "
+          f"(mixed); {a.requests_per_client} requests per client; best of {a.repeat}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} torch threads, {os.cpu_count()} cores\n")
+    print("| answer lengths | clients | zhongjing serve tok/s | p50 / p95 latency (s) | p50 first token (s) | "
+          "HF generate tok/s (static batch) | HF p50 / p95 (s) | ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for lengths, c, srv, hf in rows:
+        print(f"| {lengths} | {c} | {srv['tok_s']:.0f} | {srv['p50']:.2f} / {srv['p95']:.2f} | {srv['ttft50']:.2f} | "
               f"{hf['tok_s']:.0f} | {hf['p50']:.2f} / {hf['p95']:.2f} | {srv['tok_s'] / hf['tok_s']:.2f}× |")
 
 
