@@ -273,3 +273,34 @@ def test_engine_cancel_drops_rows_and_leaves_others_intact(chat_model_dir):
     assert kept.rows[0].result().token_ids == ref.token_ids
     assert all(row.finish_reason == "cancelled" for row in doomed.rows) and "done" not in texts
     assert len(engine.decoder) == 0 and engine.load()["cancelled"] == 1
+
+
+def test_engine_survives_a_failing_step(chat_model_dir):
+    """A generation error fails the requests in the batch with a message, and the engine keeps serving."""
+    from zhongjing.model.generation import SamplingParams
+    from zhongjing.serve.engine import Engine
+
+    tok = load_tokenizer(chat_model_dir)
+    engine = Engine(load_model(chat_model_dir), tok, max_batch=2)
+    prompt = Renderer(tok, max_length=256).prompt_ids(messages(DIALOGUES[0][:1]))
+    real_step, calls = engine.decoder.step, []
+
+    def broken_step():
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated out of memory")
+        return real_step()
+
+    engine.decoder.step = broken_step
+    first, second = [], []
+    done = threading.Event()
+    engine.submit(prompt, SamplingParams(40, 0.0), lambda k, row, p: first.append((k, p)))
+    engine.start()
+    deadline = time.time() + 30
+    while not first and time.time() < deadline:
+        time.sleep(0.01)
+    engine.submit(prompt, SamplingParams(40, 0.0), lambda k, row, p: (second.append(k), k == "done" and done.set()))
+    assert done.wait(30)
+    engine.close()
+    assert first and first[-1][0] == "error" and "simulated out of memory" in first[-1][1]
+    assert second[-1] == "done" and len(engine.decoder) == 0
