@@ -34,18 +34,29 @@ def test_starts_at_the_reference_and_pairs_come_from_rankings(medical_base, tmp_
 
     tok = load_tokenizer(medical_base)
     r = Ranking.from_dict({"id": "r", "messages": [{"role": "user", "content": "咳嗽两周了怎么办？"}],
-                           "responses": ["请问有没有发热？", "多喝水。", "建议拍胸片。", "不知道"],
+                           "responses": ["请问有没有发热？", "多喝水。", "建议尽快到医院呼吸科就诊，拍胸片、查血常规，排除肺炎和结核；"
+                                         "平时多喝温水，注意休息，戒烟，避免受凉，咳嗽加重或出现发热、胸痛时及时复诊。", "不知道"],
                            "ranking": [[0], [2, 1], [3]]})
     enc = encode([r], Renderer(tok, max_length=256, strategy="last"), Counter(), with_targets=True)
     batch = RankingBatches(enc, [], 1, seed=0, group=1, pad_id=tok.pad_token_id, per="pair").collate(enc)
     assert batch["n"] == 5  # (0,2) (0,1) (0,3) (2,3) (1,3): the tie gives no pair
     # targets are the answer tokens only (+ end of turn), shifted to the position that predicts them
-    answer = [t for t in batch["targets"][1].tolist() if t != -100]
+    answer = [t for t in batch["targets"][batch["seg"] == 1].tolist() if t != -100]
     assert tok.decode(answer) == "多喝水。" + tok.eos_token
     model = prepare_model(medical_base, "lora", LoraSettings(r=4, dropout=0.0))
     loss, m = dpo_loss_fn(model, batch, beta=0.1, label_smoothing=0.0)
     # a fresh adapter is zero: policy == reference, every pair's loss is log 2
     assert loss.item() == pytest.approx(5 * math.log(2), rel=1e-5) and m["margin"] == pytest.approx(0, abs=1e-5)
+    # the four answers packed into shared rows score exactly as one per row, and as each answer alone
+    from zhongjing.train.dpo import sequence_logprobs
+
+    padded = RankingBatches(enc, [], 1, seed=0, group=1, pad_id=tok.pad_token_id, per="pair", pack=False).collate(enc)
+    assert "position_ids" in batch and batch["input_ids"].shape[0] < 4
+    with torch.no_grad():
+        packed_lp, padded_lp = sequence_logprobs(model, batch), sequence_logprobs(model, padded)
+        alone = [model(input_ids=torch.tensor([ids])).logits.log_softmax(-1)[0] for ids in enc[0].ids]
+    by_hand = [sum(lp[j, t] for j, t in enumerate(tg) if t != -100).item() for lp, tg in zip(alone, enc[0].targets)]
+    assert torch.allclose(packed_lp, padded_lp, atol=1e-4) and packed_lp.tolist() == pytest.approx(by_hand, abs=1e-3)
 
 
 def test_learns_held_out_medical_preferences(medical_base, tmp_path):

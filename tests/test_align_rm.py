@@ -134,10 +134,42 @@ def test_batches_keep_rankings_whole_and_normalise_per_ranking():
 
     enc = [Encoded([[1, 2], [3], [4, 5, 6], [7]], [[0], [1, 2], [3]], 4), Encoded([[8], [9, 9]], [[1], [0]], 2)]
     for kind, norms in (("ckn", [6.0, 1.0]), ("pairs", [5.0, 1.0])):
-        b = RankingBatches(enc, [], 2, seed=0, group=1, pad_id=0, pair_norm=kind).collate(enc)
+        b = RankingBatches(enc, [], 2, seed=0, group=1, pad_id=0, pair_norm=kind, pack=False).collate(enc)
         assert b["input_ids"].shape == (6, 3) and b["n"] == 2 and b["ntokens"] == 10
         assert b["better"].tolist() == [0, 0, 0, 1, 2, 5] and b["worse"].tolist() == [1, 2, 3, 3, 3, 4]
         assert b["owner"].tolist() == [0, 0, 0, 0, 0, 1] and b["norm"].tolist() == norms
+        assert b["ends"].tolist() == [[0, 1], [1, 0], [2, 2], [3, 0], [4, 0], [5, 1]]
+    # packed: six answers in rows no wider than the longest (3 tokens), each read at its own last token
+    b = RankingBatches(enc, [], 2, seed=0, group=1, pad_id=0).collate(enc)
+    assert b["input_ids"].shape == (4, 3) and b["ntokens"] == 10
+    ids, seg = b["input_ids"], b["seg"]
+    for i, answer in enumerate([[1, 2], [3], [4, 5, 6], [7], [8], [9, 9]]):
+        assert ids[seg == i].tolist() == answer and b["ends"][i].tolist() == [int((seg == i).nonzero()[-1][0]),
+                                                                                int((seg == i).nonzero()[-1][1])]
+        assert b["position_ids"][seg == i].tolist() == list(range(len(answer)))
+
+
+def test_packed_rows_give_the_same_rewards_as_one_answer_per_row(medical_base):
+    from collections import Counter
+
+    from zhongjing.data.render import Renderer
+    from zhongjing.data.readers import read_rankings
+    from zhongjing.model.load import load_tokenizer
+    from zhongjing.model.lora import LoraSettings
+    from zhongjing.model.value_head import new_reward_model
+    from zhongjing.train.prefs import RankingBatches, encode
+    from zhongjing.train.rm import _apply_lora, rm_loss
+
+    tok = load_tokenizer(medical_base)
+    enc = encode(list(read_rankings(MEDICAL_PAIRS))[:8], Renderer(tok, max_length=384, strategy="last"), Counter())
+    packed = RankingBatches(enc, [], 8, seed=0, group=1, pad_id=tok.pad_token_id).collate(enc)
+    padded = RankingBatches(enc, [], 8, seed=0, group=1, pad_id=tok.pad_token_id, pack=False).collate(enc)
+    assert packed["input_ids"].numel() < padded["input_ids"].numel()
+    model = _apply_lora(new_reward_model(medical_base), LoraSettings(r=4, dropout=0.0)).eval()
+    with torch.no_grad():
+        a, b = rm_loss(model, packed), rm_loss(model, padded)
+    assert a[0].item() == pytest.approx(b[0].item(), abs=1e-5)
+    assert a[1]["reward"] == pytest.approx(b[1]["reward"], abs=1e-4) and a[1]["reward_sq"] > 0
 
 
 def test_resume_after_kill_matches_uninterrupted_run(medical_base, tmp_path):

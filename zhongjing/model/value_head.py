@@ -66,6 +66,22 @@ def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, 0].float()
 
 
+def position_scores(model, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The head's output at every position (B, T) — for packed rows, where a row holds several answers and each is
+    read at its own last token. Runs the model's own forward (DDP-safe) and catches the head's output."""
+    from zhongjing.train.lm import unwrap
+
+    inner = unwrap(model)
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    seen: dict = {}
+    handle = inner.score.register_forward_hook(lambda _m, _i, out: seen.__setitem__("scores", out))
+    try:
+        model(input_ids=input_ids, use_cache=False, **({"position_ids": position_ids} if position_ids is not None else {}))
+    finally:
+        handle.remove()
+    return seen["scores"][..., 0].float()
+
+
 def _classifier(parent: str | Path, dtype: str):
     """Sequence classifier with one output over `parent`'s weights (an adapter chain is merged first); the `score`
     head is new (initialised by transformers). peft cannot load a causal-LM adapter onto a classifier, so an

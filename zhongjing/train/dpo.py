@@ -38,6 +38,7 @@ class DPOConfig:
     max_length: int = 4096
     idk_answer: str = IDK_ANSWER
     length_group: int = 16
+    pack: bool = True  # several answers per row (attention kept inside each): little padding
     dtype: str = "float32"
     skip_bad: bool = False
 
@@ -48,18 +49,21 @@ class DPOConfig:
             raise ConfigError(f"config key 'label_smoothing': must be in [0, 0.5), got {self.label_smoothing}")
 
 
-def sequence_logprobs(model, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Σ log π(answer token) per row. input_ids, targets (B, L) → (B,); logits only where a target exists."""
+def sequence_logprobs(model, batch: dict) -> torch.Tensor:
+    """Σ log π(answer token) per answer → (N,). Rows may hold several answers (batch["seg"] says whose each position
+    is); logits are computed only where a target exists."""
     from zhongjing.data.render import IGNORE
     from zhongjing.train.lm import only_positions
     from zhongjing.train.losses import token_logprobs
 
-    keep = targets != IGNORE  # (B, L)
+    targets = batch["targets"]
+    keep = targets != IGNORE  # (rows, width)
+    kw = {"position_ids": batch["position_ids"]} if "position_ids" in batch else {}
     with only_positions(model, keep):
-        logits = model(input_ids=input_ids, use_cache=False).logits  # (N, V)
-    per_token = token_logprobs(logits[None], targets[keep][None])[0]  # (N,)
-    rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(keep)[keep]
-    return torch.zeros(input_ids.shape[0], dtype=per_token.dtype, device=per_token.device).index_add(0, rows, per_token)
+        logits = model(input_ids=batch["input_ids"], use_cache=False, **kw).logits  # (T, V)
+    per_token = token_logprobs(logits[None], targets[keep][None])[0]  # (T,)
+    n = batch["ends"].shape[0]
+    return torch.zeros(n, dtype=per_token.dtype, device=per_token.device).index_add(0, batch["seg"][keep], per_token)
 
 
 def dpo_loss_fn(model, batch: dict, *, beta: float, label_smoothing: float) -> tuple[torch.Tensor, dict]:
@@ -69,8 +73,8 @@ def dpo_loss_fn(model, batch: dict, *, beta: float, label_smoothing: float) -> t
 
     b, w = batch["better"], batch["worse"]
     with torch.no_grad(), reference_mode(model):
-        ref = sequence_logprobs(model, batch["input_ids"], batch["targets"])
-    pol = sequence_logprobs(model, batch["input_ids"], batch["targets"])
+        ref = sequence_logprobs(model, batch)
+    pol = sequence_logprobs(model, batch)
     loss, chosen, rejected = dpo_loss(pol[b], pol[w], ref[b], ref[w], beta, label_smoothing)
     margin = chosen - rejected
     return loss.sum(), {"correct": float((margin > 0).sum()), "margin": float(margin.sum()),

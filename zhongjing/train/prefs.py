@@ -94,38 +94,65 @@ def encode(rankings: list[Ranking], renderer, counts: Counter, with_targets: boo
     return out
 
 
+def pack_answers(lengths: list[int]) -> list[list[int]]:
+    """First-fit decreasing: answers (by index) into rows no longer than the longest one. A pair's chosen and rejected
+    answers often differ several-fold in length; padding each to the longest would waste most of the batch."""
+    width = max(lengths)
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = next((r for r in range(len(rows)) if lengths[i] <= room[r]), None)
+        if r is None:
+            rows.append([]), room.append(width)
+            r = len(rows) - 1
+        rows[r].append(i)
+        room[r] -= lengths[i]
+    return rows
+
+
 class RankingBatches:
     """Micro-batches of whole rankings (batch_size of them): every answer encoded once however many pairs it is in,
-    pairs as index tensors. `n` (the loss normaliser) counts rankings (RM) or pairs (DPO)."""
+    pairs as index tensors. `n` (the loss normaliser) counts rankings (RM) or pairs (DPO).
+
+    With `pack` (default) the answers share rows, each with position ids restarting at 0 — transformers then keeps
+    attention inside each answer — and `ends` (N, 2) gives the (row, column) of every answer's last token, `seg`
+    (rows, width) which answer each position belongs to (−1 = padding)."""
 
     def __init__(self, train: list[Encoded], val: list[Encoded], batch_size: int, *, seed: int, group: int,
-                 pad_id: int, pair_norm: str = "ckn", per: str = "ranking"):
+                 pad_id: int, pair_norm: str = "ckn", per: str = "ranking", pack: bool = True):
         self.train, self.val, self.bs, self.seed, self.group = train, val, batch_size, seed, group
-        self.pad_id, self.pair_norm, self.per = pad_id, pair_norm, per
+        self.pad_id, self.pair_norm, self.per, self.pack = pad_id, pair_norm, per, pack
 
     def collate(self, items: list[Encoded]) -> dict:
         import torch
 
         from zhongjing.data.render import IGNORE
+        from zhongjing.train.batching import Example, collate_rows
         from zhongjing.train.losses import ranking_norm, ranking_pairs
-        from zhongjing.train.rewards import pad_right
 
-        rows, offsets, groups = [], [], []
+        answers, offsets, groups = [], [], []
         for e in items:
-            offsets.append(len(rows))
-            rows += e.ids
+            offsets.append(len(answers))
+            targets = e.targets or [[IGNORE] * len(ids) for ids in e.ids]
+            answers += [Example(ids, t, 0) for ids, t in zip(e.ids, targets)]
             groups.append(e.groups)
         better, worse, owner = ranking_pairs(groups, offsets)
         norms = [ranking_norm(e.k, int((owner == r).sum()), self.pair_norm) for r, e in enumerate(items)]
-        ids = pad_right(rows, self.pad_id)
-        batch = {"input_ids": ids, "better": better, "worse": worse, "owner": owner, "norm": torch.tensor(norms),
-                 "n": len(items) if self.per == "ranking" else len(better), "ntokens": sum(len(x) for x in rows),
-                 "numel": ids.numel()}
-        if items and items[0].targets is not None:
-            targets = torch.full_like(ids, IGNORE)
-            for i, t in enumerate(t for e in items for t in e.targets):
-                targets[i, : len(t)] = torch.tensor(t)
-            batch["targets"] = targets
+        rows = pack_answers([len(a.input_ids) for a in answers]) if self.pack else [[i] for i in range(len(answers))]
+        batch = collate_rows(rows, answers, self.pad_id)
+        seg = torch.full_like(batch["input_ids"], -1)
+        ends = torch.zeros(len(answers), 2, dtype=torch.long)
+        for r, row in enumerate(rows):
+            col = 0
+            for i in row:
+                n = len(answers[i].input_ids)
+                seg[r, col:col + n] = i
+                ends[i] = torch.tensor([r, col + n - 1])
+                col += n
+        batch |= {"better": better, "worse": worse, "owner": owner, "norm": torch.tensor(norms), "seg": seg,
+                  "ends": ends, "n": len(items) if self.per == "ranking" else len(better)}
+        if items and items[0].targets is None:
+            del batch["targets"]
         return batch
 
     def train_batches(self, epoch: int):
@@ -162,7 +189,8 @@ def pref_batches(cfg, tokenizer, *, per: str, with_targets: bool) -> tuple[Ranki
     if not train:
         raise ZhongjingError(f"no usable rankings in {cfg.data} ({dict(counts)})")
     return RankingBatches(train, val, cfg.train.batch_size, seed=cfg.train.seed, group=cfg.length_group,
-                          pad_id=tokenizer.pad_token_id, pair_norm=getattr(cfg, "pair_norm", "ckn"), per=per), counts
+                          pad_id=tokenizer.pad_token_id, pair_norm=getattr(cfg, "pair_norm", "ckn"), per=per,
+                          pack=cfg.pack), counts
 
 
 def fit_prefs(stage: str, cfg, model, tokenizer, data: RankingBatches, counts: Counter, loss_fn, on_eval, *,

@@ -40,6 +40,7 @@ class RMConfig:
     pair_norm: Literal["ckn", "pairs"] = "ckn"  # per-ranking normaliser: C(K,2) (paper) or the pairs present
     idk_answer: str = IDK_ANSWER  # best answer for all-wrong rankings without an annotator replacement
     length_group: int = 16  # sort windows of batch_size × this many rankings by length (less padding); 1 = off
+    pack: bool = True  # several answers per row (attention kept inside each): little padding
     dtype: str = "float32"
     skip_bad: bool = False  # leave out malformed records (counted) instead of stopping
 
@@ -50,10 +51,11 @@ class RMConfig:
 
 def rm_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
     """Σ over the batch's rankings of the per-ranking loss; metrics are sums the loop divides by Σ rankings."""
-    from zhongjing.model.value_head import sequence_rewards
+    from zhongjing.model.value_head import position_scores
     from zhongjing.train.losses import ranking_loss
 
-    r = sequence_rewards(model, batch["input_ids"])  # (N,)
+    scores = position_scores(model, batch["input_ids"], batch.get("position_ids"))  # (rows, width)
+    r = scores[batch["ends"][:, 0], batch["ends"][:, 1]]  # (N,) each answer read at its end-of-turn token
     per_ranking = ranking_loss(r, batch["better"], batch["worse"], batch["owner"], batch["norm"])  # (R,)
     diff = (r[batch["better"]] - r[batch["worse"]]).detach()
     rd = r.detach()
