@@ -151,7 +151,15 @@ def generate(cfg: GenerateConfig) -> dict:
     tok = load_tokenizer(cfg.model)
     model = load_model(cfg.model, dtype=cfg.dtype)
     renderer = Renderer(tok, max_length=cfg.max_length)
-    stats = {"items": len(items), "generated": 0, "skipped_empty": 0, "resumed": len(items) - len(todo)}
+    stats = {"items": len(items), "generated": 0, "skipped_empty": 0, "skipped_too_long": 0,
+             "resumed": len(items) - len(todo)}
+    prompt_of: dict[str, list[int]] = {}
+    for it in todo:
+        try:
+            prompt_of[it.id] = renderer.prompt_ids(it.context, reserve=cfg.max_new_tokens)
+        except ZhongjingError:  # the patient turn alone leaves no room for an answer within max_length
+            stats["skipped_too_long"] += 1
+    todo = [it for it in todo if it.id in prompt_of]
     bar = None
     if cfg.progress:
         from tqdm.auto import tqdm
@@ -161,7 +169,7 @@ def generate(cfg: GenerateConfig) -> dict:
     try:
         for start in range(0, len(todo), chunk):
             group = todo[start:start + chunk]
-            prompts = [renderer.prompt_ids(it.context, reserve=cfg.max_new_tokens) for it in group]
+            prompts = [prompt_of[it.id] for it in group]
             answers: list[list[str]] = [[] for _ in group]
             need = list(range(len(group)))
             for attempt in range(cfg.retries + 1):  # redraw only the answers that came out empty
