@@ -283,7 +283,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="zhongjing pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="pipeline keys (stage sections take that stage's keys, see `zhongjing <stage> --help`):\n"
-               + "\n".join(line for line in describe(PipelineConfig) if "dict[" not in line))
+               + "\n".join(describe(PipelineConfig)))
     p.add_argument("--config", help="pipeline YAML (configs/demo.yaml, configs/paper/pipeline.yaml)")
     p.add_argument("--from", dest="start", choices=STAGES, help="re-run this stage and every stage after it")
     p.add_argument("--only", help="run just these stages (comma-separated); the others must be finished")

@@ -94,27 +94,28 @@ def _ppo_summary(meta: dict) -> dict:
 
 
 def _eval_summary(results_path: Path) -> dict:
+    """Win/tie/lose of the target against each baseline per dimension on the first test set, and the perplexity
+    of the gold doctor turns under each model (lower: the model expects what real doctors said)."""
     if not Path(results_path).exists():
         return {"text": "no results"}
     r = json.loads(Path(results_path).read_text(encoding="utf-8"))
-    rows = []
-    for row in r.get("pairwise", []):
-        dims = row.get("dimensions") or {}
-        d = "overall" if "overall" in dims else next(iter(dims), None)
-        if d is None:
+    rows = [row for row in r.get("pairwise", []) if row.get("kind") == "baseline"]
+    first = rows[0]["testset"] if rows else None
+    pairwise, parts = [], []
+    for row in rows:
+        if row["testset"] != first:
             continue
-        x = dims[d]
-        rows.append({"target": row["target"], "baseline": row["baseline"], "testset": row["testset"],
-                     "dimension": d, "win": x.get("win_rate"), "tie": x.get("tie_rate"), "lose": x.get("lose_rate"),
-                     "n": x.get("n")})
-    seen, parts = set(), []
-    for x in rows:
-        k = (x["target"], x["baseline"], x["testset"])
-        if k not in seen:
-            seen.add(k)
-            parts.append(f"{x['target']} vs {x['baseline']} ({x['testset']}, {x['dimension']}): "
-                         f"win {_pct(x['win'])} tie {_pct(x['tie'])} lose {_pct(x['lose'])}")
-    return {"pairwise": rows, "judge": (r.get("meta") or {}).get("judge"), "text": "; ".join(parts) or "no pairwise results"}
+        dims = {d: {k: x.get(k) for k in ("win_rate", "tie_rate", "lose_rate", "n")}
+                for d, x in (row.get("dimensions") or {}).items()}
+        pairwise.append({"target": row["target"], "baseline": row["baseline"], "testset": first, "dimensions": dims})
+        parts.append(f"{row['target']} vs {row['baseline']}: " + ", ".join(
+            f"{d} {_pct(x['win_rate'])}/{_pct(x['tie_rate'])}/{_pct(x['lose_rate'])}" for d, x in dims.items()))
+    ppl = {m: ((v.get(first) or {}).get("perplexity") or {}).get("perplexity")
+           for m, v in (r.get("metrics") or {}).items()} if first else {}
+    text = (f"on '{first}', win/tie/lose — " + "; ".join(parts)) if parts else "no pairwise results"
+    if any(v is not None for v in ppl.values()):
+        text += "; gold-answer perplexity " + ", ".join(f"{m} {_fmt(v, 1)}" for m, v in ppl.items())
+    return {"pairwise": pairwise, "perplexity": ppl, "judge": (r.get("meta") or {}).get("judge"), "text": text}
 
 
 def _pct(x) -> str:
@@ -125,7 +126,7 @@ def write_summary(cfg, w, state, plans, times: dict) -> dict:
     """The end-of-run table and pointers; also saved as summary.md / summary.json in the work dir."""
     from zhongjing.pipeline import SIMULATED_NOTE
 
-    lines = ["| stage | this run | seconds | result |", "|---|---|---:|---|"]
+    lines = ["| stage | this run | seconds | CPU s | result |", "|---|---|---:|---:|---|"]
     rows, total = [], 0.0
     for p in plans:
         if p.action == "off":
@@ -138,18 +139,21 @@ def write_summary(cfg, w, state, plans, times: dict) -> dict:
         rows.append({"stage": p.stage, "action": what, "seconds": secs, "last_seconds": rec.get("seconds"),
                      "summary": summ})
         shown = f"{secs:.0f}" if secs is not None else f"({rec.get('seconds', 0):.0f})"
-        lines.append(f"| {p.stage} | {what} | {shown} | {summ.get('text', '')} |")
-    lines.append(f"| **total** | | {total:.0f} | |")
+        cpu = summ.get("cpu_seconds")
+        cpu = "–" if cpu is None else (f"{cpu:.0f}" if secs is not None else f"({cpu:.0f})")
+        lines.append(f"| {p.stage} | {what} | {shown} | {cpu} | {summ.get('text', '')} |")
+    lines.append(f"| **total** | | {total:.0f} | | |")
     model = w.output("ppo") if "ppo" in w.stages else w.output("sft")
     report = w.output("eval").parent / "report.md"
     text = ["## Pipeline summary", "", *lines, "",
-            "(seconds in parentheses: the earlier run that produced a skipped stage's output)", "",
+            "(in parentheses: the earlier run that produced a skipped stage's output; CPU s: the stage's processes' "
+            "CPU time, > seconds when it used several cores)", "",
             f"- model: {model}  →  chat with it: zhongjing chat --model {model}"]
     if "eval" in w.stages:
         text.append(f"- evaluation report: {report} (also report.html, results.json)")
     if cfg.simulated:
         text += ["", f"**NOTE:** {SIMULATED_NOTE}"]
-        if "eval" in w.stages and "reward" in json.dumps((_eval_summary(w.output("eval")).get("pairwise") or [])[:1]):
+        if "eval" in w.stages and "reward" in json.dumps(_eval_summary(w.output("eval")).get("pairwise") or []):
             text.append("The demo's eval judge is the pipeline's own reward model — the one PPO optimised — so it "
                         "favours the aligned model by construction; use an LLM judge or doctors for real numbers.")
     body = "\n".join(text) + "\n"
