@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field, fields, replace
+
 import torch
 
 from zhongjing.train.lm import only_positions, unwrap
