@@ -53,28 +53,111 @@ def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child(script: str, *args: str) -> dict:
+THREADS = 1  # one torch thread per system: on a shared, oversubscribed machine 2 OpenMP threads spin and the
+# speed of a run swings by several times; with 1 thread the CPU seconds a step costs stay stable
+
+
+class StepClock:
+    """(wall, CPU) time at the end of every optimizer step; `rates` turns them into per-second figures."""
+
+    def __init__(self):
+        import time
+
+        self._t = time
+        self.marks: list[tuple[float, float]] = []
+
+    def tick(self) -> None:
+        self.marks.append((self._t.perf_counter(), self._t.process_time()))
+
+    def rates(self, amounts: list[float], skip: int) -> tuple[float, float, float]:
+        """amounts[i] = units processed by step i; → (units per wall second, per CPU second, wall seconds)
+        over the steps after the first `skip` (warm-up)."""
+        (w0, c0), (w1, c1) = self.marks[skip - 1], self.marks[len(amounts) - 1]
+        done = sum(amounts[skip:])
+        return done / (w1 - w0), done / (c1 - c0), w1 - w0
+
+
+def clock_our_loop() -> StepClock:
+    """Tick at every logged step of zhongjing's loop (the logger is called once per optimizer step)."""
+    from zhongjing.train import logs
+
+    clock, step = StepClock(), logs.RunLogger.step
+
+    def timed(self, record):
+        clock.tick()
+        step(self, record)
+
+    logs.RunLogger.step = timed
+    return clock
+
+
+def our_records(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "logs" / "train.jsonl").read_text().splitlines()]
+
+
+def hf_clock_callback(clock: StepClock):
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            clock.tick()
+
+    return Clock()
+
+
+def child(script: str, *args: str, threads: int | None = None) -> dict:
     """Run `script args...` (a --child mode) and return the JSON dict it prints last."""
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     r = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=env, cwd=REPO)
     if r.returncode != 0:
         raise SystemExit(f"{script} {' '.join(args)} failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def alternate(script: str, systems: list[tuple[str, list[str]]], rounds: int, metric: str) -> list[tuple[str, dict]]:
+    """Run the systems' children alternately `rounds` times. Per system: the best round's wall-clock figure (the
+    least disturbed by other jobs) and the median of the per-CPU-second figures."""
+    import statistics
+
+    runs: dict[str, list[dict]] = {}
+    for r in range(rounds):
+        for name, args in (systems if r % 2 == 0 else systems[::-1]):
+            res = child(script, *args, threads=THREADS)
+            runs.setdefault(name, []).append(res)
+            print(f"  round {r + 1}: {name}: {res[metric]:,.0f}/s wall, {res[metric + '_cpu']:,.0f}/CPU-s "
+                  f"(load {os.getloadavg()[0]:.1f})", flush=True)
+    out = []
+    for name, _ in systems:
+        rs = runs[name]
+        best = max(rs, key=lambda x: x[metric])
+        out.append((name, best | {metric + "_cpu": statistics.median(x[metric + "_cpu"] for x in rs),
+                                  "peak_mib": max(x["peak_mib"] for x in rs), "rounds": [x[metric] for x in rs]}))
+    return out
+
+
 def print_table(title: str, rows: list[tuple[str, dict]], metric: str, unit: str, extra: list[str]) -> None:
+    """One markdown table; rows from `alternate` also get the per-CPU-second column and the round count."""
+    cpu = all(metric + "_cpu" in r for _, r in rows)
     base = rows[-1][1][metric]
-    print(f"\n{title}  (load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; one run each)")
-    head = f"| system | {unit} | ratio | " + " | ".join(extra) + " | peak RSS MiB |"
+    note = (f"{THREADS} torch thread per system; {len(rows[0][1].get('rounds', [1]))} alternating rounds: best "
+            f"wall-clock round, median per CPU-second; " if cpu else "one run each; ")
+    print(f"\n{title}\n({note}load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    head = (f"| system | {unit} | ratio | " + (f"{unit} per CPU-s | ratio | " if cpu else "")
+            + " | ".join(extra) + " | peak RSS MiB |")
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for name, r in rows:
         cells = " | ".join(f"{r[k]:.1%}" if "fraction" in k else f"{r[k]:,.0f}" for k in extra)
-        print(f"| {name} | {r[metric]:,.0f} | {r[metric] / base:.2f}× | {cells} | {r['peak_mib']:,.0f} |")
+        per_cpu = (f"{r[metric + '_cpu']:,.0f} | {r[metric + '_cpu'] / rows[-1][1][metric + '_cpu']:.2f}× | "
+                   if cpu else "")
+        print(f"| {name} | {r[metric]:,.0f} | {r[metric] / base:.2f}× | {per_cpu}{cells} | {r['peak_mib']:,.0f} |")
 
 
 def our_steps(out: Path, skip: int) -> tuple[float, int, int]:
-    """Seconds, trained targets and real tokens of our run's steps after the first `skip` (warm-up)."""
-    rows = [json.loads(x) for x in (out / "logs" / "train.jsonl").read_text().splitlines()]
+    """Seconds, trained targets and real tokens of a zhongjing run's steps after the first `skip` (warm-up),
+    from the `elapsed` field of logs/train.jsonl."""
+    rows = our_records(out)
     kept = rows[skip:]
     return rows[-1]["elapsed"] - rows[skip - 1]["elapsed"], sum(r["trained"] for r in kept), sum(r["tokens"] for r in kept)

@@ -38,7 +38,7 @@ def examples(n=6, seed=0):
 
 def test_targets_are_shifted_within_each_sample():
     ex = Example.from_labels([5, 6, 7, 8], [IGNORE, 6, 7, IGNORE])
-    assert ex.targets == [6, 7, IGNORE, IGNORE] and ex.n == 2
+    assert ex.targets.tolist() == [6, 7, IGNORE, IGNORE] and ex.n == 2
     b = collate_rows([[0, 1]], [ex, Example.from_labels([9, 10], [9, 10])], pad_id=0)
     # the last token of the first sample must not learn the first token (9) of the next one
     assert b["targets"].tolist() == [[6, 7, IGNORE, IGNORE, 10, IGNORE]]
@@ -49,7 +49,7 @@ def test_targets_are_shifted_within_each_sample():
 @torch.no_grad()
 def test_packed_and_padded_logits_equal_per_sample_logits(model):
     exs = examples(6)
-    alone = [model(torch.tensor([e.input_ids]), use_cache=False).logits[0] for e in exs]
+    alone = [model(torch.tensor(e.input_ids[None], dtype=torch.long), use_cache=False).logits[0] for e in exs]
     packed = collate_rows([[0, 1, 2], [3, 4, 5]], exs, pad_id=0)
     assert "position_ids" in packed
     padded = collate_rows([[i] for i in range(6)], exs, pad_id=0)
@@ -72,8 +72,9 @@ def test_lm_loss_matches_transformers_loss_and_counts(model):
     loss_sum, _ = lm_loss(model, batch)
     ref = 0.0
     for e in exs:  # transformers' own loss on each sample alone, labels un-shifted
-        labels = torch.tensor([[IGNORE] + e.targets[:-1]])
-        ref += model(torch.tensor([e.input_ids]), labels=labels, use_cache=False).loss.item() * e.n
+        labels = torch.tensor([[IGNORE] + e.targets[:-1].tolist()])
+        ids = torch.tensor(e.input_ids[None], dtype=torch.long)
+        ref += model(ids, labels=labels, use_cache=False).loss.item() * e.n
     assert batch["n"] == sum(e.n for e in exs)
     assert loss_sum.item() == pytest.approx(ref, rel=1e-5)
 
@@ -139,3 +140,17 @@ def test_split_is_by_key_and_order_free():
     tr2, va2 = split_keys(rev, 0.1, seed=0)
     assert {rev[i] for i in va2} == {keys[i] for i in va}
     assert split_keys(["a", "b"], 0.1, 0)[1] == [split_keys(["a", "b"], 0.1, 0)[1][0]]  # at least one held out
+
+
+@torch.no_grad()
+def test_dense_path_for_blocks_matches_transformers_loss(model):
+    import numpy as np
+
+    from zhongjing.train import lm
+
+    blocks = np.random.default_rng(0).integers(3, 300, size=(3, 32)).astype(np.int32)
+    b = collate_blocks(blocks)
+    assert b["n"] >= lm.DENSE * b["targets"].numel()  # pre-training blocks take the dense path
+    ids = b["input_ids"]
+    ref = model(ids, labels=ids, use_cache=False).loss.item() * b["n"]
+    assert lm_loss(model, b)[0].item() == pytest.approx(ref, rel=1e-5)

@@ -69,14 +69,16 @@ def collate_blocks(blocks: np.ndarray) -> dict:
 
 @dataclass
 class Example:
-    input_ids: list[int]
-    targets: list[int]  # already shifted (see `shift`)
+    """One rendered sample, kept as int32 arrays: 70k dialogues × 4096 tokens as Python int lists would take GBs."""
+
+    input_ids: np.ndarray  # (L,) int32
+    targets: np.ndarray  # (L,) int32, already shifted (see `shift`)
     n: int  # trained targets
 
     @classmethod
-    def from_labels(cls, input_ids: list[int], labels: list[int]) -> "Example":
-        t = shift(labels)
-        return cls(list(input_ids), t, sum(x != IGNORE for x in t))
+    def from_labels(cls, input_ids: Sequence[int], labels: Sequence[int]) -> "Example":
+        t = np.asarray(shift(labels), dtype=np.int32)
+        return cls(np.asarray(input_ids, dtype=np.int32), t, int((t != IGNORE).sum()))
 
 
 def group_by_length(order: Sequence[int], lengths: Sequence[int], batch_size: int, group: int,
@@ -122,31 +124,23 @@ def pack_rows(order: Sequence[int], lengths: Sequence[int], row_length: int, bat
 def collate_rows(rows: list[list[int]], examples, pad_id: int) -> dict:
     """Rows of samples → one right-padded batch; position_ids only when some row holds several samples."""
     packed = any(len(r) > 1 for r in rows)
-    ids_rows, tgt_rows, pos_rows = [], [], []
-    n = 0
-    for r in rows:
-        ids, tgt, pos = [], [], []
-        for i in r:
-            ex = examples[i]
-            ids += ex.input_ids
-            tgt += ex.targets
-            pos += range(len(ex.input_ids))
-            n += ex.n
-        ids_rows.append(ids), tgt_rows.append(tgt), pos_rows.append(pos)
+    ids_rows = [np.concatenate([examples[i].input_ids for i in r]) for r in rows]
     width = max(len(x) for x in ids_rows)
-    ntokens = sum(len(x) for x in ids_rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    targets = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, (ids, tgt, pos) in enumerate(zip(ids_rows, tgt_rows, pos_rows)):
-        input_ids[b, : len(ids)] = torch.tensor(ids)
-        targets[b, : len(tgt)] = torch.tensor(tgt)
-        position_ids[b, : len(pos)] = torch.tensor(pos)
-        # padding is its own "sample" starting at 0, so it never joins the real sample before it
-        position_ids[b, len(pos):] = torch.arange(width - len(pos))
-    batch = {"input_ids": input_ids, "targets": targets, "n": n, "ntokens": ntokens, "numel": input_ids.numel()}
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    targets = np.full((len(rows), width), IGNORE, dtype=np.int64)
+    position_ids = np.zeros((len(rows), width), dtype=np.int64)
+    n = 0
+    for b, (r, ids) in enumerate(zip(rows, ids_rows)):
+        input_ids[b, : len(ids)] = ids
+        targets[b, : len(ids)] = np.concatenate([examples[i].targets for i in r])
+        position_ids[b] = np.concatenate([np.arange(len(examples[i].input_ids)) for i in r]
+                                         # padding is its own "sample" from 0, so it never joins the one before it
+                                         + [np.arange(width - len(ids))])
+        n += sum(examples[i].n for i in r)
+    batch = {"input_ids": torch.from_numpy(input_ids), "targets": torch.from_numpy(targets), "n": n,
+             "ntokens": sum(len(x) for x in ids_rows), "numel": input_ids.size}
     if packed:
-        batch["position_ids"] = position_ids
+        batch["position_ids"] = torch.from_numpy(position_ids)
     return batch
 
 

@@ -37,15 +37,21 @@ def only_positions(model, keep: torch.Tensor):
         handle.remove()
 
 
+DENSE = 0.9  # above this share of trained positions (pre-training blocks) selecting them costs more than it saves
+
+
 def lm_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
     """Σ cross-entropy over targets != IGNORE. → (scalar loss sum, {}) — the loop divides by Σ batch["n"]."""
     targets = batch["targets"]  # (B, L)
-    keep = targets != IGNORE  # (B, L)
     kwargs = {"position_ids": batch["position_ids"]} if "position_ids" in batch else {}
+    if batch["n"] >= DENSE * targets.numel():
+        logits = model(input_ids=batch["input_ids"], use_cache=False, **kwargs).logits  # (B, L, V)
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
+                               reduction="sum"), {}
+    keep = targets != IGNORE  # (B, L)
     with only_positions(model, keep):
         logits = model(input_ids=batch["input_ids"], use_cache=False, **kwargs).logits  # (N, V)
-    loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
-    return loss, {}
+    return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), {}
 
 
 def start_lm(stage: str, cfg):

@@ -71,7 +71,11 @@ def evaluate(model, batches, loss_fn, accelerator, max_batches: int = 0) -> dict
         for k, v in m.items():
             sums[k] = sums.get(k, 0.0) + float(v)
     keys = sorted(sums)
-    loss, n, *vals = _reduce(accelerator, [loss, n] + [sums[k] for k in keys])
+    if accelerator.num_processes > 1:  # a process with no validation batch must still send the same fields
+        from accelerate.utils import broadcast_object_list
+
+        keys = broadcast_object_list([keys])[0]
+    loss, n, *vals = _reduce(accelerator, [loss, n] + [sums.get(k, 0.0) for k in keys])
     model.train(was_training)
     out = {"val_loss": loss / n if n else float("nan"), "val_n": int(n)}
     out.update({f"val_{k}": v / n if n else float("nan") for k, v in zip(keys, vals)})
@@ -176,6 +180,8 @@ def fit(model, data, loss_fn: Callable, settings: TrainSettings, out: str | Path
                     tensorboard=settings.tensorboard, progress=settings.progress)
     if last is not None:
         log.info(f"resumed from {last} (step {step}, epoch {epoch})")
+    elif settings.resume:
+        log.info(f"no checkpoint in {out / ckpt.CKPT}: starting from the beginning")
 
     def state() -> dict:
         return {"step": step, "epoch": epoch, "in_epoch": in_epoch, "best_step": best_step, "best_val": best_val,

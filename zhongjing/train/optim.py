@@ -20,8 +20,11 @@ def build_optimizer(model, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.9
         raise RuntimeError("model has no trainable parameters")
     groups = [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0})
               if g["params"]]
-    # foreach: one fused kernel per group instead of a Python loop over tensors (noticeable on CPU)
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, foreach=True)
+    # fused: one kernel for all tensors (what HF Trainer uses by default); foreach where fused is unsupported
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, foreach=True)
 
 
 class CosineSchedule:
