@@ -51,7 +51,7 @@ class PTConfig:
 def default_sources() -> list[PTSource]:
     from zhongjing.demo import demo_path
 
-    return [PTSource(path=str(demo_path("corpus")), name="demo")]
+    return [PTSource(path=str(demo_path("corpus")), name="corpus"), PTSource(path=str(demo_path("kg")), name="kg")]
 
 
 @dataclass

@@ -63,7 +63,9 @@ class SFTConfig:
 def default_sources() -> list[SFTSource]:
     from zhongjing.demo import demo_path
 
-    return [SFTSource(path=str(demo_path("dialogues")), name="demo")]
+    return [SFTSource(path=str(demo_path("dialogues")), name="dialogues"),
+            SFTSource(path=str(demo_path("single_turn")), name="single_turn"),
+            SFTSource(path=str(demo_path("self_cognition")), name="self", kind="general")]
 
 
 def dialogue_key(d) -> str:
