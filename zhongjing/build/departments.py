@@ -19,7 +19,7 @@ from typing import Literal
 from zhongjing.build.report import StepReport
 from zhongjing.config import read_yaml
 from zhongjing.data.schema import Dialogue
-from zhongjing.errors import ConfigError, require
+from zhongjing.errors import ConfigError
 
 
 @dataclass
@@ -165,17 +165,19 @@ def plot_distribution(dist: Counter, scenarios: Counter, dmap: DepartmentMap, pa
                       group_name: str = "scenario") -> None:
     """A donut of departments like the paper's Figure 3, plus stacked bars per scenario (or source).
 
-    Labels are English (DejaVu, matplotlib's bundled font, has no CJK glyphs).
+    Labels are Chinese with the English name when a CJK font is installed, English otherwise.
     """
-    require("matplotlib", "plots")
-    import matplotlib
+    from zhongjing.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt, cjk = pyplot()
 
     from zhongjing.io import atomic_path
 
-    items = [(dmap.departments.get(k, k), v) for k, v in dist.most_common()]
+    def label(k: str) -> str:
+        en = dmap.departments.get(k, k)
+        return f"{k} {en}" if cjk and en != k else en
+
+    items = [(label(k), v) for k, v in dist.most_common()]
     ncols = 2 if scenarios else 1
     fig, axes = plt.subplots(1, ncols, figsize=(8 * ncols, 7))
     ax = axes[0] if ncols == 2 else axes
@@ -192,7 +194,7 @@ def plot_distribution(dist: Counter, scenarios: Counter, dmap: DepartmentMap, pa
         left = [0] * len(names)
         for j, s in enumerate(scen):
             vals = [scenarios.get((n, s), 0) for n in names]
-            ax2.barh([dmap.departments.get(n, n) for n in names], vals, left=left, label=str(s),
+            ax2.barh([label(n) for n in names], vals, left=left, label=str(s),
                      color=plt.cm.Set2.colors[j % 8])
             left = [a + b for a, b in zip(left, vals)]
         ax2.invert_yaxis()
