@@ -182,3 +182,34 @@ def test_sessions_passwords_and_cookies(app, tmp_path):
     assert a2.get("/api/queue").status_code == 200
     db.update_user(conn, "a2", active=0)
     assert a2.get("/api/queue").status_code == 401  # disabling a user ends their sessions
+
+
+def test_failed_logins_are_throttled(app):
+    c = fastapi_testclient.TestClient(app)
+    c.get("/login")
+
+    def attempt(password):
+        return c.post("/login", data={"username": "a1", "password": password, "login_token": c.cookies.get("zj_login")},
+                      follow_redirects=False)
+
+    assert [attempt("wrong-password").status_code for _ in range(5)] == [401] * 5
+    blocked = attempt(PASSWORD)  # even the right password waits once the limit is reached
+    assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) > 0
+    other, _ = client(app, "a2")  # other accounts are not affected
+    assert other.get("/api/queue").status_code == 200
+
+
+def test_throttle_window_slides():
+    from zhongjing.annotate.auth import LoginThrottle
+
+    now = [0.0]
+    t = LoginThrottle(max_failures=2, window_s=10, clock=lambda: now[0])
+    t.failed("u", "ip")
+    now[0] = 5
+    t.failed("u", "ip")
+    assert t.retry_after("u", "ip") == 6  # the first failure leaves the window at t=10
+    now[0] = 10.5
+    assert t.retry_after("u", "ip") == 0
+    t.failed("u", "ip")
+    t.succeeded("u", "ip")
+    assert t.retry_after("u", "ip") == 0

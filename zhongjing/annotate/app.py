@@ -28,6 +28,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     db.connect(settings.db, synchronous=settings.synchronous).close()  # create / migrate once
     app = FastAPI(title="zhongjing annotate", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
+    app.state.login_throttle = auth.LoginThrottle()
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_middleware(SecurityHeaders)
 
@@ -87,6 +88,7 @@ class SecurityHeaders:
 
 
 def _routes(app: FastAPI) -> None:
+    throttle: auth.LoginThrottle = app.state.login_throttle
     @app.get("/healthz")
     def healthz():
         return {"ok": True}
@@ -103,12 +105,20 @@ def _routes(app: FastAPI) -> None:
               conn: sqlite3.Connection = Depends(get_conn)):
         if not auth.csrf_ok(request.cookies.get(auth.LOGIN_COOKIE), login_token):
             raise Forbidden("log-in form expired; reload the page")
+        client = request.client.host if request.client else "?"
+        wait = throttle.retry_after(username, client)
+        if wait:
+            resp = error_response(request, 429, f"too many failed log-ins; try again in {wait} s")
+            resp.headers["Retry-After"] = str(wait)
+            return resp
         user = auth.authenticate(conn, username, password)
         if user is None:
+            throttle.failed(username, client)
             token = auth.new_login_token()
             resp = render(request, "login.html", status=401, login_token=token, error="用户名或密码错误")
             _set_cookie(request, resp, auth.LOGIN_COOKIE, token, max_age=3600)
             return resp
+        throttle.succeeded(username, client)
         s: ServeSettings = request.app.state.settings
         cookie = auth.start_session(conn, user["id"], s.session_hours)
         resp = redirect("/")

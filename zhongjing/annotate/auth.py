@@ -108,3 +108,44 @@ def csrf_ok(expected: str | None, given: str | None) -> bool:
 
 def new_login_token() -> str:
     return secrets.token_urlsafe(24)
+
+
+class LoginThrottle:
+    """Failed log-ins per (username, client) in a sliding window; past the limit, further tries wait.
+
+    In memory (one server process), so a restart forgives — the scrypt cost still slows guessing.
+    """
+
+    def __init__(self, max_failures: int = 5, window_s: float = 900.0, clock=None):
+        import threading
+        import time
+
+        self.max_failures, self.window_s = max_failures, window_s
+        self.clock = clock or time.monotonic
+        self._fails: dict[tuple[str, str], list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, key: tuple[str, str], now: float) -> list[float]:
+        times = [t for t in self._fails.get(key, []) if now - t < self.window_s]
+        if times:
+            self._fails[key] = times
+        else:
+            self._fails.pop(key, None)
+        return times
+
+    def retry_after(self, username: str, client: str) -> int:
+        """Seconds until this pair may try again (0 = now)."""
+        with self._lock:
+            now = self.clock()
+            times = self._recent((username, client), now)
+            if len(times) < self.max_failures:
+                return 0
+            return max(1, int(times[-self.max_failures] + self.window_s - now) + 1)
+
+    def failed(self, username: str, client: str) -> None:
+        with self._lock:
+            self._fails.setdefault((username, client), []).append(self.clock())
+
+    def succeeded(self, username: str, client: str) -> None:
+        with self._lock:
+            self._fails.pop((username, client), None)
