@@ -10,8 +10,9 @@ Output folder layout (pt, sft, rm, dpo, ppo, grpo — all of them):
                                 resolved config, code version, metrics, best_step. Written LAST: a folder without
                                 it is not a finished result.
   OUT/checkpoints/step-000120/  one resumable state per save: the same loadable files as OUT/ (with its own
-                                meta.json), plus trainer/ = optimizer (per rank when sharded), scheduler + guard +
-                                data position in state.json, RNG states per rank, GradScaler.
+                                meta.json), plus trainer/ = optimizer (per rank under FSDP; DeepSpeed's own
+                                checkpoint in trainer/deepspeed/), scheduler + guard + data position in
+                                state.json, RNG states per rank, GradScaler.
                                 The last `keep_checkpoints` are kept, and always the best one.
   OUT/logs/                     train.jsonl (a line per optimizer step), eval.jsonl, tensorboard/.
 
@@ -134,8 +135,21 @@ def set_rng_state(state: dict) -> None:
 
 # ----------------------------------------------------------------------------- save / load
 
+DS_TAG = "deepspeed"  # trainer/deepspeed/: the DeepSpeed engine's own checkpoint (optimizer shards, fp32 masters)
+
+
+def _deepspeed(accelerator) -> bool:
+    return accelerator.distributed_type.name == "DEEPSPEED"
+
+
 def _sharded_optimizer(accelerator) -> bool:
     return accelerator.distributed_type.name in ("DEEPSPEED", "FSDP")
+
+
+def sharded_params(accelerator) -> bool:
+    """ZeRO-3 and FSDP keep a shard of every weight per process: each forward gathers them collectively."""
+    kind = accelerator.distributed_type.name
+    return kind == "FSDP" or (kind == "DEEPSPEED" and accelerator.state.deepspeed_plugin.zero_stage == 3)
 
 
 def save_checkpoint(out: Path, step: int, *, accelerator, model, io, optimizer, state: dict, meta: dict,
@@ -154,7 +168,9 @@ def save_checkpoint(out: Path, step: int, *, accelerator, model, io, optimizer, 
             io.save(accelerator.unwrap_model(model), tmp, state_dict)
             write_json(tmp / "meta.json", meta | {"step": step})
         accelerator.wait_for_everyone()
-        if main or _sharded_optimizer(accelerator):
+        if _deepspeed(accelerator):  # the engine restores its fp32 master weights only from its own format
+            model.save_checkpoint(str(trainer), tag=DS_TAG, exclude_frozen_parameters=True)
+        elif main or _sharded_optimizer(accelerator):
             torch.save(optimizer.state_dict(), trainer / f"optimizer-{rank if _sharded_optimizer(accelerator) else 0}.pt")
         torch.save(rng_state(), trainer / f"rng-{rank}.pt")
         if main:
@@ -213,9 +229,19 @@ def load_checkpoint(path: Path, *, accelerator, model, io, optimizer) -> dict:
     if state.get("world_size") != accelerator.num_processes:
         raise ZhongjingError(f"{path} was written by {state.get('world_size')} processes, this run has "
                              f"{accelerator.num_processes}: resume with the same number of processes")
-    io.restore(accelerator.unwrap_model(model), Path(path))
-    opt_file = trainer / f"optimizer-{accelerator.process_index if _sharded_optimizer(accelerator) else 0}.pt"
-    optimizer.load_state_dict(torch.load(opt_file, map_location="cpu", weights_only=False))
+    if _deepspeed(accelerator):  # trained weights (ZeRO-3: this process's shards), optimizer and fp32 masters
+        loaded, _ = model.load_checkpoint(str(trainer), tag=DS_TAG, load_module_strict=False,
+                                          load_lr_scheduler_states=False)
+        if loaded is None:
+            raise ZhongjingError(f"{path}: no DeepSpeed state in {trainer / DS_TAG} (written without DeepSpeed?): "
+                                 "resume with the launch config that wrote it")
+    else:
+        io.restore(accelerator.unwrap_model(model), Path(path))
+        opt_file = trainer / f"optimizer-{accelerator.process_index if _sharded_optimizer(accelerator) else 0}.pt"
+        if not opt_file.exists():
+            raise ZhongjingError(f"{path}: no {opt_file.name} (written under DeepSpeed?): resume with the launch "
+                                 "config that wrote it")
+        optimizer.load_state_dict(torch.load(opt_file, map_location="cpu", weights_only=False))
     if accelerator.scaler is not None and (trainer / "scaler.pt").exists():
         accelerator.scaler.load_state_dict(torch.load(trainer / "scaler.pt", weights_only=False))
     set_rng_state(torch.load(trainer / f"rng-{accelerator.process_index}.pt", weights_only=False))

@@ -78,7 +78,14 @@ def make_accelerator(settings: TrainSettings):
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-checkpoint "Writing model shards" bars drown the training bar
-    acc = Accelerator(cpu=cpu, mixed_precision=mp, gradient_accumulation_steps=settings.grad_accum)
+    kwargs = {}
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        kwargs["deepspeed_plugin"] = deepspeed_plugin(settings)
+        if cpu:  # Accelerator(cpu=True) would silently drop DeepSpeed: start it on gloo instead (DeepSpeed's CPU backend)
+            from accelerate.utils import InitProcessGroupKwargs
+
+            cpu, kwargs["kwargs_handlers"] = False, [InitProcessGroupKwargs(backend="gloo")]
+    acc = Accelerator(cpu=cpu, mixed_precision=mp, gradient_accumulation_steps=settings.grad_accum, **kwargs)
     threads = settings.threads
     if not threads and cpu and acc.num_processes > 1:  # processes must not fight over the same cores
         threads = max(1, (os.cpu_count() or 1) // acc.num_processes)
@@ -87,6 +94,22 @@ def make_accelerator(settings: TrainSettings):
 
     np.random.seed(settings.seed)
     return acc
+
+
+def deepspeed_plugin(settings: TrainSettings):
+    """The launch config's DeepSpeed settings, with the stage config owning what it also defines: the accumulation
+    window (else accelerate silently takes the launch config's value and the global batch changes) and clipping.
+    ZeRO-3 always gathers the full weights at a checkpoint, since every checkpoint is a loadable model folder."""
+    from accelerate.utils import DeepSpeedPlugin
+
+    plugin = DeepSpeedPlugin()
+    ds = plugin.deepspeed_config
+    ds["gradient_accumulation_steps"] = plugin.gradient_accumulation_steps = settings.grad_accum
+    ds["train_micro_batch_size_per_gpu"] = settings.batch_size  # for DeepSpeed's bookkeeping; zhongjing batches
+    ds["gradient_clipping"] = plugin.gradient_clipping = settings.max_grad_norm
+    if plugin.zero_stage == 3:
+        ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = plugin.zero3_save_16bit_model = True
+    return plugin
 
 
 def data_record(path: str | Path, **extra) -> dict:

@@ -63,9 +63,14 @@ def evaluate(model, batches, loss_fn, accelerator, max_batches: int = 0) -> dict
     n_total = len(batches) if not max_batches else min(max_batches, len(batches))
     loss = n = 0.0
     sums: dict[str, float] = {}
-    for i in range(accelerator.process_index, n_total, accelerator.num_processes):
-        b = _to_device(batches[i], accelerator.device)
+    mine: list = list(range(accelerator.process_index, n_total, accelerator.num_processes))
+    if ckpt.sharded_params(accelerator):  # every forward gathers weights collectively: same count everywhere
+        mine += [None] * (-(-n_total // accelerator.num_processes) - len(mine))
+    for i in mine:
+        b = _to_device(batches[0 if i is None else i], accelerator.device)
         l, m = loss_fn(model, b)
+        if i is None:  # a repeat that only keeps this process in step
+            continue
         loss += float(l)
         n += b["n"]
         for k, v in m.items():
@@ -100,15 +105,20 @@ def _train_step(model, window: list[dict], loss_fn, acc, optimizer, scheduler, g
     """One optimizer step over this process's micro-batches of the window; returns the step's log record."""
     t0 = time.perf_counter()
     lr = scheduler.get_last_lr()[0]  # the rate this step uses (a guard decay applies from the next one)
-    ga, world, fp16 = len(window), acc.num_processes, acc.scaler is not None
+    world = acc.num_processes
+    ds = acc.distributed_type.name == "DEEPSPEED"  # DeepSpeed clips and steps inside the window's last backward
+    fp16 = acc.scaler is not None or (ds and model.fp16_enabled())
+    # every window ends in a gradient sync, a short one too (the last of a PPO rollout): restart accelerate's count
+    acc.gradient_accumulation_steps, acc.step = len(window), 0
+    div = model.gradient_accumulation_steps() if ds else len(window)  # what accelerate / DeepSpeed divide a loss by
     n_global = _reduce(acc, [float(sum(b["n"] for b in window))])[0]
     loss_sum, tokens, msum = 0.0, 0, {}
     for b in window:
         b = _to_device(b, acc.device)
         with acc.accumulate(model):
             l, m = loss_fn(model, b)
-            # accelerate divides by grad_accum and DDP averages over processes: undo both, divide by global Σn
-            acc.backward(l * (ga * world / max(n_global, 1.0)))
+            # accelerate/DeepSpeed divide by the window and DDP/ZeRO average over processes: undo both, ÷ global Σn
+            acc.backward(l * (div * world / max(n_global, 1.0)))
         loss_sum += float(l.detach())
         tokens += b.get("ntokens", 0)
         for k, v in m.items():
@@ -122,10 +132,13 @@ def _train_step(model, window: list[dict], loss_fn, acc, optimizer, scheduler, g
     verdict = guard.check(loss, norm, fp16) if n_global else "empty"
     if verdict == "explosion":
         guard.on_explosion(scheduler, acc.scaler)
-        log.info(f"gradient explosion (loss {loss}, grad norm {norm}): step skipped, lr × {guard.lr_decay}"
-                 + (", loss scale halved" if fp16 else ""))
+        # DeepSpeed skips a non-finite update itself (halving its fp16 scale) but has applied a finite one, clipped
+        applied = ds and norm is not None and math.isfinite(norm)
+        log.info(f"gradient explosion (loss {loss}, grad norm {norm}): "
+                 + ("DeepSpeed applied the clipped update" if applied else "step skipped")
+                 + f", lr × {guard.lr_decay}" + (", loss scale halved" if fp16 and not applied else ""))
     elif verdict == "empty":
-        if fp16:
+        if acc.scaler is not None:
             acc.scaler.update()  # reset the scaler's per-step bookkeeping after unscale
     else:
         optimizer.step()
@@ -139,7 +152,7 @@ def _train_step(model, window: list[dict], loss_fn, acc, optimizer, scheduler, g
            "tokens_per_s": tokens / dt, "trained_per_s": n_global / dt, "skipped": verdict,
            **{k: v / n_global for k, v in zip(keys, mvals)}}
     if fp16:
-        rec["loss_scale"] = acc.scaler.get_scale()
+        rec["loss_scale"] = acc.scaler.get_scale() if acc.scaler is not None else model.optimizer.loss_scale
     return rec
 
 
