@@ -78,6 +78,10 @@ def make_accelerator(settings: TrainSettings):
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-checkpoint "Writing model shards" bars drown the training bar
+    if cpu and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        # accelerate turns FSDP on only for accelerator devices: on CPU the processes would silently run as DDP
+        raise ConfigError("FSDP needs GPUs (accelerate enables it only on accelerators); on CPU shard the weights "
+                          "with DeepSpeed ZeRO-3: configs/accelerate/zero3_cpu.yaml")
     kwargs = {}
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
         kwargs["deepspeed_plugin"] = deepspeed_plugin(settings)

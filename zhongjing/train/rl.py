@@ -226,6 +226,9 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
     t_start = time.perf_counter()
     tc, gc, K = cfg.train, cfg.generation, algo.samples_per_prompt
     acc = make_accelerator(tc)
+    if ckpt.sharded_params(acc):  # each decoding step would gather weights, and processes stop at different steps
+        raise ConfigError(f"train {stage} does not run under ZeRO-3 or FSDP (sampling is not in lockstep across "
+                          "processes): use DDP or ZeRO-2 (configs/accelerate/zero2.yaml)")
     world, rank, out = acc.num_processes, acc.process_index, Path(cfg.output)
     tok = load_tokenizer(cfg.model)
     counts: Counter = Counter()
