@@ -4,7 +4,7 @@
     python -m venv benchmarks/.env-trl112
     benchmarks/.env-trl112/bin/pip install torch==2.13.0
     benchmarks/.env-trl112/bin/pip install -c constraints.txt 'trl==1.12.*'
-    python benchmarks/bench_ppo.py [--updates 8] [--answer-tokens 64]
+    python benchmarks/bench_ppo.py [--updates 8] [--answer-tokens 64] [--rounds 2]
 
 Same tiny policy (the init-model default shape, ~5M parameters), same reward model (that model with a scalar head,
 briefly trained by `zhongjing train rm` on real preference pairs, full weights so TRL can load it), same prompts
@@ -13,7 +13,8 @@ briefly trained by `zhongjing train rm` on real preference pairs, full weights s
 layers of the policy (TRL: the same `peft_config`, so its reference is also the adapter disabled), fp32, CPU,
 flush-denormal on in both. TRL's critic is a separate sequence-classification model (its design); ours is a value
 head on the policy's trunk. Figure: seconds per update, from the end of update 1 to the last; generation tokens/s
-inside the rollout; peak RSS of each system's own process.
+inside the rollout; peak RSS of each system's own process. Both use one torch thread and run alternately
+`--rounds` times (train_common.py): best wall-clock round, median CPU seconds per update.
 """
 
 from __future__ import annotations
@@ -21,20 +22,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from train_common import StepClock, alternate, hf_clock_callback, peak_mib  # noqa: E402
+
 TRL_PY = HERE / ".env-trl112" / "bin" / "python"
 BATCH, EPOCHS, LR, PROMPT_MAX = 8, 2, 1e-5, 192
 
 
-def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def result(clock: StepClock, gen_tokens_per_s: float) -> dict:
+    n = len(clock.marks)
+    per_s, per_cpu_s, _ = clock.rates([1] * n, 1)  # updates per second, from the end of update 1
+    return {"updates_per_s": per_s, "updates_per_s_cpu": per_cpu_s, "updates": n,
+            "gen_tokens_per_s": gen_tokens_per_s, "peak_mib": peak_mib()}
 
 
 # ----------------------------------------------------------------------------- TRL (runs in .env-trl112)
@@ -45,7 +50,7 @@ def run_trl(work: Path, updates: int, answer_tokens: int) -> dict:
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
-                              DataCollatorWithPadding, TrainerCallback)
+                              DataCollatorWithPadding)
     from trl.experimental.ppo import PPOConfig, PPOTrainer
     from trl.experimental.ppo import ppo_trainer as mod
 
@@ -66,11 +71,7 @@ def run_trl(work: Path, updates: int, answer_tokens: int) -> dict:
         return out
 
     mod.batch_generation = timed
-    marks = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            marks.append(time.perf_counter())
+    clock = StepClock()
 
     args = PPOConfig(output_dir=str(work / "trl"), per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
                      num_mini_batches=1, num_ppo_epochs=EPOCHS, learning_rate=LR, total_episodes=BATCH * updates,
@@ -84,20 +85,22 @@ def run_trl(work: Path, updates: int, answer_tokens: int) -> dict:
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=None, reward_model=reward,
                          train_dataset=ds, eval_dataset=ds.select(range(BATCH)), value_model=value,
-                         data_collator=DataCollatorWithPadding(tok), peft_config=lora, callbacks=[Clock()])
+                         data_collator=DataCollatorWithPadding(tok), peft_config=lora,
+                         callbacks=[hf_clock_callback(clock)])
     trainer.train()
-    per_update = (marks[-1] - marks[0]) / (len(marks) - 1)
-    return {"s_per_update": per_update, "updates": len(marks), "gen_tokens_per_s": gen["tokens"] / gen["seconds"],
-            "peak_mib": peak_mib()}
+    return result(clock, gen["tokens"] / gen["seconds"])
 
 
 # ----------------------------------------------------------------------------- zhongjing (main venv)
 
 
 def run_ours(work: Path, updates: int, answer_tokens: int) -> dict:
+    from train_common import THREADS, clock_our_loop
+
     from zhongjing.config import load_config
     from zhongjing.train.ppo import PPOConfig, train_ppo
 
+    clock = clock_our_loop()
     out = work / "ours"
     cfg = load_config(PPOConfig, overrides=[
         f"model={work / 'policy'}", f"prompts={work / 'prompts.jsonl'}", f"output={out}", f"reward.rm={work / 'rm'}",
@@ -106,13 +109,11 @@ def run_ours(work: Path, updates: int, answer_tokens: int) -> dict:
         f"generation.forward_batch={BATCH}", f"update_epochs={EPOCHS}", "ppo.kl_coef=0.05", "lora.r=16",
         "lora.alpha=32", "lora.dropout=0.0", f"train.batch_size={BATCH}", "train.grad_accum=1",
         f"train.max_steps={updates}", f"train.lr={LR}", "train.warmup_ratio=0", "train.progress=false",
-        "train.overwrite=true", "train.mixed_precision='no'"])
+        "train.overwrite=true", "train.mixed_precision='no'", f"train.threads={THREADS}"])
     train_ppo(cfg)
     rows = [json.loads(x) for x in (out / "logs" / "train.jsonl").read_text().splitlines()]
-    kept = rows[1:]  # as for TRL: from the end of update 1
-    return {"s_per_update": sum(r["seconds"] for r in kept) / len(kept), "updates": len(rows),
-            "gen_tokens_per_s": sum(r["gen_tokens_per_s"] * r["t_generate"] for r in rows) /
-            sum(r["t_generate"] for r in rows), "peak_mib": peak_mib()}
+    gen = sum(r["gen_tokens_per_s"] * r["t_generate"] for r in rows) / sum(r["t_generate"] for r in rows)
+    return result(clock, gen)
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -124,6 +125,7 @@ def prepare(work: Path, prompts_n: int) -> None:
     from train_common import SHARED, build_model, multi_turn_dialogues, write_jsonl
 
     from zhongjing.data.render import Renderer
+    from zhongjing.errors import ZhongjingError
     from zhongjing.model.load import load_tokenizer
     from zhongjing.train.rm import RMConfig, train_rm
 
@@ -133,10 +135,11 @@ def prepare(work: Path, prompts_n: int) -> None:
     renderer = Renderer(load_tokenizer(work / "policy"), max_length=PROMPT_MAX)
     for d in rows:
         ctx = d["messages"][:1]  # the patient's opening turn
-        ids = renderer.prompt_ids(ctx) if len(renderer.prompt_ids(ctx)) <= PROMPT_MAX else None
-        if ids:
-            prompts.append(ids)
-            items.append({"id": d.get("id", str(len(items))), "messages": ctx})
+        try:
+            prompts.append(renderer.prompt_ids(ctx))
+        except ZhongjingError:  # longer than PROMPT_MAX
+            continue
+        items.append({"id": d.get("id", str(len(items))), "messages": ctx})
     (work / "prompts.json").write_text(json.dumps(prompts))
     write_jsonl(work / "prompts.jsonl", items)
     pairs = SHARED / "medicalgpt_samples" / "reward_medical_test.json"
@@ -150,22 +153,16 @@ def load_train():
     return TrainSettings(epochs=1, batch_size=8, lr=1e-4, max_steps=3, progress=False, overwrite=True)
 
 
-def child(python: str, *args: str) -> dict:
-    repo = HERE.parent
-    env = dict(os.environ, PYTHONPATH=str(repo), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    r = subprocess.run([python, __file__, *args], capture_output=True, text=True, env=env, cwd=repo)
-    if r.returncode != 0:
-        raise SystemExit(f"{python} {__file__} {' '.join(args)} failed:\n{r.stderr[-3000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--updates", type=int, default=8)
     p.add_argument("--answer-tokens", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--child", nargs=2, metavar=("SYSTEM", "WORK"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
+        if a.child[0] == "trl" and Path(sys.executable) != TRL_PY:  # TRL 1.12 lives in its own virtualenv
+            os.execv(TRL_PY, [str(TRL_PY), __file__, *sys.argv[1:]])
         fn = run_ours if a.child[0] == "ours" else run_trl
         print(json.dumps(fn(Path(a.child[1]), a.updates, a.answer_tokens)))
         return
@@ -173,16 +170,18 @@ def main() -> None:
         raise SystemExit(f"TRL 1.12 virtualenv not found at {TRL_PY.parent.parent}; see this file's docstring")
     work = Path(tempfile.mkdtemp(prefix="bench-ppo-"))
     prepare(work, 4 * BATCH * a.updates)
-    load = os.getloadavg()[0]
-    common = ["--updates", str(a.updates), "--answer-tokens", str(a.answer_tokens)]
-    ours = child(sys.executable, *common, "--child", "ours", str(work))
-    trl = child(str(TRL_PY), *common, "--child", "trl", str(work))
+    common = ["--updates", str(a.updates), "--answer-tokens", str(a.answer_tokens), "--child"]
+    rows = alternate(__file__, [("zhongjing train ppo", common + ["ours", str(work)]),
+                                ("TRL 1.12 PPOTrainer", common + ["trl", str(work)])], a.rounds, "updates_per_s")
+    (_, ours), (_, trl) = rows
     print(f"\nPPO: {BATCH} prompts × ≤ {a.answer_tokens} answer tokens per update, {EPOCHS} PPO epochs, LoRA r=16, "
-          f"{a.updates} updates  (load average before: {load:.1f} on {os.cpu_count()} cores; one run each)")
-    print("| system | s / update | speed-up | generation tok/s (rollout) | peak RSS MiB |")
-    print("|---|---|---|---|---|")
-    for name, r in (("zhongjing train ppo", ours), ("TRL 1.12 PPOTrainer", trl)):
-        print(f"| {name} | {r['s_per_update']:.2f} | {trl['s_per_update'] / r['s_per_update']:.2f}× | "
+          f"{a.updates} updates\n(1 torch thread per system; {a.rounds} alternating rounds: best wall-clock round, "
+          f"median per CPU-second; load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    print("| system | s / update | speed-up | CPU s / update | speed-up | generation tok/s (rollout) | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in rows:
+        print(f"| {name} | {1 / r['updates_per_s']:.2f} | {r['updates_per_s'] / trl['updates_per_s']:.2f}× | "
+              f"{1 / r['updates_per_s_cpu']:.2f} | {r['updates_per_s_cpu'] / trl['updates_per_s_cpu']:.2f}× | "
               f"{r['gen_tokens_per_s']:,.0f} | {r['peak_mib']:,.0f} |")
 
 

@@ -1,15 +1,18 @@
 """Reward-model and DPO training throughput: `zhongjing train rm|dpo` against TRL `RewardTrainer` / `DPOTrainer`.
 
     pip install -c constraints.txt 'zhongjing[bench]'
-    python benchmarks/bench_rm_dpo.py [--pairs 256]
+    python benchmarks/bench_rm_dpo.py [--pairs 256] [--rounds 2]
 
 Same tiny model (the init-model default shape, ~5M parameters, tokenizer trained on the data), same preference
 pairs (MedicalGPT's 100 medical pairs + its general Chinese pairs, chosen/rejected), LoRA r=16 on all linear
 layers without dropout (TRL switches dropout off by default), batch 8 pairs, ≤ 512 tokens, one epoch, fp32, CPU,
 no activation checkpointing on either side (TRL's default recomputes activations). The RM reads the answers
 rendered by zhongjing's chat-template renderer (handed to TRL pre-tokenized); TRL's DPO tokenizes the same
-conversations with the same chat template. Figure: real (non-pad) tokens through the model per second, from the
-end of step 2 to the last step; each system runs in its own process so its peak RSS is its own.
+conversations with the same chat template. A pair's chosen and rejected answers differ several-fold in length:
+TRL pads every row of a batch to the longest, zhongjing packs the answers of a batch into shared rows (attention
+kept inside each answer) — the padding fraction (pad tokens / batch tensor size) is printed with the result. Figure: real (non-pad) tokens through the model per second, from the
+end of step 2 to the last step; each system runs in its own process so its peak RSS is its own. Both use one torch
+thread and run alternately `--rounds` times (train_common.py): best wall-clock round, median per CPU-second.
 """
 
 from __future__ import annotations
@@ -18,11 +21,11 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_common import SHARED, build_model, child, our_steps, peak_mib, print_table, write_jsonl  # noqa: E402
+from train_common import (SHARED, THREADS, StepClock, alternate, build_model, clock_our_loop,  # noqa: E402
+                          hf_clock_callback, our_records, peak_mib, print_table, write_jsonl)
 
 BATCH, MAX_LEN, LR, SKIP, BETA = 8, 512, 2e-4, 2, 0.1
 PAIRS = [SHARED / "medicalgpt_samples" / "reward_medical_test.json", SHARED / "medicalgpt_samples" / "dpo_zh_500.jsonl"]
@@ -45,10 +48,28 @@ def _train():
     from zhongjing.train.common import TrainSettings
 
     return TrainSettings(batch_size=BATCH, epochs=1, lr=LR, warmup_steps=0, progress=False, overwrite=True,
-                         mixed_precision="no", max_grad_norm=1.0)
+                         mixed_precision="no", max_grad_norm=1.0, threads=THREADS)
+
+
+def result(clock: StepClock, tokens: list[int], shapes: list[tuple[int, int]]) -> dict:
+    """shapes: (real tokens, tensor size) of every batch, for the padding fraction."""
+    wall, cpu, secs = clock.rates(tokens, SKIP)
+    padding = 1 - sum(t for t, _ in shapes) / sum(n for _, n in shapes)
+    return {"tokens_per_s": wall, "tokens_per_s_cpu": cpu, "seconds": secs, "padding_fraction": padding,
+            "peak_mib": peak_mib()}
 
 
 def run_ours(stage: str, model: str, data: str, work: Path) -> dict:
+    from zhongjing.train.prefs import RankingBatches
+
+    clock, shapes, collate = clock_our_loop(), [], RankingBatches.collate
+
+    def counting(self, items):
+        b = collate(self, items)
+        shapes.append((b["ntokens"], b["numel"]))
+        return b
+
+    RankingBatches.collate = counting
     out = work / f"ours-{stage}"
     if stage == "rm":
         from zhongjing.train.rm import RMConfig, train_rm
@@ -60,15 +81,13 @@ def run_ours(stage: str, model: str, data: str, work: Path) -> dict:
 
         train_dpo(DPOConfig(model=model, data=[data], output=str(out), val_ratio=0.0, max_length=MAX_LEN, beta=BETA,
                             lora=_lora(), train=_train()))
-    secs, _, tokens = our_steps(out, SKIP)
-    return {"tokens_per_s": tokens / secs, "seconds": secs, "peak_mib": peak_mib()}
+    return result(clock, [r["tokens"] for r in our_records(out)], shapes)
 
 
 def run_trl(stage: str, model_dir: str, data: str, work: Path) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import TrainerCallback
 
     from zhongjing.data.readers import read_rankings
     from zhongjing.model.load import load_tokenizer, setup_torch
@@ -76,11 +95,7 @@ def run_trl(stage: str, model_dir: str, data: str, work: Path) -> dict:
     setup_torch(seed=42)
     tok = load_tokenizer(model_dir)
     rankings = list(read_rankings(data))
-    seen, marks = [], []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            marks.append(time.perf_counter())
+    seen, clock = [], StepClock()
 
     common = dict(output_dir=str(work / f"trl-{stage}"), per_device_train_batch_size=BATCH, num_train_epochs=1,
                   learning_rate=LR, lr_scheduler_type="cosine", warmup_steps=0, max_length=MAX_LEN,
@@ -102,7 +117,7 @@ def run_trl(stage: str, model_dir: str, data: str, work: Path) -> dict:
         model.config.pad_token_id = tok.pad_token_id
         lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="SEQ_CLS")
         trainer = RewardTrainer(model=model, args=RewardConfig(**common), train_dataset=ds, processing_class=tok,
-                                peft_config=lora, callbacks=[Clock()])
+                                peft_config=lora, callbacks=[hf_clock_callback(clock)])
     else:
         from transformers import AutoModelForCausalLM
         from trl import DPOConfig, DPOTrainer
@@ -114,25 +129,24 @@ def run_trl(stage: str, model_dir: str, data: str, work: Path) -> dict:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
         trainer = DPOTrainer(model=model, args=DPOConfig(beta=BETA, **common), train_dataset=ds, processing_class=tok,
-                             peft_config=lora, callbacks=[Clock()])
+                             peft_config=lora, callbacks=[hf_clock_callback(clock)])
     collate = trainer.data_collator
 
     def counting(examples):
         b = collate(examples)
-        seen.append(int(b["attention_mask"].sum()) if "attention_mask" in b else
-                    int(b["chosen_attention_mask"].sum() + b["rejected_attention_mask"].sum()))
+        seen.append((int(b["attention_mask"].sum()), b["input_ids"].numel()))
         return b
 
     trainer.data_collator = counting
     trainer.train()
-    steps = len(marks)
-    secs = marks[-1] - marks[SKIP - 1]
-    return {"tokens_per_s": sum(seen[SKIP:steps]) / secs, "seconds": secs, "peak_mib": peak_mib()}
+    steps = seen[: len(clock.marks)]  # batch i is step i (no workers; one may be fetched ahead)
+    return result(clock, [t for t, _ in steps], steps)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--child", nargs=5, metavar=("SYSTEM", "STAGE", "MODEL", "DATA", "WORK"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
@@ -152,10 +166,11 @@ def main() -> None:
     fit = [r for r in rankings if all(reward_input_ids(renderer, r.messages, x) for x in r.responses)][:a.pairs]
     data = write_jsonl(work / "pairs.jsonl", [r.to_dict() for r in fit])
     for stage, peer in (("rm", "TRL RewardTrainer"), ("dpo", "TRL DPOTrainer")):
-        results = [(f"zhongjing train {stage}", child(__file__, "--child", "ours", stage, str(model), str(data), str(work))),
-                   (peer, child(__file__, "--child", "trl", stage, str(model), str(data), str(work)))]
+        systems = [(name, ["--child", system, stage, str(model), str(data), str(work)])
+                   for name, system in ((f"zhongjing train {stage}", "ours"), (peer, "trl"))]
         print_table(f"{stage.upper()}: {len(fit)} preference pairs × 1 epoch, LoRA r=16, batch {BATCH}, ≤ {MAX_LEN} "
-                    "tokens", results, "tokens_per_s", "tokens/s", ["seconds"])
+                    "tokens", alternate(__file__, systems, a.rounds, "tokens_per_s"), "tokens_per_s", "tokens/s",
+                    ["padding_fraction", "seconds"])
 
 
 if __name__ == "__main__":
