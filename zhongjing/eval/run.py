@@ -69,6 +69,7 @@ class EvalConfig:
     exams: list[ExamConfig] = field(default_factory=list)
     perplexity: bool = True  # of the gold doctor turns, for local models
     report: ReportConfig = field(default_factory=ReportConfig)
+    notes: list[str] = field(default_factory=list)  # extra lines for the report (e.g. where the RM's rankings came from)
 
 
 def check(cfg: EvalConfig) -> None:
@@ -202,6 +203,7 @@ def run(cfg: EvalConfig) -> dict[str, Path]:
         answers, failures, ppl, exam_scores = collect_answers(cfg, sets, cache)
         results = evaluate(cfg, sets, answers, failures, ppl, exam_scores, judge, comparisons(cfg))
         results["meta"]["config"] = to_dict(cfg)
+        results["meta"]["notes"] = list(cfg.notes) + results["meta"].get("notes", [])
         results["meta"]["cache"] = {"path": str(cache.path), "hits": cache.hits, "misses": cache.misses}
     paths = write_report(results, out)
     return paths
