@@ -1,10 +1,11 @@
 """DeepSpeed ZeRO on 2 CPU processes (gloo), launched the way users launch it (`accelerate launch --config_file
 configs/accelerate/zero{2,3}_cpu.yaml -m zhongjing train ...`):
 - ZeRO-2 and ZeRO-3 give the loss curve of one process with the same global batch (pt full fine-tuning with
-  accumulation inside ZeRO, sft LoRA), and write a result folder that loads with plain transformers (+ peft for the
-  adapter) and holds the same weights as the one-process run — under ZeRO-3 gathered from the shards;
-- a ZeRO-2 run killed with SIGKILL after a checkpoint resumes to the uninterrupted run's losses (the fp32 master
-  weights and optimizer shards come back from DeepSpeed's own checkpoint);
+  accumulation inside ZeRO, sft LoRA, dpo over a LoRA parent), and write a result folder that loads with plain
+  transformers (+ peft for an adapter) and holds the same weights as the one-process run — under ZeRO-3 gathered
+  from the shards;
+- a ZeRO-2 run killed with SIGKILL after a checkpoint and resumed still gives that curve (the fp32 master weights
+  and optimizer shards come back from DeepSpeed's own checkpoint);
 - FSDP, which accelerate enables only on accelerators, is refused on CPU instead of silently running as DDP."""
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from tests.train_helpers import dialogues, tiny_model, write_docs, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # 5 two-process launches: ~1.5 min on 2 idle cores
 ENV = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 PT_STEPS = 16
 
@@ -72,35 +74,45 @@ def curve(out: Path) -> list[float]:
 
 
 def logits(folder: Path) -> torch.Tensor:
-    """The result folder through plain transformers (an adapter folder loads over its base via the PEFT integration)."""
+    """The result folder through plain transformers (an adapter folder loads over its base via the PEFT integration);
+    an adapter over an adapter (dpo over the sft result) through zhongjing's loader, which follows the chain."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    from zhongjing.model.load import load_model
+
+    chained = (folder / "adapter_config.json").exists() and \
+        (Path(json.loads((folder / "meta.json").read_text())["base_model"]) / "adapter_config.json").exists()
+    model = (load_model(folder) if chained else AutoModelForCausalLM.from_pretrained(folder)).eval()
     ids = torch.arange(3, 43).reshape(2, 20)
     with torch.no_grad():
         return model(input_ids=ids).logits
 
 
-@pytest.mark.parametrize("launch", ["zero2_cpu.yaml", "zero3_cpu.yaml"])
-@pytest.mark.parametrize("stage", ["pt", "sft"])
-def test_zero_matches_one_process_and_saves_a_loadable_model(runs, stage, launch):
-    one, zero = finished(stage, runs, None), finished(stage, runs, launch)
+def same_as_one_process(zero: Path, one: Path, kind: str, rel: float = 1e-4) -> None:
+    """Loss curve, best validation loss and the result folder's weights (through plain transformers) agree."""
     a, b = curve(one), curve(zero)
-    assert len(a) == len(b) == (PT_STEPS if stage == "pt" else 8)
-    assert b == pytest.approx(a, rel=1e-4)  # ZeRO-3 reduces in another order: not bit-identical
-    assert a[-1] < a[0] - 0.1
+    assert len(b) == len(a) and b == pytest.approx(a, rel=rel)  # ZeRO-3 reduces in another order: not bit-identical
+    assert a[-1] < a[0]
     ma, mb = (json.loads((d / "meta.json").read_text()) for d in (one, zero))
-    assert mb["metrics"]["best_val_loss"] == pytest.approx(ma["metrics"]["best_val_loss"], rel=1e-4)
-    assert mb["kind"] == ("full" if stage == "pt" else "adapter")
-    assert (zero / ("model.safetensors" if stage == "pt" else "adapter_model.safetensors")).exists()
+    assert mb["metrics"]["best_val_loss"] == pytest.approx(ma["metrics"]["best_val_loss"], rel=rel)
+    assert mb["kind"] == kind
     assert torch.allclose(logits(zero), logits(one), atol=2e-3)
-    assert not torch.allclose(logits(zero), logits(runs["base"]), atol=1e-2)  # it did train
-    shards = sorted(p.name for p in (zero / "checkpoints").glob("step-*/trainer/deepspeed/*optim_states.pt"))
+    last = sorted((zero / "checkpoints").glob("step-*"))[-1]
+    shards = sorted(p.name for p in (last / "trainer" / "deepspeed").glob("*optim_states.pt"))
     assert len(shards) == 2, shards  # one optimizer shard per process, in DeepSpeed's own format
 
 
-def test_zero2_resume_after_kill_reproduces_the_uninterrupted_run(runs):
-    ref = finished("pt", runs, "zero2_cpu.yaml")
+@pytest.mark.parametrize("stage,launch", [("sft", "zero2_cpu.yaml"), ("pt", "zero3_cpu.yaml")])
+def test_zero_matches_one_process_and_saves_a_loadable_model(runs, stage, launch):
+    """sft = LoRA adapter under ZeRO-2; pt = full weights under ZeRO-3, gathered from the shards at each checkpoint."""
+    one = finished(stage, runs, None)
+    same_as_one_process(finished(stage, runs, launch), one, "full" if stage == "pt" else "adapter")
+    assert not torch.allclose(logits(one), logits(runs["base"]), atol=1e-2)  # it did train
+
+
+def test_zero2_killed_and_resumed_matches_one_process(runs):
+    """Full fine-tuning with accumulation inside ZeRO-2, SIGKILLed after a checkpoint and resumed: the fp32 master
+    weights and optimizer shards come back from DeepSpeed's own checkpoint, so the curve is still one process's."""
     out = runs["dir"] / "pt-killed"
     proc = subprocess.Popen(command("pt", runs, out, "zero2_cpu.yaml"), env=ENV, cwd=REPO, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -118,11 +130,35 @@ def test_zero2_resume_after_kill_reproduces_the_uninterrupted_run(runs):
                            capture_output=True, text=True, cwd=REPO, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed from" in again.stdout + again.stderr
-    rows = [json.loads(x) for x in (out / "logs" / "train.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(1, PT_STEPS + 1))
-    assert [r["loss"] for r in rows] == pytest.approx(curve(ref), rel=1e-6, abs=1e-7)
-    assert json.loads((out / "meta.json").read_text())["metrics"]["best_val_loss"] == pytest.approx(
-        json.loads((ref / "meta.json").read_text())["metrics"]["best_val_loss"], rel=1e-6)
+    assert [json.loads(x)["step"] for x in (out / "logs" / "train.jsonl").read_text().splitlines()] == \
+        list(range(1, PT_STEPS + 1))
+    same_as_one_process(out, finished("pt", runs, None), "full")
+
+
+def rankings(path: Path) -> Path:
+    """K=3 rankings over templated dialogues: the real doctor answer > a follow-up question > "I don't know"."""
+    rows = [{"id": d["id"], "messages": d["messages"][:-1], "ranking": [0, 2, 1],
+             "responses": [d["messages"][-1]["content"], "不知道。", "请问有没有发烧？"]} for d in dialogues(100, seed=7)]
+    return write_jsonl(path, rows)
+
+
+def test_zero3_dpo_over_an_adapter_parent_matches_one_process(runs):
+    """The parent is a LoRA adapter (the sft result), merged while loading: under ZeRO-3 the weights must load whole
+    (accelerate would have transformers shard them while loading), and the new adapter equals one process's."""
+    parent, data = finished("sft", runs, None), rankings(runs["dir"] / "rankings.jsonl")
+    outs = []
+    for launch in (None, "zero3_cpu.yaml"):
+        out = runs["dir"] / f"dpo-{launch or 'one'}"
+        cmd = command("sft", runs, out, launch)  # the same launcher, with dpo's own arguments
+        cmd = cmd[:cmd.index("sft") - 1] + ["train", "dpo", f"model={parent}", f"data=[{data}]", f"output={out}",
+                                            "max_length=256", "lora.dropout=0.0", "val_ratio=0.2",
+                                            "train.max_steps=6", "train.eval_every=3", "train.batch_size=4",
+                                            f"train.grad_accum={1 if launch else 2}", "train.lr=5e-3",
+                                            "train.progress=false"] + ([] if launch else ["train.threads=1"])
+        r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, cwd=REPO, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        outs.append(out)
+    same_as_one_process(outs[1], outs[0], "adapter")
 
 
 def test_fsdp_on_cpu_is_refused_not_silently_ddp(monkeypatch):

@@ -51,6 +51,12 @@ def load_parent(path: str | Path, dtype: str = "float32"):
     """The parent as one plain model: a full folder as is, an adapter (chain) merged into its base."""
     from zhongjing.model.load import is_adapter_dir, load_model
 
+    if is_adapter_dir(path):
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        if is_deepspeed_zero3_enabled():  # weights sharded while loading (zero3_init_flag): nothing whole to merge into
+            raise ConfigError(f"{path} is a LoRA adapter: under ZeRO-3 with zero3_init_flag=true merge it first "
+                              "(zhongjing export --merge) or set zero3_init_flag: false in the accelerate config")
     model = load_model(path, dtype=dtype, trainable=False)
     if is_adapter_dir(path):
         model = model.merge_and_unload()

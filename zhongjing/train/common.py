@@ -90,6 +90,13 @@ def make_accelerator(settings: TrainSettings):
 
             cpu, kwargs["kwargs_handlers"] = False, [InitProcessGroupKwargs(backend="gloo")]
     acc = Accelerator(cpu=cpu, mixed_precision=mp, gradient_accumulation_steps=settings.grad_accum, **kwargs)
+    plugin = kwargs.get("deepspeed_plugin")
+    if plugin is not None and plugin.zero_stage == 3 and not plugin.zero3_init_flag:
+        # accelerate hands transformers the ZeRO-3 config whatever zero3_init_flag says, so from_pretrained would
+        # shard the weights while loading; honour the flag: load whole (a parent adapter can be merged), shard at prepare
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
     threads = settings.threads
     if not threads and cpu and acc.num_processes > 1:  # processes must not fight over the same cores
         threads = max(1, (os.cpu_count() or 1) // acc.num_processes)
