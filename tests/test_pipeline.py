@@ -48,8 +48,6 @@ def tiny_config(work: Path) -> dict:
                              "shots": [0]}]
     cfg["eval"] |= {"generation": {"max_new_tokens": 12, "batch_size": 8, "max_length": 320},
                     "report": {"examples": 1, "bootstrap": 50}}
-    for s in ("init", "build"):
-        cfg[s].pop("corpus", None) if s == "build" else None
     cfg["init"]["corpus"] = [str(DEMO / "corpus")]
     cfg["build"]["kg"]["path"] = str(DEMO / "kg.jsonl")
     cfg["rank"]["kg"] = str(DEMO / "kg.jsonl")
@@ -166,6 +164,8 @@ def check_outputs(work: Path) -> None:
     ranked = list(read_rankings(str(work / "rank" / "rankings.jsonl")))
     assert len(ranked) == len(answers) and all(r.ranking and r.annotators == ["simulated"] for r in ranked)
     results = json.loads((work / "eval" / "results.json").read_text())
+    assert any("SIMULATED" in n for n in results["meta"]["notes"])  # the report says where the rankings came from
+    assert "SIMULATED" in (work / "eval" / "report.md").read_text()
     pairs = {(r["target"], r["baseline"]) for r in results["pairwise"]}
     assert {("aligned", "sft"), ("aligned", "base")} <= pairs
     summary = json.loads((work / "summary.json").read_text())

@@ -64,6 +64,7 @@ class PipelineConfig:
     stages: list[str] = field(default_factory=lambda: list(STAGES))  # the stages this config includes
     launch: str = ""  # command prefix for training stages, e.g. "accelerate launch --config_file X.yaml"
     python: str = ""  # interpreter for stage processes; empty = this one
+    threads: int = 0  # CPU threads per stage process (OMP_NUM_THREADS); 0 = torch's default (all cores)
     splits: SplitUse = field(default_factory=SplitUse)
     init: dict[str, Any] = field(default_factory=dict)
     build: dict[str, Any] = field(default_factory=dict)
@@ -156,8 +157,10 @@ def plan(cfg: PipelineConfig, state: State, *, start: str | None = None, only: l
 
 # ----------------------------------------------------------------------------------------------- running
 
-def _child_env() -> dict:
+def _child_env(threads: int = 0) -> dict:
     env = dict(os.environ)
+    if threads > 0:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["PYTHONUNBUFFERED"] = "1"
@@ -184,12 +187,12 @@ def child_cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_child(cmd: list[str], log_path: Path) -> None:
+def run_child(cmd: list[str], log_path: Path, threads: int = 0) -> None:
     """Run a stage process, copying its output to the terminal and to the stage's log file."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         log.write(f"\n$ {shlex.join(cmd)}\n".encode())
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_child_env(),
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_child_env(threads),
                                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         try:
             while chunk := os.read(proc.stdout.fileno(), 8192):
@@ -230,7 +233,8 @@ def run_stage(p: Plan, cfg: PipelineConfig, w: Wiring) -> None:
         yaml.safe_dump(to_dict(scfg), f, allow_unicode=True, sort_keys=False)
     python = cfg.python or sys.executable
     prefix = shlex.split(cfg.launch) if cfg.launch and s in LAUNCHED else [python]
-    run_child([*prefix, "-m", "zhongjing", *COMMANDS[s], "--config", str(cfg_file)], w.work / "logs" / f"{s}.log")
+    run_child([*prefix, "-m", "zhongjing", *COMMANDS[s], "--config", str(cfg_file)], w.work / "logs" / f"{s}.log",
+              cfg.threads)
 
 
 def run_pipeline(cfg: PipelineConfig, *, start: str | None = None, only: list[str] | None = None,

@@ -205,6 +205,10 @@ def _eval_section(section: dict, cfg, w: Wiring) -> dict:
                 "baselines": [m["name"] for m in models[1:]]}
     if "ppo" in w.stages:
         section["ablation"] = {"before": MODEL_NAMES["sft"], "after": MODEL_NAMES["ppo"]}
+    if cfg.simulated and "rm" in w.stages:
+        from zhongjing.pipeline import SIMULATED_NOTE
+
+        section["notes"] = [SIMULATED_NOTE] + list(section.get("notes") or [])
     built = {"name": "test", "path": str(w.built("test")), "format": "dialogue", "limit": cfg.splits.test_limit}
     section["testsets"] = [built] + list(section.get("testsets") or [])  # yours are added to the built test split
     judge = dict(section.get("judge") or {})
