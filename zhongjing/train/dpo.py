@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,6 +111,7 @@ def main(argv: list[str]) -> int:
 
     m = read_meta(out).get("metrics", {})
     acc = m.get("val_accuracy")
-    print(f"dpo policy → {out}" + (f" (val preference accuracy {acc:.3f})" if acc is not None and not math.isnan(acc)
-                                    else ""))
+    if os.environ.get("RANK", "0") == "0":  # one line, not one per process
+        print(f"dpo policy → {out}" + (f" (val preference accuracy {acc:.3f})"
+                                        if acc is not None and not math.isnan(acc) else ""))
     return 0

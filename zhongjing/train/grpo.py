@@ -11,6 +11,7 @@ first would make each token of a short answer weigh more, a pull towards length 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -80,5 +81,7 @@ def train_grpo(cfg: GRPOConfig):
 
 def main(argv: list[str]) -> int:
     cfg = parse_stage_args("zhongjing train grpo", GRPOConfig, argv, __doc__.split("\n\n")[0])
-    print(f"grpo policy → {train_grpo(cfg)}")
+    out = train_grpo(cfg)
+    if os.environ.get("RANK", "0") == "0":  # one line, not one per process
+        print(f"grpo policy → {out}")
     return 0

@@ -15,6 +15,7 @@ critic, reward). The head starts at zero, so the first advantages are the reward
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -149,5 +150,6 @@ def train_ppo(cfg: PPOConfig):
 def main(argv: list[str]) -> int:
     cfg = parse_stage_args("zhongjing train ppo", PPOConfig, argv, __doc__.split("\n\n")[0])
     out = train_ppo(cfg)
-    print(f"ppo policy → {out}")
+    if os.environ.get("RANK", "0") == "0":  # one line, not one per process
+        print(f"ppo policy → {out}")
     return 0

@@ -12,6 +12,7 @@ and its reward mean/std on the validation answers go to meta.json for PPO's rewa
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -125,7 +126,8 @@ def main(argv: list[str]) -> int:
 
     m = read_meta(out).get("metrics", {})
     acc = m.get("val_accuracy")
-    print(f"reward model → {out}" + (f" (val pairwise accuracy {acc:.3f}, margin {m.get('val_margin'):.3f})"
-                                      if acc is not None else ""))
+    if os.environ.get("RANK", "0") == "0":  # one line, not one per process
+        print(f"reward model → {out}" + (f" (val pairwise accuracy {acc:.3f}, margin {m.get('val_margin'):.3f})"
+                                          if acc is not None else ""))
     return 0
 
