@@ -75,3 +75,12 @@ def test_describe_lists_every_key():
     text = "\n".join(describe(Stage))
     for key in ("lr", "epochs", "fp16", "strategy", "output", "resume_from", "lora.rank", "lora.alpha", "lora.targets"):
         assert f"  {key} = " in text
+
+
+@dataclass
+class Other:
+    lora: Lora = field(default_factory=lambda: Lora(rank=4))
+
+
+def test_describe_shows_the_stage_default_of_a_section():
+    assert "  lora.rank = 4  [int]" in describe(Other)

@@ -167,22 +167,33 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None
 
 
-def describe(cls, prefix: str = "") -> list[str]:
-    """One line per key with type and default, for `--help`."""
+def describe(cls, prefix: str = "", default: Any = None) -> list[str]:
+    """One line per key with type and default, for `--help`.
+
+    Defaults come from an instance, so a nested section's stage-specific default (a
+    `default_factory` that sets other values than the section's class) is what is shown.
+    """
     lines = []
     hints = _hints(cls)
+    if default is None:
+        try:
+            default = cls()
+        except TypeError:  # required fields: fall back to per-field defaults
+            default = None
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            lines += describe(tp, prefix + f.name + ".")
-            continue
-        if f.default is not dataclasses.MISSING:
-            default = f.default
+        if default is not None:
+            value = getattr(default, f.name)
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
+            value = f.default_factory()  # type: ignore[misc]
         else:
-            default = "(required)"
-        lines.append(f"  {prefix}{f.name} = {default!r}  [{_type_name(tp)}]")
+            value = "(required)"
+        if dataclasses.is_dataclass(tp):
+            lines += describe(tp, prefix + f.name + ".", value if dataclasses.is_dataclass(value) else None)
+            continue
+        lines.append(f"  {prefix}{f.name} = {value!r}  [{_type_name(tp)}]")
     return lines
 
 
