@@ -12,7 +12,7 @@ import torch
 from align_helpers import (MEDICAL_PAIRS, keep_threads, kill_when, medical_base, real_dialogues, run_cli,  # noqa: F401
                            same_threads, write_jsonl)
 from zhongjing.data.schema import Ranking
-from zhongjing.train.prefs import IDK_ANSWER, complete_all_wrong
+from zhongjing.train.prefs import IDK_ANSWER
 from zhongjing.train.rm import RMConfig, train_rm
 
 pytestmark = pytest.mark.usefixtures("keep_threads")
@@ -121,12 +121,12 @@ def test_real_dialogues_vs_corrupted_answers(medical_base, tmp_path):
 def test_all_wrong_completion_and_ties():
     r = Ranking.from_dict({"messages": [{"role": "user", "content": "q"}], "responses": ["a", "b", "c"],
                            "ranking": [[2], [0, 1]], "all_wrong": True})
-    c = complete_all_wrong(r)
+    c = r.completed(IDK_ANSWER)
     assert c.responses == ["a", "b", "c", IDK_ANSWER] and c.ranking == [[3], [2], [0, 1]]
     assert sorted(c.pairs()) == sorted([(3, 2), (3, 0), (3, 1), (2, 0), (2, 1)])
     r2 = Ranking.from_dict({"messages": [{"role": "user", "content": "q"}], "responses": ["a", "b"],
                             "all_wrong": True, "replacement": "我不确定，请就医。"})
-    assert complete_all_wrong(r2).ranking == [[2], [0, 1]] and complete_all_wrong(r2).responses[2] == "我不确定，请就医。"
+    assert r2.completed(IDK_ANSWER).ranking == [[2], [0, 1]] and r2.completed(IDK_ANSWER).responses[2] == "我不确定，请就医。"
 
 
 def test_batches_keep_rankings_whole_and_normalise_per_ranking():
@@ -155,17 +155,17 @@ def test_packed_rows_give_the_same_rewards_as_one_answer_per_row(medical_base):
     from zhongjing.data.render import Renderer
     from zhongjing.data.readers import read_rankings
     from zhongjing.model.load import load_tokenizer
-    from zhongjing.model.lora import LoraSettings
+    from zhongjing.model.lora import LoraSettings, apply_lora
     from zhongjing.model.value_head import new_reward_model
     from zhongjing.train.prefs import RankingBatches, encode
-    from zhongjing.train.rm import _apply_lora, rm_loss
+    from zhongjing.train.rm import rm_loss
 
     tok = load_tokenizer(medical_base)
     enc = encode(list(read_rankings(MEDICAL_PAIRS))[:8], Renderer(tok, max_length=384, strategy="last"), Counter())
     packed = RankingBatches(enc, [], 8, seed=0, group=1, pad_id=tok.pad_token_id).collate(enc)
     padded = RankingBatches(enc, [], 8, seed=0, group=1, pad_id=tok.pad_token_id, pack=False).collate(enc)
     assert packed["input_ids"].numel() < padded["input_ids"].numel()
-    model = _apply_lora(new_reward_model(medical_base), LoraSettings(r=4, dropout=0.0)).eval()
+    model = apply_lora(new_reward_model(medical_base), LoraSettings(r=4, dropout=0.0), "SEQ_CLS").eval()
     with torch.no_grad():
         a, b = rm_loss(model, packed), rm_loss(model, padded)
     assert a[0].item() == pytest.approx(b[0].item(), abs=1e-5)

@@ -13,6 +13,7 @@ from typing import Iterator
 from zhongjing.annotate import agreement, store
 from zhongjing.annotate.rubric import FLAGS
 from zhongjing.data.schema import Ranking
+from zhongjing.data.schema import Ranking
 from zhongjing.errors import ZhongjingError
 
 RESOLVED = ("agreed", "adjudicated")
@@ -68,11 +69,8 @@ def rankings(conn: sqlite3.Connection, batch: str | None = None) -> Iterator[dic
 
 def ranked_answers(r: dict) -> tuple[list[str], list[list[int]]]:
     """Responses and tie groups with an "all wrong" replacement put above every original answer."""
-    responses, groups = list(r["responses"]), [list(g) for g in r["ranking"]]
-    if r.get("all_wrong") and r.get("replacement"):
-        groups = [[len(responses)]] + groups
-        responses.append(r["replacement"])
-    return responses, groups
+    done = Ranking.from_dict(r).completed()
+    return done.responses, done.ranking
 
 
 def pairs(ranking_rows: Iterator[dict]) -> Iterator[dict]:

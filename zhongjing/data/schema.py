@@ -192,6 +192,16 @@ class Ranking:
     def k(self) -> int:
         return len(self.responses)
 
+    def completed(self, default_replacement: str | None = None) -> "Ranking":
+        """All answers wrong → the honest replacement (the annotators', else the default) becomes answer K,
+        ranked above every original answer (unranked originals tie below it). Otherwise unchanged."""
+        honest = self.replacement or default_replacement
+        if not self.all_wrong or not honest:
+            return self
+        k = len(self.responses)
+        below = self.ranking or [list(range(k))]
+        return Ranking(self.id, self.messages, self.responses + [honest], [[k]] + below, self.annotators, self.meta)
+
     def pairs(self) -> list[tuple[int, int]]:
         """Ordered (better, worse) index pairs implied by the ranking; tied answers give no pair."""
         out = []

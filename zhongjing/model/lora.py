@@ -34,13 +34,16 @@ class LoraSettings:
             raise ConfigError("lora.target_modules is empty")
 
 
-def apply_lora(model, s: LoraSettings):
-    """Wrap `model` in a fresh trainable LoRA adapter; base weights are frozen."""
+def apply_lora(model, s: LoraSettings, task_type: str = "CAUSAL_LM"):
+    """Wrap `model` in a fresh trainable LoRA adapter; base weights are frozen.
+
+    `task_type="SEQ_CLS"` (reward models): peft then trains and saves the `score` head with the adapter.
+    """
     from peft import LoraConfig, get_peft_model
 
     targets = s.target_modules[0] if s.target_modules == ["all-linear"] else list(s.target_modules)
     cfg = LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=targets,
-                     modules_to_save=list(s.modules_to_save) or None, bias="none", task_type="CAUSAL_LM")
+                     modules_to_save=list(s.modules_to_save) or None, bias="none", task_type=task_type)
     try:
         return get_peft_model(model, cfg)
     except ValueError as e:  # e.g. a target module name that does not exist in this architecture

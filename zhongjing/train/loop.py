@@ -100,7 +100,7 @@ def _plan(data, settings: TrainSettings, world: int) -> tuple[list[int], int]:
     return steps, total
 
 
-def _train_step(model, window: list[dict], loss_fn, acc, optimizer, scheduler, guard: Guard,
+def train_step(model, window: list[dict], loss_fn, acc, optimizer, scheduler, guard: Guard,
                 settings: TrainSettings, log: RunLogger) -> dict:
     """One optimizer step over this process's micro-batches of the window; returns the step's log record."""
     t0 = time.perf_counter()
@@ -223,7 +223,7 @@ def fit(model, data, loss_fn: Callable, settings: TrainSettings, out: str | Path
         if n_steps == 0:
             raise ZhongjingError(f"epoch {epoch} has too few micro-batches ({len(batches)}) for one step")
         while step < total:
-            rec = _train_step(model, [batches[(in_epoch * ga + j) * world + rank] for j in range(ga)], loss_fn,
+            rec = train_step(model, [batches[(in_epoch * ga + j) * world + rank] for j in range(ga)], loss_fn,
                               acc, optimizer, scheduler, guard, settings, log)
             step, in_epoch = step + 1, in_epoch + 1
             log.step({"step": step, "epoch": epoch, **rec, "elapsed": round(time.perf_counter() - t_start, 4)})

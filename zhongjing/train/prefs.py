@@ -9,22 +9,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from zhongjing.annotate.rubric import IDK_TEMPLATES
 from zhongjing.data.schema import Ranking
 from zhongjing.io import sha256_json
 
 # Our default honest answer for all-wrong rankings: admit the limit, do not guess, send the patient to a doctor.
-IDK_ANSWER = ("抱歉，这个问题我没有把握给出准确的回答，不想用可能有误的信息误导您。"
-              "建议您尽快到正规医院的相关科室就诊，由医生当面了解情况、做必要的检查后再确定诊断和治疗方案。")
-
-
-def complete_all_wrong(r: Ranking, idk_answer: str = IDK_ANSWER) -> Ranking:
-    """All answers wrong → the replacement (or the default) becomes response K, ranked above every original one."""
-    if not r.all_wrong:
-        return r
-    k = len(r.responses)
-    below = r.ranking or [list(range(k))]  # unranked wrong answers tie below the honest one
-    return Ranking(r.id, r.messages, r.responses + [r.replacement or idk_answer], [[k]] + below, r.annotators,
-                   r.meta, all_wrong=False, replacement=None)
+IDK_ANSWER = IDK_TEMPLATES[0]
 
 
 @dataclass
@@ -51,7 +41,7 @@ def load_prefs(paths: list[str], fmt: str | None, *, val_paths: list[str] = (), 
         for r in read_rankings(src, fmt, skip_bad=skip_bad):
             if r.all_wrong:
                 counts["all_wrong"] += 1
-                r = complete_all_wrong(r, idk_answer)
+                r = r.completed(idk_answer)
             if not r.pairs():
                 counts["unranked" if not r.ranking else "all_tied"] += 1
                 continue

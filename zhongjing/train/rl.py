@@ -214,7 +214,7 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
     from zhongjing.train import checkpoint as ckpt
     from zhongjing.train.common import data_record, hashable_config, make_accelerator
     from zhongjing.train.logs import RunLogger
-    from zhongjing.train.loop import _train_step
+    from zhongjing.train.loop import train_step
     from zhongjing.train.mix import rng
     from zhongjing.train.optim import Guard, build_optimizer, build_scheduler
     from zhongjing.train.rewards import Rewards
@@ -330,7 +330,7 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
             log.info(f"{stage}: {stopped}; keeping the policy from update {step}")
             break
         gen = torch.Generator().manual_seed(derive_seed(tc.seed, step, 1))
-        steps = [_train_step(model, window, loss_fn, acc, optimizer, scheduler, guard, tc, log)
+        steps = [train_step(model, window, loss_fn, acc, optimizer, scheduler, guard, tc, log)
                  for _ in range(cfg.update_epochs)
                  for window in rollout_batches(rollout, tc.batch_size, tc.grad_accum, gen)]
         last_epoch = steps[-len(steps) // cfg.update_epochs:]

@@ -21,7 +21,7 @@ import torch
 
 from zhongjing.config import parse_stage_args
 from zhongjing.errors import ConfigError
-from zhongjing.model.lora import Finetune, LoraSettings
+from zhongjing.model.lora import Finetune, LoraSettings, apply_lora
 from zhongjing.train.common import TrainSettings
 from zhongjing.train.prefs import IDK_ANSWER
 
@@ -74,19 +74,6 @@ def rm_metrics(rec: dict) -> dict:
             "val_reward_mean": mean, "val_reward_std": math.sqrt(var)}
 
 
-def _apply_lora(model, s: LoraSettings):
-    """LoRA for a sequence classifier: peft's SEQ_CLS task trains and saves the `score` head with the adapter."""
-    from peft import LoraConfig, get_peft_model
-
-    targets = s.target_modules[0] if s.target_modules == ["all-linear"] else list(s.target_modules)
-    cfg = LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=targets, bias="none",
-                     modules_to_save=list(s.modules_to_save) or None, task_type="SEQ_CLS")
-    try:
-        return get_peft_model(model, cfg)
-    except ValueError as e:
-        raise ConfigError(f"lora.target_modules: {e}") from None
-
-
 def train_rm(cfg: RMConfig) -> Path:
     from zhongjing.model.load import load_tokenizer
     from zhongjing.model.value_head import REWARD_TASK, new_reward_model
@@ -102,7 +89,7 @@ def train_rm(cfg: RMConfig) -> Path:
     model.config.use_cache = False
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = _apply_lora(model, cfg.lora) if cfg.finetune == "lora" else model.requires_grad_(True)
+    model = apply_lora(model, cfg.lora, "SEQ_CLS") if cfg.finetune == "lora" else model.requires_grad_(True)
     for p in model.parameters():  # trained weights in fp32 even over an fp16 base (the fp16 scaler needs them so)
         if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16) and cfg.finetune == "lora":
             p.data = p.data.float()
