@@ -122,3 +122,22 @@ def test_token_logprobs_entropy_and_masked_helpers():
     w = L.masked_whiten(x, m)
     # masked entries 1, 3: mean 2, unbiased std √2 → ∓0.707107; the pad keeps its value
     assert close(w, [[-0.7071068, 0.7071068, 100.0]], tol=1e-4)
+
+
+def test_whitening_across_processes_uses_global_statistics():
+    """Two 'processes' holding halves of a rollout whiten exactly like one process holding all of it."""
+    x = torch.tensor([[1.0, 3.0, 0.0], [4.0, 8.0, 9.0]])
+    m = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    whole = L.masked_whiten(x, m)
+    halves = [(x[:1], m[:1]), (x[1:], m[1:])]
+
+    def fake_reduce(me):  # sums this process's tensor with what the other process contributes at the same call
+        calls = iter([
+            lambda: torch.stack([L.masked_sum(halves[1 - me][0], halves[1 - me][1].float()), halves[1 - me][1].sum().float()]),
+            lambda: L.masked_sum((halves[1 - me][0] - mean[0]) ** 2, halves[1 - me][1].float()),
+        ])
+        return lambda t: t + next(calls)()
+
+    mean = [L.masked_mean(x, m)]
+    parts = [L.masked_whiten(xs, ms, reduce_sum=fake_reduce(i)) for i, (xs, ms) in enumerate(halves)]
+    assert close(torch.cat(parts), whole, tol=1e-6)

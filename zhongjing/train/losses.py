@@ -25,12 +25,21 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
     return masked_sum(x, mask, dim) / mask.sum(dim).clamp(min=1)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the masked entries (unbiased variance, like OpenAI's baselines); pads stay as they were."""
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+                  reduce_sum=None) -> torch.Tensor:
+    """(x - mean) / std over the masked entries (unbiased variance, like OpenAI's baselines); pads stay as they were.
+
+    `reduce_sum(t)` sums a tensor over processes, so every process whitens with the global statistics
+    (per-process statistics would scale each process's gradient differently).
+    """
     mask = mask.to(x.dtype)
-    mean = masked_mean(x, mask)
-    n = mask.sum()
-    var = masked_sum((x - mean) ** 2, mask) / (n - 1).clamp(min=1)
+    total = torch.stack([masked_sum(x, mask), mask.sum()])
+    total = reduce_sum(total) if reduce_sum else total
+    n = total[1]
+    mean = total[0] / n.clamp(min=1)
+    sq = masked_sum((x - mean) ** 2, mask)
+    sq = reduce_sum(sq) if reduce_sum else sq
+    var = sq / (n - 1).clamp(min=1)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

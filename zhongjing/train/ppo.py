@@ -90,7 +90,7 @@ class PPO(Algorithm):
         rewards = shape_rewards(scores, scored["kl"], act, self.kl_coef)  # (B, R)
         adv, ret = gae(rewards, scored["values"], act, self.s.gamma, self.s.lam)
         if self.s.whiten_advantages:
-            adv = masked_whiten(adv, act)
+            adv = masked_whiten(adv, act, reduce_sum=self.reduce_sum)
         keys = ("sequences", "prompt_lens", "action_mask", "logprobs", "ref_logprobs", "kl", "values", "response_len",
                 "finished")
         return Rollout(**{k: scored[k] for k in keys}, scores=scores, rewards=rewards, advantages=adv * act,

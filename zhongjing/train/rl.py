@@ -165,6 +165,7 @@ class Algorithm:
     name = "rl"
     samples_per_prompt = 1
     critic = False
+    reduce_sum = None  # set by the loop: sums a tensor over processes (statistics of the whole rollout)
 
     def make_rollout(self, sampled, scored: dict, scores: torch.Tensor):  # → Rollout
         raise NotImplementedError
@@ -313,6 +314,7 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
     if step == 0 and not history:
         evaluate(0)  # the starting policy, for comparison
     loss_fn = algo.loss
+    algo.reduce_sum = (lambda t: acc.reduce(t, "sum")) if world > 1 else None
     while step < total and not stopped:
         t0 = time.perf_counter()
         order = rng(tc.seed, "prompts", epoch).permutation(len(train_p)).tolist()
