@@ -220,6 +220,17 @@ def test_cli_rejects_unknown_stage_and_conflicting_flags():
     assert main(["pipeline", "--config", str(REPO / "configs" / "demo.yaml"), "--from", "sft", "--only", "rm"]) == 2
 
 
+def test_a_stage_outside_the_chain_cannot_be_selected(tmp_path):
+    from zhongjing.errors import ConfigError
+    from zhongjing.pipeline import load_pipeline_config, plan
+    from zhongjing.pipeline_state import State
+
+    cfg = load_pipeline_config(str(REPO / "configs" / "demo.yaml"), [f"work_dir={tmp_path}", f"base_model={tmp_path}"])
+    with pytest.raises(ConfigError, match="'init' is not part of this chain"):
+        plan(cfg, State(tmp_path), only=["init"])
+    assert [p.action for p in plan(cfg, State(tmp_path))] == ["off"] + ["run"] * 8
+
+
 @pytest.mark.parametrize("stage, table4", [("pt", (5e-5, 32, 4, 16, 4)), ("sft", (7e-5, 16, 3, 16, 4)),
                                            ("rm", (1e-4, 16, 10, 32, 4)), ("ppo", (5e-5, 16, 2, 8, 4))])
 def test_paper_pipeline_follows_table_4_and_the_stage_configs(tmp_path, stage, table4):

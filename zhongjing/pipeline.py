@@ -17,7 +17,6 @@ eval from their caches).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import shlex
 import subprocess
@@ -27,11 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zhongjing.config import describe, from_dict, load_config, to_dict
+import yaml
+
+from zhongjing.config import describe, load_config, to_dict
 from zhongjing.errors import ConfigError, ZhongjingError
+from zhongjing.io import atomic_open
 from zhongjing.pipeline_state import State, code_hash, fingerprint, inputs_of, lock
-from zhongjing.pipeline_wiring import (CLASSES, COMMANDS, LAUNCHED, RankSettings, Wiring, check_stages,
-                                       stage_config)
+from zhongjing.pipeline_wiring import COMMANDS, LAUNCHED, RankSettings, Wiring, check_stages, run_rank, stage_config
 
 STAGES = ("init", "build", "pt", "sft", "generate", "rank", "rm", "ppo", "eval")
 SIMULATED_NOTE = ("The rankings the reward model learned from were made by a SIMULATED annotator (rubric heuristics "
@@ -119,11 +120,14 @@ def plan(cfg: PipelineConfig, state: State, *, start: str | None = None, only: l
     """What each stage will do and why; keys chain through the upstream outputs' fingerprints."""
     w, configs = build_configs(cfg)
     active = cfg.active()
+    for s in [start] if start else only or []:
+        if s not in active:
+            raise ConfigError(f"stage {s!r} is not part of this chain (stages: {', '.join(active)})")
     forced = set(only or []) | ({s for s in active if STAGES.index(s) >= STAGES.index(start)} if start else set())
     plans, fps = [], {}  # fps: the fingerprint each upstream output will have when the stage runs
     for s in STAGES:
         if s not in active:
-            plans.append(Plan(s, "off", "not in this config" if s in STAGES else ""))
+            plans.append(Plan(s, "off", "base_model is given" if s == "init" and s in cfg.stages else "not in stages"))
             continue
         key = stage_key(state, w, s, configs[s], fps)
         rec = state.get(s)
@@ -164,8 +168,9 @@ def _child_env(threads: int = 0) -> dict:
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["PYTHONUNBUFFERED"] = "1"
-    root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    root = Path(__file__).resolve().parents[1]
+    if (root / "pyproject.toml").exists():  # a source checkout: the stages import this same code
+        env["PYTHONPATH"] = str(root) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
 
@@ -220,15 +225,9 @@ def run_stage(p: Plan, cfg: PipelineConfig, w: Wiring) -> None:
     if s == "ppo":
         w.write_prompts("ppo")
     if s == "rank":
-        from zhongjing.pipeline_wiring import run_rank
-
         run_rank(cfg, w, scfg)
         return
-    import yaml
-
-    cfg_file = w.work / "configs" / f"{s}.yaml"
-    from zhongjing.io import atomic_open
-
+    cfg_file = w.work / "configs" / f"{s}.yaml"  # what the stage ran with, for the user too
     with atomic_open(cfg_file) as f:
         yaml.safe_dump(to_dict(scfg), f, allow_unicode=True, sort_keys=False)
     python = cfg.python or sys.executable

@@ -12,7 +12,6 @@ import importlib
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from zhongjing.config import from_dict
 from zhongjing.errors import ConfigError, ZhongjingError
