@@ -64,7 +64,8 @@ def safety_items() -> list[dict]:
         if not item.get("prompt") or not item.get("answer"):
             raise DataError(f"{where}: needs 'prompt' and 'answer'")
         out.append(_dialogue(f"demo-safety-{i:03d}", [(item["prompt"], item["answer"])],
-                             {"department": item["department"], "scenario": SYSTEM_SCENARIO["safety"], "category": item["category"]}))
+                             {"department": item["department"], "scenario": SYSTEM_SCENARIO["safety"], "category": item["category"],
+                              "safety": True}))
     return out
 
 
