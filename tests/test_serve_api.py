@@ -137,6 +137,11 @@ def _post(server, body, raw=False):
     ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "temprature": 0}, 400, "unknown_parameter"),
     ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, 400,
      "unsupported_parameter"),
+    ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": 101}}, 400, "invalid_value"),
+    ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"x": 1}}, 400, "invalid_value"),
+    ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"9999999": 1}}, 400,
+     "invalid_value"),
+    ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "logit_bias": [1]}, 400, "invalid_type"),
     ([1, 2], 400, "invalid_json"),
 ])
 def test_bad_requests_get_openai_style_errors(server, body, status, code):
@@ -144,6 +149,21 @@ def test_bad_requests_get_openai_style_errors(server, body, status, code):
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert err["code"] == code and err["message"] and err["type"]
+
+
+def test_logit_bias_bans_and_forces_tokens(client, local, chat_model_dir):
+    from zhongjing.model.load import load_tokenizer
+
+    tok = load_tokenizer(chat_model_dir)
+    msgs = messages(DIALOGUES[0][:1])
+    greedy = local(msgs, max_new_tokens=12, temperature=0)[0]
+    banned = client.chat.completions.create(model=NAME, messages=msgs, temperature=0, max_tokens=12,
+                                            logit_bias={str(greedy.token_ids[0]): -100}).choices[0].message.content
+    assert banned != greedy.text and not banned.startswith(tok.decode(greedy.token_ids[:1]))
+    one_char = next(i for i in range(len(tok)) if len(tok.decode([i])) == 1 and "\u4e00" <= tok.decode([i]) <= "\u9fff")
+    forced = client.chat.completions.create(model=NAME, messages=msgs, temperature=0, max_tokens=4,
+                                            logit_bias={str(one_char): 100}).choices[0].message.content
+    assert forced == tok.decode([one_char]) * 4
 
 
 def test_client_library_raises_its_usual_errors(client):
@@ -174,20 +194,27 @@ def test_concurrent_clients_get_independent_answers(server, client, local):
     assert server.health()["max_rows"] >= 2  # requests really shared decoding steps
 
 
-def test_stream_disconnect_frees_the_batch(server):
+def test_stream_disconnect_frees_the_batch(server, chat_model_dir):
+    from zhongjing.model.load import load_tokenizer
+
+    tok = load_tokenizer(chat_model_dir)
     before = server.health()
-    body = {"model": NAME, "messages": [{"role": "user", "content": "hi"}], "stream": True, "temperature": 2.0,
-            "max_tokens": 230, "n": 16, "seed": 1}  # long enough that it cannot end before the client leaves
+    ban = {str(i): -100 for i in (tok.eos_token_id, tok.pad_token_id)}  # no row can end by itself
+    body = {"model": NAME, "messages": [{"role": "user", "content": "hi"}], "stream": True, "temperature": 1.0,
+            "max_tokens": 230, "n": 16, "seed": 1, "logit_bias": ban}
     with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=30) as r:
         lines = r.iter_lines()
         assert next(lines).startswith("data: ")
     deadline = time.time() + 30
-    while server.health()["running_rows"] and time.time() < deadline:
+    while time.time() < deadline:  # the engine may not have picked the request up yet: wait for it to end
+        after = server.health()
+        ended = after["cancelled"] > before["cancelled"] or after["completed"] > before["completed"]
+        if ended and not after["running_rows"]:
+            break
         time.sleep(0.05)
-    after = server.health()
     assert after["running_rows"] == 0
     # it stopped because the client left, not because it ran to the end
-    assert after["cancelled"] == before["cancelled"] + 1 and after["completed"] == before["completed"]
+    assert after["cancelled"] == before["cancelled"] + 1 and after["completed"] == before["completed"], (before, after)
 
 
 def test_full_queue_is_refused_and_api_key_checked(chat_model_dir):

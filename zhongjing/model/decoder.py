@@ -40,10 +40,12 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # CTRL/HF style, over prompt + answer: >1 discourages any seen token
     frequency_penalty: float = 0.0  # OpenAI style, over the answer: minus this × times the token was generated
     presence_penalty: float = 0.0  # OpenAI style, over the answer: minus this once a token was generated
+    logit_bias: dict[int, float] | None = None  # OpenAI style: token id → value added to its logit (-100 bans it)
 
     @property
     def penalized(self) -> bool:
-        return self.repetition_penalty != 1.0 or bool(self.frequency_penalty) or bool(self.presence_penalty)
+        return (self.repetition_penalty != 1.0 or bool(self.frequency_penalty) or bool(self.presence_penalty)
+                or bool(self.logit_bias))
 
     def __post_init__(self):
         self.stop_strings = tuple(s for s in (self.stop_strings or ()) if s)
@@ -324,8 +326,11 @@ class Decoder:
 
 
 def _penalize(logits: torch.Tensor, s: Row) -> None:
-    """Repetition / frequency / presence penalties on one row's logits [V], in place."""
+    """Logit bias and repetition / frequency / presence penalties on one row's logits [V], in place."""
     p = s.params
+    if p.logit_bias:
+        ids = torch.tensor([i for i in p.logit_bias if 0 <= i < logits.shape[-1]], device=logits.device, dtype=torch.long)
+        logits[ids] += torch.tensor([p.logit_bias[i] for i in ids.tolist()], device=logits.device, dtype=logits.dtype)
     if p.repetition_penalty != 1.0:
         seen = torch.tensor(s.prompt_ids + s.out_ids, device=logits.device).unique()
         x = logits[seen]

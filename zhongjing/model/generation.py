@@ -73,14 +73,14 @@ def sample(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, t
            stop_strings: Sequence[str] | None = None, seed: int | None = None, return_logprobs: bool = False,
            batch_size: int = 16, on_text: Callable[[int, int, str], None] | None = None,
            repetition_penalty: float = 1.0, frequency_penalty: float = 0.0,
-           presence_penalty: float = 0.0) -> list[Generation]:
+           presence_penalty: float = 0.0, logit_bias: dict[int, float] | None = None) -> list[Generation]:
     """`num_samples` answers per prompt (token-id lists, chat template already applied), ordered by
     (prompt_index, sample_index). At most `batch_size` rows decode together; finished rows are replaced by
     waiting ones at once. `on_text(prompt_index, sample_index, delta)` streams text."""
     if num_samples < 1 or batch_size < 1:
         raise ZhongjingError("num_samples and batch_size must be at least 1")
     params = SamplingParams(max_new_tokens, temperature, top_p, top_k, tuple(stop_strings or ()), seed, return_logprobs,
-                            repetition_penalty, frequency_penalty, presence_penalty)
+                            repetition_penalty, frequency_penalty, presence_penalty, logit_bias)
     cb = (lambda s, d: on_text(s.prompt_index, s.sample_index, d)) if on_text else None
     waiting = make_sequences(model, [list(p) for p in prompts], params, num_samples=num_samples, on_text=cb)
     waiting.sort(key=lambda s: -len(s.prompt_ids))  # similar lengths prefill together: less padding

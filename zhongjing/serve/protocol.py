@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 ROLE_ALIASES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 # accepted and ignored: they carry no meaning for generation, or only their neutral value is supported
 IGNORED = {"user", "store", "metadata", "service_tier", "parallel_tool_calls", "stream_options"}
-NEUTRAL = {"logit_bias": None, "tools": None, "tool_choice": None,
+NEUTRAL = {"tools": None, "tool_choice": None,
            "functions": None, "function_call": None, "response_format": None, "top_logprobs": 0}
 KNOWN = {"model", "messages", "stream", "n", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
-         "seed", "stop", "logprobs", "frequency_penalty", "presence_penalty", "repetition_penalty"}
+         "seed", "stop", "logprobs", "frequency_penalty", "presence_penalty", "repetition_penalty", "logit_bias"}
 KNOWN |= IGNORED | set(NEUTRAL)
 
 
@@ -49,6 +49,7 @@ class ChatRequest:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     repetition_penalty: float = 1.0  # extension (as in vLLM)
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id → bias in [-100, 100]
 
 
 def _number(body: dict, key: str, lo: float, hi: float, integer: bool = False, lo_open: bool = False):
@@ -163,6 +164,15 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
             raise ApiError(400, "'stop' must be a non-empty string or an array of up to 4 of them", "stop",
                            "invalid_value")
         req.stop = stop
+    bias = body.get("logit_bias")
+    if bias is not None:
+        if not isinstance(bias, dict) or len(bias) > 300:
+            raise ApiError(400, "'logit_bias' must be an object of at most 300 token ids", "logit_bias", "invalid_type")
+        for k, v in bias.items():
+            if not str(k).isdigit() or isinstance(v, bool) or not isinstance(v, (int, float)) or not -100 <= v <= 100:
+                raise ApiError(400, f"'logit_bias' maps token ids to numbers in [-100, 100], got {k!r}: {v!r}",
+                               "logit_bias", "invalid_value")
+            req.logit_bias[int(k)] = float(v)
     if body.get("logprobs") is not None:
         if not isinstance(body["logprobs"], bool):
             raise ApiError(400, "'logprobs' must be a boolean", "logprobs", "invalid_type")

@@ -131,9 +131,13 @@ def create_app(state: ServeState):
         if req.model != state.model_id:
             raise ApiError(404, f"The model '{req.model}' does not exist (this server has '{state.model_id}')",
                            "model", "model_not_found")
+        too_big = [i for i in req.logit_bias if i >= len(state.tokenizer)]
+        if too_big:
+            raise ApiError(400, f"'logit_bias' names token id {too_big[0]}, beyond the vocabulary ({len(state.tokenizer)})",
+                           "logit_bias", "invalid_value")
         prompt, max_new = await run_in_threadpool(state.prompt_for, req)
         params = SamplingParams(max_new, req.temperature, req.top_p, req.top_k, tuple(req.stop), req.seed, req.logprobs,
-                                req.repetition_penalty, req.frequency_penalty, req.presence_penalty)
+                                req.repetition_penalty, req.frequency_penalty, req.presence_penalty, req.logit_bias)
         events = EventPipe(asyncio.get_running_loop())
         try:
             handle = state.engine.submit(prompt, params, events.put, n=req.n)
