@@ -10,8 +10,21 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SHARED_DATA = Path(os.environ.get("ZHONGJING_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 REPO = Path(__file__).resolve().parents[1]
+# The project's real data: ../shared/data next to the checkout (also where this workplace keeps it for a clone
+# made elsewhere), or wherever ZHONGJING_SHARED_DATA points.
+_CANDIDATES = ([Path(os.environ["ZHONGJING_SHARED_DATA"])] if os.environ.get("ZHONGJING_SHARED_DATA")
+               else [REPO.parent / "shared" / "data", Path("/work/shared/data")])
+SHARED_DATA = next((p for p in _CANDIDATES if p.is_dir()), _CANDIDATES[0])
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say it loudly when tests on real data could not run, instead of a row of quiet 's'."""
+    if not SHARED_DATA.is_dir():
+        skipped = len(terminalreporter.stats.get("skipped", []))
+        terminalreporter.write_line(
+            f"WARNING: shared data not found at {SHARED_DATA}: {skipped} tests on real data were skipped "
+            "(set ZHONGJING_SHARED_DATA)", red=True, bold=True)
 
 # Small enough that a training step takes milliseconds on 2 CPU cores, big enough to learn the demo data.
 TINY = dict(vocab_size=2000, hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=176,
