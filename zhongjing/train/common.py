@@ -136,3 +136,9 @@ def data_record(path: str | Path, **extra) -> dict:
     else:
         digest = sha256_file(p)
     return {"path": str(p.resolve()), "sha256": digest, **extra}
+
+
+def print_once(line: str) -> None:
+    """A stage's result line, printed by the main process only (not once per launched process)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 from zhongjing.config import parse_stage_args
 from zhongjing.errors import ConfigError
 from zhongjing.model.lora import LoraSettings
-from zhongjing.train.common import TrainSettings
+from zhongjing.train.common import TrainSettings, print_once
 from zhongjing.train.prefs import IDK_ANSWER
 
 
@@ -111,7 +110,6 @@ def main(argv: list[str]) -> int:
 
     m = read_meta(out).get("metrics", {})
     acc = m.get("val_accuracy")
-    if os.environ.get("RANK", "0") == "0":  # one line, not one per process
-        print(f"dpo policy → {out}" + (f" (val preference accuracy {acc:.3f})"
-                                        if acc is not None and not math.isnan(acc) else ""))
+    print_once(f"dpo policy → {out}" + (f" (val preference accuracy {acc:.3f})"
+                                    if acc is not None and not math.isnan(acc) else ""))
     return 0

@@ -11,13 +11,13 @@ first would make each token of a short answer weigh more, a pull towards length 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import torch
 
 from zhongjing.config import parse_stage_args
 from zhongjing.errors import ConfigError
+from zhongjing.train.common import print_once
 from zhongjing.train.rl import Algorithm, RLConfig, run_rl
 
 
@@ -82,6 +82,5 @@ def train_grpo(cfg: GRPOConfig):
 def main(argv: list[str]) -> int:
     cfg = parse_stage_args("zhongjing train grpo", GRPOConfig, argv, __doc__.split("\n\n")[0])
     out = train_grpo(cfg)
-    if os.environ.get("RANK", "0") == "0":  # one line, not one per process
-        print(f"grpo policy → {out}")
+    print_once(f"grpo policy → {out}")
     return 0

@@ -15,13 +15,13 @@ critic, reward). The head starts at zero, so the first advantages are the reward
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import torch
 
 from zhongjing.config import parse_stage_args
 from zhongjing.errors import ConfigError
+from zhongjing.train.common import print_once
 from zhongjing.train.rl import Algorithm, RLConfig, run_rl
 
 
@@ -150,6 +150,5 @@ def train_ppo(cfg: PPOConfig):
 def main(argv: list[str]) -> int:
     cfg = parse_stage_args("zhongjing train ppo", PPOConfig, argv, __doc__.split("\n\n")[0])
     out = train_ppo(cfg)
-    if os.environ.get("RANK", "0") == "0":  # one line, not one per process
-        print(f"ppo policy → {out}")
+    print_once(f"ppo policy → {out}")
     return 0

@@ -12,7 +12,6 @@ and its reward mean/std on the validation answers go to meta.json for PPO's rewa
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -22,7 +21,7 @@ import torch
 from zhongjing.config import parse_stage_args
 from zhongjing.errors import ConfigError
 from zhongjing.model.lora import Finetune, LoraSettings, apply_lora
-from zhongjing.train.common import TrainSettings
+from zhongjing.train.common import TrainSettings, print_once
 from zhongjing.train.prefs import IDK_ANSWER
 
 
@@ -113,8 +112,7 @@ def main(argv: list[str]) -> int:
 
     m = read_meta(out).get("metrics", {})
     acc = m.get("val_accuracy")
-    if os.environ.get("RANK", "0") == "0":  # one line, not one per process
-        print(f"reward model → {out}" + (f" (val pairwise accuracy {acc:.3f}, margin {m.get('val_margin'):.3f})"
-                                          if acc is not None else ""))
+    print_once(f"reward model → {out}" + (f" (val pairwise accuracy {acc:.3f}, margin {m.get('val_margin'):.3f})"
+                                      if acc is not None else ""))
     return 0
 
