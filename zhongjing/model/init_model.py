@@ -42,11 +42,21 @@ class InitModelConfig:
 
 
 def corpus_texts(paths: list[str]) -> Iterable[str]:
+    """Texts the way `data convert` reads these paths: a folder's README/SOURCE.md and side files are not
+    corpus, and a LaTeX book's chapters come once, through the book's main .tex."""
     from zhongjing.data.readers import read_documents
 
-    for p in paths:
-        for doc in read_documents(p):
-            yield doc.text
+    for doc in read_documents(list(paths)):
+        yield doc.text
+
+
+def corpus_files(paths: list[str]) -> list[Path]:
+    """Every file the corpus is read from (chapters included by a main .tex too), for meta.json's hashes."""
+    from zhongjing.data.readers import list_files
+    from zhongjing.data.readers.text import included_tex
+
+    data = list_files(list(paths))
+    return sorted(set(data) | {p for p in included_tex(data) if p.is_file()})
 
 
 def default_corpus() -> list[str]:
@@ -110,11 +120,11 @@ def init_model(cfg: InitModelConfig) -> Path:
 
     setup_torch(seed=cfg.seed)
     corpus = cfg.corpus or default_corpus()
-    files = sorted({f for p in corpus for f in ([Path(p)] if Path(p).is_file() else Path(p).rglob("*")) if f.is_file()})
+    files = corpus_files(corpus)
     if not files:
         raise ZhongjingError(f"no corpus files found in {corpus}")
     t0 = time.time()
-    tokenizer = train_tokenizer(corpus_texts([str(f) for f in files]), cfg.vocab_size, cfg.min_frequency)
+    tokenizer = train_tokenizer(corpus_texts([str(c) for c in corpus]), cfg.vocab_size, cfg.min_frequency)
     model = build_model(cfg, tokenizer)
     out = Path(cfg.output)
     with atomic_path(out) as tmp:
