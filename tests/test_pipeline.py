@@ -231,6 +231,56 @@ def test_a_stage_outside_the_chain_cannot_be_selected(tmp_path):
     assert [p.action for p in plan(cfg, State(tmp_path))] == ["off"] + ["run"] * 8
 
 
+def _fake_stage(stopped_at: str | None):
+    """Stand-in for the stage processes: writes a minimal finished output (training stages with a checkpoint,
+    generate with a partial file), or is "killed" (KeyboardInterrupt) on `stopped_at` before doing anything."""
+    def run_stage(p, cfg, w):
+        if p.stage == stopped_at:
+            raise KeyboardInterrupt
+        out = w.output(p.stage)
+        if p.stage in ("init", "pt", "sft", "rm", "ppo"):
+            (out / "checkpoints" / "step-000003").mkdir(parents=True, exist_ok=True)
+            (out / "checkpoints" / "step-000003" / "state.json").write_text(f'{{"key": "{p.key}"}}')
+            (out / "config.json").write_text("{}")
+            (out / "meta.json").write_text(json.dumps({"key": p.key}))
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"key": p.key}) + "\n")
+            if p.stage == "generate":
+                out.with_name(out.name + ".partial").write_text(json.dumps({"key": p.key}) + "\n")
+    return run_stage
+
+
+@pytest.mark.parametrize("override, stage", [("rm.train.lr=5e-4", "rm"), ("generate.temperature=0.5", "generate")])
+def test_a_changed_stage_killed_before_it_starts_never_resumes_the_old_run(tmp_path, monkeypatch, override, stage):
+    """Killed between "running" and the stage process clearing its folder, the rerun must not continue the
+    earlier run's checkpoints / partial answers (another config) and record them under the new key."""
+    import zhongjing.pipeline as pl
+    import zhongjing.pipeline_report as report
+    from zhongjing.pipeline_state import State
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(report, "stage_summary", lambda *a, **k: {})
+    monkeypatch.setattr(report, "write_summary", lambda *a, **k: {"text": ""})
+    work = tmp_path / "work"
+    base = [f"work_dir={work}"]
+    monkeypatch.setattr(pl, "run_stage", _fake_stage(None))
+    pl.run_pipeline(pl.load_pipeline_config(str(REPO / "configs" / "demo.yaml"), base), out=lambda *a: None)
+    out = work / stage if stage == "rm" else work / "generate" / "answers.jsonl"
+    old = out / "checkpoints" if stage == "rm" else out.with_name(out.name + ".partial")
+    assert old.exists()
+
+    monkeypatch.setattr(pl, "run_stage", _fake_stage(stage))
+    cfg = pl.load_pipeline_config(str(REPO / "configs" / "demo.yaml"), [*base, override])
+    with pytest.raises(KeyboardInterrupt):
+        pl.run_pipeline(cfg, out=lambda *a: None)
+    assert state(work)[stage]["status"] == "running"
+    assert {p.stage: p.action for p in pl.plan(cfg, State(work))}[stage] == "resume"
+    assert not old.exists(), "the earlier run's resume point survived: the rerun would continue it"
+    if stage == "generate":
+        assert not out.exists()
+
+
 @pytest.mark.parametrize("stage, table4", [("pt", (5e-5, 32, 4, 16, 4)), ("sft", (7e-5, 16, 3, 16, 4)),
                                            ("rm", (1e-4, 16, 10, 32, 4)), ("ppo", (5e-5, 16, 2, 8, 4))])
 def test_paper_pipeline_follows_table_4_and_the_stage_configs(tmp_path, stage, table4):

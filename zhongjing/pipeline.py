@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -213,6 +214,21 @@ def run_child(cmd: list[str], log_path: Path, threads: int = 0) -> None:
         raise ZhongjingError(f"stage command failed (exit {rc}): {shlex.join(cmd)} — see {log_path}")
 
 
+def drop_resume_points(stage: str, w: Wiring) -> None:
+    """Before a fresh run is recorded as running, remove what an earlier run left to resume from.
+
+    The stage process would clear it too, but only after loading its model: a pipeline killed before that
+    would, on rerun, "resume" the earlier run's checkpoints (or partial answers) made with another config
+    and record that result under the new key.
+    """
+    out = w.output(stage)
+    if stage in LAUNCHED:  # the training stages; "checkpoints" is zhongjing.train.checkpoint.CKPT (no torch here)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    elif stage == "generate":
+        for p in (out, out.with_name(out.name + ".partial"), out.with_name(out.name + ".partial.json")):
+            p.unlink(missing_ok=True)
+
+
 def run_stage(p: Plan, cfg: PipelineConfig, w: Wiring) -> None:
     s, scfg = p.stage, p.config
     resume = p.action == "resume"
@@ -262,6 +278,8 @@ def run_pipeline(cfg: PipelineConfig, *, start: str | None = None, only: list[st
             # the key of a later stage depends on what this one writes: recompute with real fingerprints
             p.key = stage_key(state, w, p.stage, p.config, fps)
             out(f"\n=== {p.stage} ({p.action}) ===")
+            if p.action == "run":
+                drop_resume_points(p.stage, w)
             state.start(p.stage, p.key)
             t0, c0 = time.time(), child_cpu_seconds()
             run_stage(p, cfg, w)
