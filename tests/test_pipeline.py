@@ -231,6 +231,19 @@ def test_a_stage_outside_the_chain_cannot_be_selected(tmp_path):
     assert [p.action for p in plan(cfg, State(tmp_path))] == ["off"] + ["run"] * 8
 
 
+def test_plan_names_a_missing_base_model(tmp_path):
+    """`--plan` is the check before a multi-day run: a base_model typo must not surface only when pt starts."""
+    from zhongjing.errors import ConfigError
+    from zhongjing.pipeline import load_pipeline_config, plan
+    from zhongjing.pipeline_state import State
+
+    cfg = load_pipeline_config(str(REPO / "configs" / "paper" / "pipeline.yaml"),
+                               [f"work_dir={tmp_path}", f"base_model={tmp_path}/no-such-model"])
+    with pytest.raises(ConfigError, match="base_model: .*no-such-model: no such folder") as e:
+        plan(cfg, State(tmp_path))
+    assert "\n" not in str(e.value)
+
+
 def _fake_stage(stopped_at: str | None):
     """Stand-in for the stage processes: writes a minimal finished output (training stages with a checkpoint,
     generate with a partial file), or is "killed" (KeyboardInterrupt) on `stopped_at` before doing anything."""

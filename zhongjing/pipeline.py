@@ -121,6 +121,9 @@ def plan(cfg: PipelineConfig, state: State, *, start: str | None = None, only: l
     """What each stage will do and why; keys chain through the upstream outputs' fingerprints."""
     w, configs = build_configs(cfg)
     active = cfg.active()
+    if cfg.base_model and not Path(cfg.base_model).exists():  # else the first stage that loads it fails, hours in
+        raise ConfigError(f"base_model: {cfg.base_model}: no such folder (a local Hugging Face model folder; "
+                          "nothing is downloaded)")
     for s in [start] if start else only or []:
         if s not in active:
             raise ConfigError(f"stage {s!r} is not part of this chain (stages: {', '.join(active)})")
