@@ -146,3 +146,18 @@ def test_split_mix_determinism_and_cmtmedqa(tmp_path):
                    "history": [["问题0", "追问0？"]]}
     exported = json.loads((tmp_path / "a" / "train.cmtmedqa.json").read_text())
     assert len(exported) == counts["train"] and set(exported[0]) == set(rec)
+
+
+def test_progress_goes_to_a_log_file_as_plain_count_lines(tmp_path, capsys):
+    # stderr is captured (not a terminal), as under nohup: a long rewrite must still show it is alive,
+    # with counts only — never a dialogue's text
+    from zhongjing.build.steps import StepContext
+
+    ctx = StepContext(tmp_path / "o.jsonl", tmp_path, progress=True, log_every=0.0)
+    items = [f"患者张三{i}" for i in range(3)]
+    assert list(ctx.bar(iter(items), total=3, desc="rewrite")) == items
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("build rewrite: 3/3 (100%)") and len(lines) == 3
+    assert "\r" not in "".join(lines) and not any("张三" in ln for ln in lines)
+    quiet = StepContext(tmp_path / "o.jsonl", tmp_path, progress=False, log_every=0.0)
+    assert list(quiet.bar(items, desc="deid")) == items and capsys.readouterr().err == ""

@@ -7,6 +7,7 @@ Both the chain (`zhongjing build --config`) and the single-step subcommands
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -26,13 +27,32 @@ class StepContext:
     work_dir: Path
     progress: bool = True
     extra: dict[str, Path] = field(default_factory=dict)  # review file, plot, rewrite cache
+    log_every: float = 30.0  # seconds between progress lines when stderr is not a terminal
 
     def bar(self, it, **kw):
         if not self.progress:
             return it
+        if not sys.stderr.isatty():  # a log file (nohup, a scheduler): a plain line now and then, no \r bars
+            return _progress_lines(it, kw.get("total"), kw.get("desc", ""), self.log_every)
         from tqdm import tqdm
 
-        return tqdm(it, disable=None, leave=False, file=sys.stderr, **kw)  # disable=None: only on a terminal
+        return tqdm(it, leave=False, file=sys.stderr, **kw)
+
+
+def _progress_lines(it, total: int | None, desc: str, every: float):
+    """Yield from `it`, printing 'build <desc>: done/total (p%), rate, time left' every `every` seconds —
+    counts only, never text, so a log of a long rewrite shows it is alive without holding patient text."""
+    total = total if total is not None else (len(it) if hasattr(it, "__len__") else None)
+    t0 = last = time.monotonic()
+    for n, x in enumerate(it, 1):
+        yield x
+        now = time.monotonic()
+        if now - last >= every:
+            last = now
+            rate = n / max(now - t0, 1e-9)
+            of = f"/{total} ({100 * n / total:.0f}%)" if total else ""
+            left = f", ~{(total - n) / rate / 60:.1f} min left" if total and rate > 0 else ""
+            print(f"build {desc}: {n}{of}, {rate:.1f}/s{left}", file=sys.stderr, flush=True)
 
 
 def load_dialogues(path: str | Path) -> list[Dialogue]:
