@@ -72,3 +72,29 @@ def test_bad_model_folder_is_one_line_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "zhongjing", "chat", "--model", str(tmp_path / "nope")],
                           input="", capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "model folder not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_save_to_a_bad_path_keeps_the_chat_going(mt, tmp_path, monkeypatch, capsys):
+    import io
+
+    from zhongjing.serve.chat import run
+
+    model, tok = mt
+    s = ChatSession(model, tok, 256, system=None, max_new_tokens=8, temperature=0, top_p=1.0, seed=None, name="t")
+    (tmp_path / "broken.jsonl").write_text("not json\n", encoding="utf-8")
+    good = tmp_path / "good.jsonl"
+    script = f"{DIALOGUES[0][0][1]}\n/save {tmp_path}\n/save {tmp_path / 'broken.jsonl'}\n/save {good}\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(script))
+    run(s, interactive=False)
+    err = capsys.readouterr().err
+    assert err.count("(not saved: ") == 2 and "broken.jsonl" in err
+    assert [d["id"] for _, d in iter_jsonl(good)] == [s.id]
+
+
+@pytest.mark.parametrize("flag, value, message", [("--temperature", "-1", "--temperature must be >= 0"),
+                                                  ("--top-p", "0", "--top-p must be in (0, 1]")])
+def test_bad_sampling_flags_are_refused_before_loading(tmp_path, flag, value, message):
+    # a folder that does not exist: the flag must be refused first, without loading anything
+    proc = subprocess.run([sys.executable, "-m", "zhongjing", "chat", "--model", str(tmp_path / "nope"), flag, value],
+                          input="", capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr

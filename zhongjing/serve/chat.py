@@ -3,7 +3,7 @@
 The prompt is rendered with the model's chat template exactly as training renders it; when the conversation no
 longer fits the context (minus room for the answer), the oldest exchanges are left out of the prompt, as in
 training. Commands: /reset (new conversation), /save FILE (append it to a Dialogue JSONL file), /exit.
-Works with a pipe on stdin: then only the answers are printed, one per line.
+Works with a pipe on stdin: then only the answers are printed, each ended by a newline.
 """
 
 from __future__ import annotations
@@ -113,8 +113,12 @@ def run(session: ChatSession, interactive: bool) -> None:
                 elif not session.history:
                     print("(nothing to save yet)", file=sys.stderr)
                 else:
-                    n = save_dialogue(arg.strip(), session.dialogue())
-                    print(f"(saved to {arg.strip()}, {n} dialogues in the file)", file=sys.stderr)
+                    try:  # a bad path must not end the chat and lose the conversation
+                        n = save_dialogue(arg.strip(), session.dialogue())
+                    except (ZhongjingError, OSError) as e:
+                        print(f"(not saved: {e})", file=sys.stderr)
+                    else:
+                        print(f"(saved to {arg.strip()}, {n} dialogues in the file)", file=sys.stderr)
             else:
                 print(HELP, file=sys.stderr)
             continue
@@ -146,6 +150,10 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.max_new_tokens < 1:
         raise ZhongjingError("--max-new-tokens must be at least 1")
+    if args.temperature < 0:  # checked before the model loads, not once per message
+        raise ZhongjingError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise ZhongjingError(f"--top-p must be in (0, 1], got {args.top_p}")
     for stream_ in (sys.stdin, sys.stdout):
         if hasattr(stream_, "reconfigure") and not stream_.isatty():
             stream_.reconfigure(encoding="utf-8", errors="replace")
