@@ -95,3 +95,27 @@ def test_custom_patterns_and_bad_config():
         Deidentifier(DeidConfig(types=["phone", "shoe_size"]))
     only_phone = Deidentifier(DeidConfig(types=["phone"]))
     assert only_phone.redact("我叫张伟，电话13912345678")[0] == "我叫张伟，电话[电话]"
+
+
+def test_import_rejects_and_errors_never_echo_record_values(tmp_path):
+    # a malformed record can carry identifiers in a field a reader quotes in its reason (here: the role);
+    # import runs before deid, so neither the reject file nor the stop message may repeat them
+    from zhongjing.build.chain import BuildConfig, InputConfig, import_dialogues
+    from zhongjing.errors import DataError
+
+    good = {"id": "g1", "messages": [{"role": "user", "content": "头晕一周了。"}, {"role": "assistant", "content": "量过血压吗？"}]}
+    bad = [{"id": "b1", "messages": [{"role": "王建国13912345678", "content": "头晕"}]},
+           {"id": "b2", "messages": [{"role": "user", "content": "头晕"}, {"role": "doctor", "content": "量过血压吗？"}]}]
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in [good, *bad]) + "\n", encoding="utf-8")
+    cfg = BuildConfig(inputs=[InputConfig(path=str(src))])
+    rejects = tmp_path / "rejects.jsonl"
+    assert len(import_dialogues(cfg, StepReport("import"), rejects)) == 1
+    rows = [json.loads(x) for x in rejects.read_text(encoding="utf-8").splitlines()]
+    assert [r["where"] for r in rows] == ["line 2", "line 3"]
+    assert "王建国" not in rows[0]["reason"] and "13912345678" not in rows[0]["reason"]
+    assert "unknown role" in rows[0]["reason"] and "'doctor'" in rows[1]["reason"]  # plain role names still shown
+    cfg.skip_bad = False
+    with pytest.raises(DataError) as e:
+        import_dialogues(cfg, StepReport("import"))
+    assert "line 2" in str(e.value) and "13912345678" not in str(e.value) and "王建国" not in str(e.value)

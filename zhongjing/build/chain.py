@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from zhongjing.build.screen import ScreenConfig
 from zhongjing.build.split import SplitConfig
 from zhongjing.build.steps import DEFAULT_ORDER, STEPS, StepContext, load_dialogues, run_step
 from zhongjing.config import describe, load_config, to_dict
-from zhongjing.errors import ConfigError
+from zhongjing.errors import ConfigError, DataError
 from zhongjing.io import sha256_file, sha256_json, write_json, write_jsonl
 
 
@@ -86,24 +87,40 @@ def import_dialogues(cfg: BuildConfig, report: StepReport, rejects_path: Path | 
     for inp in cfg.inputs:
         errors: list = []
         n = 0
-        for d in read_dialogues(inp.path, inp.format or None, skip_bad=cfg.skip_bad, rejects=errors):
-            if inp.limit and n >= inp.limit:
-                break
-            n += 1
-            report.n_in += 1
-            if inp.source:
-                d.meta["source"] = inp.source
-            d = normalize_dialogue(d, cfg.normalize, report)
-            if d is not None:
-                out.append(d)
+        try:
+            for d in read_dialogues(inp.path, inp.format or None, skip_bad=cfg.skip_bad, rejects=errors):
+                if inp.limit and n >= inp.limit:
+                    break
+                n += 1
+                report.n_in += 1
+                if inp.source:
+                    d.meta["source"] = inp.source
+                d = normalize_dialogue(d, cfg.normalize, report)
+                if d is not None:
+                    out.append(d)
+        except DataError as e:  # skip_bad=false stops here: the one-line error goes to logs, so no values in it
+            raise DataError(safe_reason(e.reason), e.path, e.where) from None
         report.details.setdefault("per_input", {})[inp.path] = {"read": n, "rejected": len(errors)}
         report.add("rejected_records", len(errors))
         # file, place and reason only: a reject's content may hold identifiers not yet removed
-        rejects += [{"file": e.path, "where": e.where, "reason": str(e.reason)[:160]} for e in errors]
+        rejects += [{"file": e.path, "where": e.where, "reason": safe_reason(e.reason)} for e in errors]
     if rejects_path is not None:
         write_jsonl(rejects_path, rejects)
         report.details["rejects_file"] = str(rejects_path)
     return out
+
+
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+_SHOWN = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,23}")  # field and role names such as 'content', 'doctor'
+
+
+def safe_reason(reason: str) -> str:
+    """A reader's reason with any quoted record value that is not a plain field/role name hidden: a
+    malformed record can carry a name or a phone number in its role or id field, and this runs before deid."""
+    def hide(m: re.Match) -> str:
+        return m.group(0) if _SHOWN.fullmatch(m.group(0)[1:-1]) else "'…'"
+
+    return _QUOTED.sub(hide, str(reason))[:160]
 
 
 def _import_key(cfg: BuildConfig) -> str:
