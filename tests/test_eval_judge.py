@@ -186,3 +186,23 @@ def test_rubric_judge_follows_the_priority_and_needs_no_llm():
     tasks = [PairTask("q1", "q1", ctx, safe, unsafe), PairTask("q2", "q2", ctx, unsafe, safe)]
     judged, _ = judge_pairs(judge, tasks)
     assert len(judged) == 2
+
+
+def test_exam_requests_that_fail_are_skipped_not_wrong(tmp_path):
+    """An endpoint that is down must not score 0% "unparsed": failures are left out and asked again later."""
+    from conftest import REPO
+    from zhongjing.eval import exams as ex
+
+    exam = ex.load_exam(ex.ExamConfig(name="e", path=str(REPO / "zhongjing" / "demo" / "exam.jsonl"), format="exam",
+                                      limit=4))
+    cfg = dict(model="m", backoff=0.01, retries=0, timeout=5, concurrency=2)
+    with Cache(tmp_path / "c.sqlite") as cache:
+        with FakeOpenAI(lambda body: "答案：A", failure_rate=1.0, failures=("500",), max_failures=99) as down:
+            preds = ex.endpoint_predictions(Endpoint(EndpointConfig(base_url=down.url, **cfg), "m"), exam, 0, 0, cache)
+        s = ex.score(exam, preds)
+        assert (s["n"], s["unparsed"], s["skipped"]) == (0, 0, 4) and cache.count("exam") == 0
+        with FakeOpenAI(lambda body: "答案：A") as up:  # back up: every question is asked and scored
+            preds = ex.endpoint_predictions(Endpoint(EndpointConfig(base_url=up.url, **cfg), "m"), exam, 0, 0, cache)
+        s = ex.score(exam, preds)
+        assert (s["n"], s["unparsed"], s["skipped"]) == (4, 0, 0)
+        assert s["accuracy"] == sum(it.answer == "A" for it in exam.items) / 4

@@ -3,7 +3,9 @@
 Local models are scored by likelihood — the option letter the model finds most probable after
 "答案：" (or, with `scoring: option`, the option text with the best mean token log-probability) —
 so no answer is lost to formatting. Endpoint models answer in text and the letter is parsed; a
-reply with no readable letter counts as wrong and is reported as `unparsed`.
+reply with no readable letter counts as wrong and is reported as `unparsed`; a request that still fails
+after the client's retries (connection, 5xx) is no reply at all: left out, reported as `skipped`, asked again
+on the next run.
 
 Few-shot examples are earlier exchanges of the same chat (question → "答案：X"). Without a dev file
 they are drawn from the exam itself and excluded from scoring for every shot count, so the zero-
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import random
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
@@ -233,10 +236,11 @@ def parse_letters(reply: str, options: Sequence[str]) -> str | None:
 
 
 def endpoint_predictions(endpoint: Endpoint, exam: Exam, k: int, seed: int, cache: Cache) -> dict[str, str | None]:
-    """item id → parsed letters (None: unparsed or failed). Replies are cached."""
+    """item id → parsed letters (None: unparsed). Replies are cached; failed requests are left out (skipped)."""
     params = {**endpoint.cfg.params(), "max_tokens": min(endpoint.cfg.max_tokens, 64)}
     jobs = []
     out: dict[str, str | None] = {}
+    failed = 0
     for it in exam.items:
         msgs = exam_messages(it, exam.shots_for(it, k, seed))
         key = cache_key(kind="exam", base_url=endpoint.cfg.base_url, messages=msgs, params=params)
@@ -247,11 +251,14 @@ def endpoint_predictions(endpoint: Endpoint, exam: Exam, k: int, seed: int, cach
             jobs.append((it, msgs, key))
     for (it, msgs, key), reply in parallel(lambda j: endpoint.chat(j[1], max_tokens=params["max_tokens"]), jobs,
                                            endpoint.cfg.concurrency):
-        if isinstance(reply, Exception):
-            out[it.id] = None
+        if isinstance(reply, Exception):  # no reply: not a wrong answer, and not cached
+            failed += 1
             continue
         cache.put("exam", key, {"reply": reply})
         out[it.id] = parse_letters(reply, list(it.options))
+    if failed:
+        print(f"[eval] {endpoint.name} on {exam.name} ({k}-shot): {failed} requests failed after retries "
+              "(skipped, asked again on the next run)", file=sys.stderr, flush=True)
     return out
 
 

@@ -160,7 +160,8 @@ def _exam_blocks(results: dict) -> list[tuple]:
         return []
     return [("h", 2, "Exams (multiple choice)"),
             ("p", "Local models: the option letter with the highest likelihood; endpoints: the letter parsed from "
-                  "the reply (unparsed replies count as wrong)."),
+                  "the reply (unparsed replies count as wrong). Skipped: not scored — too long for the context, or the "
+                  "request failed after its retries (rerun to ask again)."),
             ("table", ["model", "exam", "shots", "n", "accuracy", "95% CI", "unparsed", "skipped"], rows)]
 
 
