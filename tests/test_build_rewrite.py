@@ -116,3 +116,27 @@ def test_fake_default_reply_is_reusable():
 
         r = openai.OpenAI(base_url=srv.url, api_key="k").chat.completions.create(model="judge", messages=body["messages"])
         assert r.choices[0].message.content == "A"
+
+
+def test_ctrl_c_stops_sending_at_once(tmp_path):
+    # Ctrl-C (or any error) mid-rewrite must not wait for the whole queue: that kept paying for
+    # hundreds of replies nobody stores, and the command did not return
+    import time
+
+    def interrupt_after_first(it, **kw):
+        for i, x in enumerate(it):
+            if i == 1:
+                raise KeyboardInterrupt
+            yield x
+
+    ds = _dialogues(150)  # 300 requests at 0.1 s each over 2 connections: 15 s if the queue were drained
+    with FakeOpenAI(delay=0.1) as srv:
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            run_rewrite(ds, _cfg(srv.url, concurrency=2), StepReport("rewrite"), str(tmp_path / "c.sqlite"),
+                        progress=interrupt_after_first)
+        assert time.monotonic() - t0 < 3
+        time.sleep(0.5)  # the in-flight requests finish; nothing queued may follow them
+        assert len(srv.log) <= 6
+    with RewriteCache(str(tmp_path / "c.sqlite")) as cache:
+        assert len(cache) == 1  # the reply that arrived before Ctrl-C is kept for the rerun

@@ -14,7 +14,7 @@ import os
 import random
 import re
 import sys
-import time
+import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -143,12 +143,16 @@ def _client(cfg: RewriteConfig):
     return openai, openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=cfg.timeout)
 
 
-def call_with_retries(openai, client, messages: list[dict], cfg: RewriteConfig, rng: random.Random) -> tuple[str | None, Counter]:
-    """Reply text (None when every try failed) and a count of what went wrong on the way."""
+def call_with_retries(openai, client, messages: list[dict], cfg: RewriteConfig, rng: random.Random,
+                      stop: threading.Event | None = None) -> tuple[str | None, Counter]:
+    """Reply text (None when every try failed or `stop` was set) and a count of what went wrong on the way."""
     errors: Counter = Counter()
+    stop = stop or threading.Event()
     for attempt in range(cfg.max_retries + 1):
-        if attempt:
-            time.sleep(min(cfg.backoff_max, cfg.backoff_base * 2 ** (attempt - 1)) * (0.5 + rng.random()))
+        if attempt and stop.wait(min(cfg.backoff_max, cfg.backoff_base * 2 ** (attempt - 1)) * (0.5 + rng.random())):
+            break
+        if stop.is_set():
+            break
         try:
             resp = client.chat.completions.create(model=cfg.model, messages=messages, temperature=cfg.temperature,
                                                   max_tokens=cfg.max_tokens)
@@ -224,22 +228,29 @@ def run_rewrite(dialogues: list[Dialogue], cfg: RewriteConfig, report: StepRepor
 def _fetch(todo: dict[str, list[dict]], cfg: RewriteConfig, cache: RewriteCache, report: StepReport, progress) -> None:
     openai, client = _client(cfg)
     rng = random.Random(0)
-    with ThreadPoolExecutor(max_workers=max(1, cfg.concurrency)) as pool:
-        futures = {pool.submit(call_with_retries, openai, client, msgs, cfg, random.Random(rng.random())): key
-                   for key, msgs in todo.items()}
-        try:
-            for fut in progress(as_completed(futures), total=len(futures), desc="rewrite"):
-                text, errors = fut.result()
-                for k, v in errors.items():
-                    report.add(f"retry:{k}", v)
-                key = futures[fut]
-                if text is None:
-                    report.add("requests_failed")
-                else:
-                    cache.put(key, request_sha(todo[key]), text)  # committed now: a crash after this costs nothing
-        except _Fatal as e:
-            pool.shutdown(wait=False, cancel_futures=True)
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=max(1, cfg.concurrency))
+    futures = {pool.submit(call_with_retries, openai, client, msgs, cfg, random.Random(rng.random()), stop): key
+               for key, msgs in todo.items()}
+    try:
+        for fut in progress(as_completed(futures), total=len(futures), desc="rewrite"):
+            text, errors = fut.result()
+            for k, v in errors.items():
+                report.add(f"retry:{k}", v)
+            key = futures[fut]
+            if text is None:
+                report.add("requests_failed")
+            else:
+                cache.put(key, request_sha(todo[key]), text)  # committed now: a crash after this costs nothing
+    except BaseException as e:
+        # a refusal, Ctrl-C or any error: the queued requests are dropped and in-flight ones stop retrying —
+        # waiting for the whole queue would keep paying for replies nobody stores, long after Ctrl-C
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        if isinstance(e, _Fatal):
             raise ZhongjingError(str(e)) from None
+        raise
+    pool.shutdown()
 
 
 def iter_requests(dialogues: Iterable[Dialogue], cfg: RewriteConfig) -> Iterable[str]:
