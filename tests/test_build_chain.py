@@ -144,3 +144,24 @@ def test_dry_run_prints_prompts_without_requests(tmp_path, capsys):
 def test_build_configs_parse(path):
     cfg = load_config(BuildConfig, REPO / path)
     assert cfg.inputs and cfg.steps[0] == "import"
+
+
+def test_rerun_removes_a_killed_runs_half_written_raw_copy(tmp_path):
+    # a SIGKILL while import wrote its output leaves atomic_path's temp file: a raw, not de-identified
+    # copy; the next run must not leave it in the work dir (it used to survive every later run)
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"id": "1", "messages": [{"role": "user", "content": "我叫王建国，头晕一周了。"},
+                                                       {"role": "assistant", "content": "量过血压吗？"}]},
+                              ensure_ascii=False) + "\n", encoding="utf-8")
+    work = tmp_path / "work"
+    work.mkdir()
+    stale = work / ".01-import-0123456789abcdef.jsonl.k1ll3d__.tmp"
+    stale.write_text('{"id": "1", "messages": [{"role": "user", "content": "我叫王建国', encoding="utf-8")
+    keep = work / "notes.tmp"  # not ours: left alone
+    keep.write_text("x", encoding="utf-8")
+    cfg = load_config(BuildConfig, None, [f"inputs=[{{path: {src}}}]", f"work_dir={work}",
+                                          f"output={tmp_path / 'out'}", "progress=false", "departments.plot=false",
+                                          "steps=[import,deid,screen]"])
+    run_chain(cfg)
+    assert not stale.exists() and keep.exists()
+    assert not any("王建国" in p.read_text(encoding="utf-8", errors="ignore") for p in work.iterdir() if p.is_file())

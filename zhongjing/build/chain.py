@@ -139,6 +139,7 @@ def run_chain(cfg: BuildConfig) -> list[StepReport]:
         raise ConfigError("inputs: no input files configured")
     work, out_dir = Path(cfg.work_dir), Path(cfg.output)
     work.mkdir(parents=True, exist_ok=True)
+    _sweep_stale_temps(work)
     reports: list[StepReport] = []
     key = _import_key(cfg)
     path = import_copy = work / f"01-import-{key[:16]}.jsonl"
@@ -191,6 +192,22 @@ def run_chain(cfg: BuildConfig) -> list[StepReport]:
     write_chain_report(reports, out_dir, {"config": _step_config(cfg, ("rewrite", "kg", "screen", "split")),
                                           "version": __version__})
     return reports
+
+
+_STALE_TEMP = re.compile(r"\.\d\d-[a-z_]+-[0-9a-f]{16}\..+\.tmp(\.old)?")
+
+
+def _sweep_stale_temps(work: Path) -> None:
+    """Half-written step outputs that a SIGKILL/SIGTERM left behind (atomic writes could not clean up).
+    The import step's one is a raw, not yet de-identified copy: it must not outlive the next run.
+    (One build per work_dir at a time, as for the caches.)"""
+    import shutil
+
+    for p in work.iterdir():
+        if _STALE_TEMP.fullmatch(p.name) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif _STALE_TEMP.fullmatch(p.name):
+            p.unlink(missing_ok=True)
 
 
 def rewrite_dry_run(cfg: BuildConfig, name: str) -> bool:
