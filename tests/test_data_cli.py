@@ -216,3 +216,26 @@ def test_utf16_and_misnamed_jsonl(tmp_path):
     q = tmp_path / "list.jsonl"  # a pretty-printed JSON list saved as .jsonl
     q.write_text(js([{"id": "a", "messages": M}]), encoding="utf-8")
     assert [d.id for d in read_dialogues(q)] == ["a"]
+
+
+def test_sigterm_mid_write_leaves_no_output_and_no_temp_file(tmp_path):
+    # `timeout`, schedulers and systemd stop jobs with SIGTERM; --help promises a failed run leaves
+    # neither OUT nor a temp file (Python's default SIGTERM death skipped the cleanup)
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "big.jsonl"
+    line = json.dumps({"text": "高血压患者应低盐饮食，规律服药，定期监测血压。" * 8}, ensure_ascii=False) + "\n"
+    src.write_text(line * 400_000, encoding="utf-8")
+    out = tmp_path / "out" / "docs.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "zhongjing", "data", "convert", str(src), "-o", str(out), "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not (out.parent.exists() and list(out.parent.glob(".*.tmp"))):  # until the write has begun
+        assert proc.poll() is None and time.monotonic() < deadline, "the write finished before it could be stopped"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert list(out.parent.iterdir()) == []

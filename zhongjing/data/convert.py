@@ -9,8 +9,11 @@ reject file instead — file, where and why, plus a short truncated preview, nev
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from zhongjing.data.readers.aux import AUX_WHAT
@@ -71,6 +74,24 @@ def default_rejects(output: Path) -> Path:
     return output.with_name(output.name.removesuffix(".jsonl") + ".rejects.jsonl")
 
 
+@contextlib.contextmanager
+def _sigterm_as_exit():
+    """SIGTERM (`timeout`, a scheduler, systemd) ends the write like Ctrl-C does, so the atomic write can
+    remove its temp file; Python's default is to die on the spot and leave it behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum, frame):
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -94,7 +115,7 @@ def main(argv: list[str]) -> int:
     units = iter_units(args.inputs, kind, format=args.format, skip_bad=args.skip_bad, rejects=rejects,
                        encoding=args.encoding, report=report)
     n = 0
-    with atomic_open(out) as f:  # any error inside leaves neither OUT nor its temp file
+    with _sigterm_as_exit(), atomic_open(out) as f:  # any error inside leaves neither OUT nor its temp file
         for unit in units:
             f.write(json.dumps(unit.to_dict(), ensure_ascii=False) + "\n")
             n += 1
