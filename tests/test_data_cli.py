@@ -239,3 +239,17 @@ def test_sigterm_mid_write_leaves_no_output_and_no_temp_file(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 128 + signal.SIGTERM
     assert list(out.parent.iterdir()) == []
+
+
+def test_group_help_and_a_closed_pipe(capsys):
+    # `zhongjing data --help` listed nothing but "unknown command"; `zhongjing ... | head` ended in a traceback
+    import subprocess
+    import sys
+
+    assert cli(["data", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "data convert" in out and "data show-mask" in out and "train pt" not in out
+    proc = subprocess.Popen([sys.executable, "-m", "zhongjing", "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=30) == 141 and "Traceback" not in err, err

@@ -49,6 +49,16 @@ def _lookup(argv: list[str]) -> tuple[str, list[str]] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `zhongjing ... | head`: the reader has gone; exit quietly, as cat/grep do
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
+        return 141
+
+
+def _main(argv: list[str] | None = None) -> int:
     from zhongjing.errors import ZhongjingError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -63,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     found = _lookup(argv)
     if found is None:
         group = [w for w in COMMANDS if w.split()[0] == argv[0]]
+        if group and argv[1:2] in (["-h"], ["--help"]):  # `zhongjing data --help`: the group's commands
+            print("\n".join(f"  {w:<16} {COMMANDS[w][1]}" for w in group))
+            return 0
         hint = f" (one of: {', '.join(group)})" if group else ""
         print(f"zhongjing: unknown command {' '.join(argv[:2])!r}{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
