@@ -137,6 +137,10 @@ def _post(server, body, raw=False):
     ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "temprature": 0}, 400, "unknown_parameter"),
     ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, 400,
      "unsupported_parameter"),
+    ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}},
+     400, "unsupported_parameter"),
+    ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "tool_choice": "auto"}, 400,
+     "unsupported_parameter"),
     ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": 101}}, 400, "invalid_value"),
     ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"x": 1}}, 400, "invalid_value"),
     ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"9999999": 1}}, 400,
@@ -149,6 +153,13 @@ def test_bad_requests_get_openai_style_errors(server, body, status, code):
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert err["code"] == code and err["message"] and err["type"]
+
+
+def test_neutral_values_that_clients_send_by_default_are_accepted(client):
+    """SDK wrappers send response_format={"type": "text"} / tool_choice="none" explicitly: plain chat, no tools."""
+    r = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                       response_format={"type": "text"}, tool_choice="none", top_logprobs=0)
+    assert r.choices[0].message.role == "assistant"
 
 
 def test_logit_bias_bans_and_forces_tokens(client, local, chat_model_dir):

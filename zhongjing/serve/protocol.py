@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 ROLE_ALIASES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 # accepted and ignored: they carry no meaning for generation, or only their neutral value is supported
 IGNORED = {"user", "store", "metadata", "service_tier", "parallel_tool_calls", "stream_options"}
-NEUTRAL = {"tools": None, "tool_choice": None,
-           "functions": None, "function_call": None, "response_format": None, "top_logprobs": 0}
+# key → its neutral values besides null/empty: what clients send by default (plain text, no tools)
+NEUTRAL = {"tools": (), "tool_choice": ("none",), "functions": (), "function_call": ("none",),
+           "response_format": ({"type": "text"},), "top_logprobs": (0,)}
 KNOWN = {"model", "messages", "stream", "n", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
          "seed", "stop", "logprobs", "frequency_penalty", "presence_penalty", "repetition_penalty", "logit_bias"}
 KNOWN |= IGNORED | set(NEUTRAL)
@@ -126,7 +127,7 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     if unknown:
         raise ApiError(400, f"unrecognized request argument supplied: {unknown[0]}", unknown[0], "unknown_parameter")
     for key, neutral in NEUTRAL.items():
-        if body.get(key) not in (None, neutral, {}, []):
+        if body.get(key) not in (None, {}, [], *neutral):
             raise ApiError(400, f"'{key}' is not supported by this server", key, "unsupported_parameter")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise ApiError(400, "you must provide a model parameter", "model", "missing_required_parameter")
