@@ -79,6 +79,25 @@ def test_score_command(medical_rm, medical_base, tmp_path, capsys):
     assert "not a reward model" in capsys.readouterr().err
 
 
+def test_loading_a_trained_rm_does_not_report_its_head_missing(medical_rm):
+    # transformers reports the classifier head as "MISSING ... newly initialized" when the body is loaded; under
+    # `score`/PPO the trained head comes from the adapter right after, so that report misled users
+    import logging
+
+    from zhongjing.model.value_head import load_reward_model
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    hf = logging.getLogger("transformers")  # its own handler and no propagation: watch it directly
+    hf.addHandler(handler)
+    try:
+        load_reward_model(medical_rm)
+    finally:
+        hf.removeHandler(handler)
+    assert not [m for m in seen if "MISSING" in m or "LOAD REPORT" in m], seen
+
+
 def short(text: str, limit: int = 90) -> str:
     """The answer's leading whole sentences, up to about `limit` characters (keeps the test fast)."""
     out = ""

@@ -92,8 +92,24 @@ def _classifier(parent: str | Path, dtype: str):
 
     torch_dtype = resolve_dtype(dtype)
     if not is_adapter_dir(parent):
-        return AutoModelForSequenceClassification.from_pretrained(
-            str(_check_dir(parent)), num_labels=1, dtype=torch_dtype, local_files_only=True)
+        from transformers.utils import logging as hf_logging
+
+        # The head is new by design, so transformers' multi-line "score.weight MISSING ... newly initialized" report
+        # is noise — and alarming under `score`/PPO, where the trained head is loaded from the adapter right after.
+        # Silence it and check ourselves that nothing but the head was missing.
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                str(_check_dir(parent)), num_labels=1, dtype=torch_dtype, local_files_only=True,
+                output_loading_info=True)
+        finally:
+            hf_logging.set_verbosity(level)
+        missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("score."))
+        if missing:
+            raise ZhongjingError(f"{parent}: checkpoint lacks weights of the model body ({', '.join(missing[:5])}"
+                                 f"{', …' if len(missing) > 5 else ''}); not a complete model folder")
+        return model
     from zhongjing.model.lora import load_parent
 
     lm = load_parent(parent, dtype)
