@@ -140,3 +140,17 @@ def test_ctrl_c_stops_sending_at_once(tmp_path):
         assert len(srv.log) <= 6
     with RewriteCache(str(tmp_path / "c.sqlite")) as cache:
         assert len(cache) == 1  # the reply that arrived before Ctrl-C is kept for the rerun
+
+
+def test_endpoint_that_stays_down_stops_the_step(tmp_path):
+    # a dead endpoint used to be retried turn after turn (hours on a real build) and the build then
+    # "finished" with nothing rewritten; a run of failures now stops it with one line
+    from zhongjing.build.rewrite import DOWN_AFTER
+
+    ds = _dialogues(40)  # 80 requests
+    with FakeOpenAI(failure_rate=1.0, failures=("500",), max_failures=10_000) as srv:
+        with pytest.raises(ZhongjingError, match="looks down") as e:
+            run_rewrite(ds, _cfg(srv.url, max_retries=1, concurrency=2), StepReport("rewrite"),
+                        str(tmp_path / "c.sqlite"), DRUGS)
+        assert len(srv.log) < 2 * (DOWN_AFTER + 4), "the remaining turns are not tried"
+    assert "\n" not in str(e.value) and "头疼" not in str(e.value) and "http_500" in str(e.value)

@@ -133,6 +133,11 @@ class _Fatal(Exception):
     pass
 
 
+# this many requests in a row failing every retry means the endpoint is down, not flaky: stop rather than
+# spend hours retrying each remaining turn and then "finish" a build in which nothing was rewritten
+DOWN_AFTER = 16
+
+
 def _client(cfg: RewriteConfig):
     openai = require("openai", "judge")
     base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL", "")
@@ -232,6 +237,7 @@ def _fetch(todo: dict[str, list[dict]], cfg: RewriteConfig, cache: RewriteCache,
     pool = ThreadPoolExecutor(max_workers=max(1, cfg.concurrency))
     futures = {pool.submit(call_with_retries, openai, client, msgs, cfg, random.Random(rng.random()), stop): key
                for key, msgs in todo.items()}
+    streak, streak_errors = 0, Counter()  # requests in a row that failed every try
     try:
         for fut in progress(as_completed(futures), total=len(futures), desc="rewrite"):
             text, errors = fut.result()
@@ -240,7 +246,13 @@ def _fetch(todo: dict[str, list[dict]], cfg: RewriteConfig, cache: RewriteCache,
             key = futures[fut]
             if text is None:
                 report.add("requests_failed")
+                streak, streak_errors = streak + 1, streak_errors + errors
+                if streak >= DOWN_AFTER:
+                    seen = ", ".join(f"{k} {v}" for k, v in streak_errors.most_common())
+                    raise _Fatal(f"rewrite endpoint looks down: {streak} requests in a row failed every try ({seen}); "
+                                 f"replies so far are cached — rerun when it is back, or set rewrite.enabled=false")
             else:
+                streak, streak_errors = 0, Counter()
                 cache.put(key, request_sha(todo[key]), text)  # committed now: a crash after this costs nothing
     except BaseException as e:
         # a refusal, Ctrl-C or any error: the queued requests are dropped and in-flight ones stop retrying —
