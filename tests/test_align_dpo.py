@@ -62,7 +62,8 @@ def test_starts_at_the_reference_and_pairs_come_from_rankings(medical_base, tmp_
 def test_learns_held_out_medical_preferences(medical_base, tmp_path):
     out = train_dpo(load_config(DPOConfig, overrides=dpo_args(medical_base, MEDICAL_PAIRS, tmp_path / "dpo")))
     meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
-    assert meta["stage"] == "dpo" and meta["counts"]["val"] >= 25
+    # counts are what was used: of the 30 held out, those with an answer longer than max_length=256 are left out
+    assert meta["stage"] == "dpo" and meta["counts"]["val"] >= 20 and meta["counts"]["too_long"] > 0
     assert meta["metrics"]["val_accuracy"] >= 0.6 and meta["metrics"]["val_margin"] > 0, meta["metrics"]
 
     from peft import PeftModel

@@ -98,6 +98,20 @@ def test_loading_a_trained_rm_does_not_report_its_head_missing(medical_rm):
     assert not [m for m in seen if "MISSING" in m or "LOAD REPORT" in m], seen
 
 
+def test_counts_are_what_is_trained_on_when_answers_are_too_long(medical_base, capsys):
+    # the start line and meta.json said "N rankings train" before those with an answer too long for max_length were
+    # left out: a user saw 449 when 73 were used
+    from zhongjing.model.load import load_tokenizer
+    from zhongjing.train.prefs import pref_batches
+
+    cfg = rm_config(medical_base, [MEDICAL_PAIRS], "unused", max_length=96)
+    data, counts = pref_batches(cfg, load_tokenizer(medical_base), per="ranking", with_targets=False)
+    assert counts["too_long"] > 0
+    assert counts["train"] == len(data.train) and counts["val"] == len(data.val)
+    assert counts["train"] + counts["val"] + counts["too_long"] == 100
+    assert counts["train_pairs"] == len(data.train)  # chosen/rejected: one pair each
+
+
 def short(text: str, limit: int = 90) -> str:
     """The answer's leading whole sentences, up to about `limit` characters (keeps the test fast)."""
     out = ""

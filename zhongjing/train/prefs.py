@@ -176,6 +176,9 @@ def pref_batches(cfg, tokenizer, *, per: str, with_targets: bool) -> tuple[Ranki
     renderer = Renderer(tokenizer, max_length=cfg.max_length, strategy="last")
     train = encode(prefs.train, renderer, counts, with_targets=with_targets)
     val = encode(prefs.val, renderer, counts, with_targets=with_targets)
+    # what is actually trained on: a ranking with an answer too long for max_length was just left out
+    counts["train"], counts["val"] = len(train), len(val)
+    counts["train_pairs"] = sum(len(a) * len(b) for e in train for i, a in enumerate(e.groups) for b in e.groups[i + 1:])
     if not train:
         raise ZhongjingError(f"no usable rankings in {cfg.data} ({dict(counts)})")
     return RankingBatches(train, val, cfg.train.batch_size, seed=cfg.train.seed, group=cfg.length_group,
@@ -209,8 +212,11 @@ def fit_prefs(stage: str, cfg, model, tokenizer, data: RankingBatches, counts: C
             "config": config, "code": code_version(), "counts": dict(counts),
             "params": {"trainable": trainable, "total": total}} | meta
     if accelerator.is_main_process:
-        print(f"{stage}: {counts['train']} rankings ({counts['train_pairs']} pairs) train, {counts['val']} val; "
-              f"{trainable:,}/{total:,} trainable parameters", file=sys.stderr)
+        left = {"too_long": "too long for max_length", "unranked": "unranked", "all_tied": "all tied"}
+        left = ", ".join(f"{counts[k]} {why}" for k, why in left.items() if counts[k])
+        print(f"{stage}: {counts['train']} rankings ({counts['train_pairs']} pairs) train, {counts['val']} val"
+              + (f" (left out: {left})" if left else "") + f"; {trainable:,}/{total:,} trainable parameters",
+              file=sys.stderr)
     result = fit(model, data, loss_fn, cfg.train, cfg.output, accelerator=accelerator,
                  io=TrainedIO(tokenizer, parent), meta=meta, on_eval=on_eval)
     out = Path(cfg.output)
