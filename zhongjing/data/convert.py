@@ -62,7 +62,8 @@ def native_kind(inputs: list[str], format: str | None, encoding: str | None) -> 
         raise ZhongjingError(f"no convertible data files in {' '.join(inputs)}")
     if len(by_kind) > 1:
         seen = "; ".join(f"{k}: {', '.join(v[:3])}{' …' if len(v) > 3 else ''}" for k, v in by_kind.items())
-        raise ZhongjingError(f"inputs hold several kinds of data ({seen}); choose one with --kind")
+        raise ZhongjingError(f"inputs hold several kinds of data ({seen}); convert the files of one kind "
+                             "at a time, or flatten them all to text with --kind document")
     return next(iter(by_kind))
 
 
