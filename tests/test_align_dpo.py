@@ -94,3 +94,26 @@ def test_resume_after_kill(medical_base, tmp_path):
     b = json.loads((killed / "meta.json").read_text(encoding="utf-8"))
     assert a["step"] == b["step"] and b["metrics"]["best_val_loss"] == pytest.approx(a["metrics"]["best_val_loss"],
                                                                                      rel=1e-4)
+
+
+def test_saving_over_an_adapter_parent_is_quiet_and_loads(medical_base, tmp_path):
+    # dpo/ppo/grpo adapters sit over the SFT *adapter*, a folder without config.json: peft's "auto" embedding check
+    # warned "Could not find a config file ..." at every checkpoint; no stage changes the vocabulary
+    import warnings
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from zhongjing.model.load import load_tokenizer
+    from zhongjing.model.lora import LoraSettings, TrainedIO, apply_lora
+
+    parent = tmp_path / "sft-adapter"
+    parent.mkdir()  # stands for an adapter folder: no config.json
+    model = apply_lora(AutoModelForCausalLM.from_pretrained(medical_base), LoraSettings(r=4, alpha=8, dropout=0.0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        TrainedIO(load_tokenizer(medical_base), str(parent)).save(model, tmp_path / "out")
+    assert not [w for w in caught if "config file" in str(w.message)], [str(w.message) for w in caught]
+    assert (tmp_path / "out" / "adapter_model.safetensors").stat().st_size > 0
+    again = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(medical_base), tmp_path / "out")
+    assert set(again.state_dict()) == set(model.state_dict())

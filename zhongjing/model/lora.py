@@ -111,7 +111,10 @@ class TrainedIO:
 
         if isinstance(model, PeftModel):
             model.peft_config["default"].base_model_name_or_path = str(Path(self.parent).resolve())
-        model.save_pretrained(str(out), state_dict=state_dict, safe_serialization=True)
+        # no stage resizes the vocabulary, so the base embeddings never need saving; peft's "auto" check would look
+        # for config.json in the parent and warn at every checkpoint when the parent is itself an adapter (dpo/ppo/grpo)
+        extra = {"save_embedding_layers": False} if isinstance(model, PeftModel) else {}
+        model.save_pretrained(str(out), state_dict=state_dict, safe_serialization=True, **extra)
         self.tokenizer.save_pretrained(str(out))  # carries the chat template
         gen = getattr(model, "generation_config", None)
         if gen is not None:
