@@ -119,3 +119,18 @@ def test_import_rejects_and_errors_never_echo_record_values(tmp_path):
     with pytest.raises(DataError) as e:
         import_dialogues(cfg, StepReport("import"))
     assert "line 2" in str(e.value) and "13912345678" not in str(e.value) and "王建国" not in str(e.value)
+
+
+def test_meta_free_text_is_redacted_and_source_links_dropped():
+    # COVID-Dialogue's TXT keeps the site's diagnosis summary ("感谢戴主任…") and the consultation URL in meta;
+    # both went into train.jsonl untouched while the same names were removed from the turns
+    d = Dialogue("1", [Message("user", "戴主任您好，我咳嗽一周了。"), Message("assistant", "有没有发热？")],
+                 {"source": "covid_txt", "department": "呼吸科", "url": "https://www.haodf.com/flow_team_6477137000_1.htm",
+                  "diagnosis": "总结建议：感谢戴主任，半年后复查。", "notes": {"list": ["文先生您好，请按时复查。"]}, "turns": 2})
+    rep = StepReport("deid")
+    out = deidentify_dialogue(d, Deidentifier(), rep)
+    blob = json.dumps(out.to_dict(), ensure_ascii=False)
+    assert "戴主任" not in blob and "文先生" not in blob and "haodf" not in blob and "url" not in out.meta
+    assert out.meta["diagnosis"] == "总结建议：感谢[姓名]主任，半年后复查。" and out.meta["notes"]["list"][0].startswith("[姓名]")
+    assert (out.meta["source"], out.meta["department"], out.meta["turns"]) == ("covid_txt", "呼吸科", 2)
+    assert rep.counts["name:meta"] == 2 and rep.counts["meta_link_removed"] == 1 and rep.counts["dialogues_changed"] == 1

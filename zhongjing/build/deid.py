@@ -285,8 +285,41 @@ def deidentify_dialogue(d: Dialogue, deid: Deidentifier, report: StepReport) -> 
             msgs.append(Message(m.role, text))
         else:
             msgs.append(m)
+    meta: dict = {}
+    for key, value in d.meta.items():
+        if key in META_LINKS:  # a link to the source page leads straight back to the identifiable record
+            report.add("meta_link_removed")
+            continue
+        meta[key], counts = _redact_value(value, deid)
+        for k, v in counts.items():
+            report.add(f"{k}:meta", v)
+        changed |= bool(counts)
     if changed:
         report.add("dialogues_changed")
-    meta = dict(d.meta)
     meta["deidentified"] = True
     return Dialogue(d.id, msgs, meta)
+
+
+# Readers keep some source fields beside the turns: free text (a site's diagnosis summary naming the
+# doctor or patient) is redacted like a turn; a link back to the source consultation is dropped.
+META_LINKS = ("url",)
+
+
+def _redact_value(value, deid: Deidentifier) -> tuple[object, Counter]:
+    if isinstance(value, str):
+        return deid.redact(value)
+    total: Counter = Counter()
+    if isinstance(value, list):
+        out = []
+        for v in value:
+            v, c = _redact_value(v, deid)
+            out.append(v)
+            total += c
+        return out, total
+    if isinstance(value, dict):
+        out_d = {}
+        for k, v in value.items():
+            out_d[k], c = _redact_value(v, deid)
+            total += c
+        return out_d, total
+    return value, total
