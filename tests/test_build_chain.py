@@ -165,3 +165,14 @@ def test_rerun_removes_a_killed_runs_half_written_raw_copy(tmp_path):
     run_chain(cfg)
     assert not stale.exists() and keep.exists()
     assert not any("王建国" in p.read_text(encoding="utf-8", errors="ignore") for p in work.iterdir() if p.is_file())
+
+
+def test_inputs_with_no_usable_dialogue_stop_at_import(tmp_path, capsys):
+    # every record rejected: the build "finished" with empty splits, and only training failed, far later
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": "1", "messages": [{"role": "doctor", "content": "x"}]}\n', encoding="utf-8")
+    assert cli.main(["build", f"inputs=[{{path: {src}}}]", f"work_dir={tmp_path / 'work'}",
+                     f"output={tmp_path / 'out'}", "progress=false"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no usable dialogues" in err and "1 record(s) rejected" in err
+    assert not (tmp_path / "out" / "train.jsonl").exists()

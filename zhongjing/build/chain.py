@@ -30,7 +30,7 @@ from zhongjing.build.screen import ScreenConfig
 from zhongjing.build.split import SplitConfig
 from zhongjing.build.steps import DEFAULT_ORDER, STEPS, StepContext, load_dialogues, run_step
 from zhongjing.config import describe, load_config, to_dict
-from zhongjing.errors import ConfigError, DataError
+from zhongjing.errors import ConfigError, DataError, ZhongjingError
 from zhongjing.io import sha256_file, sha256_json, write_json, write_jsonl
 
 
@@ -107,6 +107,9 @@ def import_dialogues(cfg: BuildConfig, report: StepReport, rejects_path: Path | 
     if rejects_path is not None:
         write_jsonl(rejects_path, rejects)
         report.details["rejects_file"] = str(rejects_path)
+    if not out:  # stop here, not with an empty train.jsonl that only fails at training time
+        where = f"; see {rejects_path}" if rejects and rejects_path is not None else ""
+        raise ZhongjingError(f"import: no usable dialogues in the inputs ({len(rejects)} record(s) rejected{where})")
     return out
 
 
