@@ -98,3 +98,31 @@ def test_bad_sampling_flags_are_refused_before_loading(tmp_path, flag, value, me
     proc = subprocess.run([sys.executable, "-m", "zhongjing", "chat", "--model", str(tmp_path / "nope"), flag, value],
                           input="", capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("files", [
+    {"meta.json": {"stage": "rm", "kind": "adapter", "task": "reward"}},
+    {"adapter_config.json": {"task_type": "SEQ_CLS", "peft_type": "LORA"}},
+    {"config.json": {"architectures": ["LlamaForSequenceClassification"]}},
+])
+def test_a_reward_model_folder_is_refused_for_chat_serve_and_eval(tmp_path, chat_model_dir, files):
+    """Loaded as a language model a reward model writes nonsense; chat, serve and eval say what it is instead."""
+    import json
+
+    from zhongjing.errors import ZhongjingError
+    from zhongjing.eval.run import EvalConfig, ModelSpec, check
+    from zhongjing.serve import refuse_reward_model
+
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    for name, content in files.items():
+        (rm / name).write_text(json.dumps(content), encoding="utf-8")
+    with pytest.raises(ZhongjingError, match="a reward model .* cannot write them"):
+        refuse_reward_model(rm)
+    with pytest.raises(ZhongjingError, match="a reward model"):
+        check(EvalConfig(models=[ModelSpec(name="m", path=str(rm))]))
+    refuse_reward_model(chat_model_dir)  # a chat model passes
+    proc = subprocess.run([sys.executable, "-m", "zhongjing", "chat", "--model", str(rm)], input="头痛\n",
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "a reward model" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""

@@ -25,6 +25,7 @@ from zhongjing.eval.cache import Cache
 from zhongjing.eval.client import Endpoint, EndpointConfig
 from zhongjing.eval.exams import ExamConfig
 from zhongjing.eval.testsets import TestSetConfig, load_testsets
+from zhongjing.serve import refuse_reward_model
 
 
 @dataclass
@@ -93,6 +94,8 @@ def check(cfg: EvalConfig) -> None:
     for m in cfg.models:
         if m.endpoint and not (m.endpoint.base_url and m.endpoint.model):
             raise ConfigError(f"model {m.name!r}: endpoint needs base_url and model")
+        if m.path:
+            refuse_reward_model(m.path)
     if cfg.testsets and cfg.judge.backend == "openai" and not (cfg.judge.endpoint.base_url and cfg.judge.endpoint.model):
         raise ConfigError("judge: set judge.endpoint.base_url and judge.endpoint.model "
                           "(or judge.backend: reward_model / none)")
