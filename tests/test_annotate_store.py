@@ -278,3 +278,22 @@ def test_missing_web_extra_is_one_clear_error(tmp_path, monkeypatch, capsys):
     assert zj(["annotate", "serve", "--db", str(tmp_path / "x.sqlite")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install 'zhongjing[web]'" in err
+
+
+def test_export_of_a_prompt_ranked_in_two_rounds_loads_for_train_rm(conn, tmp_path):
+    # regenerated answers keep their ids (source#turn): a second round imported as its own batch made
+    # `export` write the id twice, and `train rm`'s Ranking reader refused the whole file
+    from zhongjing.annotate.export import pairs, rankings
+    from zhongjing.data.readers import read_rankings
+    from zhongjing.io import write_jsonl
+
+    _import(conn, tmp_path, name="round1", n=1)
+    _import(conn, tmp_path, name="round2", n=1)
+    for item_id in (1, 2):
+        for user in ("a1", "a2"):
+            _submit(conn, item_id, user, [[0], [1], [2], [3]], f"two-rounds-{item_id}-{user}")
+    out = tmp_path / "r.jsonl"
+    rows = list(rankings(conn))
+    write_jsonl(out, rows)
+    assert [r.id for r in read_rankings(out)] == ["item-0", "item-0@round2"]
+    assert len({p["id"] for p in pairs(iter(rows))}) == 12

@@ -35,6 +35,7 @@ def rankings(conn: sqlite3.Connection, batch: str | None = None) -> Iterator[dic
     ids = conn.execute(
         "SELECT id FROM items WHERE status IN ('agreed', 'adjudicated') AND (? IS NULL OR batch_id = ?) ORDER BY id",
         (bid, bid)).fetchall()
+    written: set[str] = set()
     for (iid,) in ids:
         item = store.get_item(conn, iid)
         anns = store.latest_annotations(conn, iid)
@@ -64,6 +65,15 @@ def rankings(conn: sqlite3.Connection, batch: str | None = None) -> Iterator[dic
         out.pop("replacement", None)
         if final["all_wrong"]:
             out["all_wrong"], out["replacement"] = True, final["replacement"]
+        # the same prompt ranked in two batches (a second round after regenerating answers): the Ranking
+        # reader refuses repeated ids, so a later one is named after its batch
+        uid, n = out["id"], 2
+        if uid in written:
+            uid = f"{out['id']}@{item['batch']}"
+        while uid in written:
+            uid, n = f"{out['id']}@{item['batch']}~{n}", n + 1
+        written.add(uid)
+        out["id"] = uid
         yield Ranking.from_dict(out).to_dict()  # validated: `train rm` reads exactly this
 
 
