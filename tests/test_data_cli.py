@@ -162,6 +162,12 @@ def test_gb18030_detected_and_utf8_preferred(tmp_path):
     p.write_bytes("department,title,ask,answer\n心血管科,a,b,c\n".encode("gb18030"))
     with pytest.raises(DataError, match=r"ty.csv:line 2: cannot decode bytes .*: not utf-8 \(pass --encoding\)"):
         list(read_dialogues(p, encoding="utf-8"))
+    # a GB18030 file with one broken byte names that byte's line, not UTF-8's first failure (line 2)
+    rows = "".join(f"心血管科,问题{i},血压偏高,可以适量\n" for i in range(8)).encode("gb18030").split(b"\n")
+    rows[5] = rows[5][:6] + b"\xff\xff" + rows[5][6:]
+    p.write_bytes("department,title,ask,answer\n".encode() + b"\n".join(rows))
+    with pytest.raises(DataError, match=r"ty.csv:line 7: cannot decode .*not utf-8 and not gb18030"):
+        list(read_dialogues(p))
 
 
 def test_stats_values(tmp_path, capsys):

@@ -51,15 +51,17 @@ def _decode(data: bytes, path: Any, encoding: str | None, partial: bool) -> tupl
         elif b"\x00" in data[:8192]:
             raise DataError("binary file (NUL bytes), not text", str(path))
     tried = [encoding] if encoding else ["utf-8", "gb18030"]
-    first_error = None
+    errors = []
     for enc in tried:
         try:
             return enc, codecs.getincrementaldecoder(enc)().decode(data, final=not partial)
-        except (UnicodeDecodeError, LookupError) as e:
-            first_error = first_error or e
-    e = first_error
-    if isinstance(e, LookupError):
-        raise DataError(f"unknown encoding {encoding!r}", str(path))
+        except LookupError:
+            raise DataError(f"unknown encoding {encoding!r}", str(path)) from None
+        except UnicodeDecodeError as e:
+            errors.append(e)
+    # the codec that read furthest is the file's: a GB18030 file fails UTF-8 at its first Chinese
+    # character, so UTF-8's position would name line 2 for a bad byte on line 51
+    e = max(errors, key=lambda x: x.start)
     line = data[: e.start].count(b"\n") + 1
     raise DataError(
         f"cannot decode bytes {data[e.start:e.start + 4].hex(' ')} at byte {e.start}: not {' and not '.join(tried)}"
