@@ -342,3 +342,21 @@ def test_engine_survives_a_failing_step(chat_model_dir):
     engine.close()
     assert first and first[-1][0] == "error" and "simulated out of memory" in first[-1][1]
     assert second[-1] == "done" and len(engine.decoder) == 0
+
+
+def test_busy_port_and_bad_sizes_are_one_line_errors_before_loading(tmp_path):
+    """Found before the model loads (minutes for a 13B model), not as uvicorn's bind error afterwards."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for extra, message in ([["--port", str(port)], f"cannot listen on 127.0.0.1:{port}"],
+                               [["--max-batch", "0"], "--max-batch and --queue must be at least 1"]):
+            # the model folder does not exist: the error must come before any loading
+            proc = subprocess.run([sys.executable, "-m", "zhongjing", "serve", "--model", str(tmp_path / "nope"), *extra],
+                                  capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

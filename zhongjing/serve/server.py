@@ -255,11 +255,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_port(host: str, port: int) -> None:
+    """One line now rather than uvicorn's bind error after the model has loaded."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ZhongjingError(f"--host {host}: cannot resolve it ({e})") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no conflict
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise ZhongjingError(f"cannot listen on {host}:{port} ({e.strerror}); check --host and --port") from None
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     uvicorn = require("uvicorn", "web")
     if args.max_tokens < 1 or (args.max_context is not None and args.max_context < 2):
         raise ZhongjingError("--max-tokens must be at least 1 and --max-context at least 2")
+    if args.max_batch < 1 or args.queue < 1:
+        raise ZhongjingError("--max-batch and --queue must be at least 1")
+    check_port(args.host, args.port)  # before loading: a 13B model takes minutes to load
     model, tokenizer, ctx = load_chat_model(args.model, dtype=args.dtype, threads=args.threads)
     if args.max_context:
         ctx = min(ctx, args.max_context)
