@@ -75,3 +75,30 @@ def test_resume_after_kill(medical_base, dialogues, tmp_path):
     out.unlink()
     bad = run_cli(*args)
     assert bad.returncode == 2 and "other settings" in bad.stderr
+
+
+def long_history(n_dialogues: int = 40) -> list[dict]:
+    """Real doctor–patient exchanges strung into one conversation far longer than the tiny model's 1024 tokens."""
+    msgs = [m.to_dict() for d in real_dialogues(n_dialogues) for m in d.messages]
+    return msgs + [{"role": "user", "content": "医生，那我接下来应该注意什么？"}]
+
+
+def test_history_longer_than_the_models_context_keeps_the_latest_turns(medical_base, tmp_path):
+    # max_length defaults to 4096 (the paper's); the model's context is 1024, so the prompt budget must be the smaller
+    # one — generate stopped with "the model's context of 1024 leaves no room to answer" on real CMtMedQA dialogues
+    from zhongjing.model.load import context_of, load_tokenizer
+    from zhongjing.train.ppo import PPOConfig
+    from zhongjing.train.rl import load_prompts
+
+    assert context_of(medical_base) == 1024
+    data = write_jsonl(tmp_path / "long.jsonl", [{"id": "long", "messages": long_history()}])
+    out = tmp_path / "gen.jsonl"
+    stats = generate(GenerateConfig(model=str(medical_base), input=[str(data)], output=str(out), k=2,
+                                    max_new_tokens=8, progress=False, threads=1))
+    assert stats["written"] == 1 and stats["skipped_too_long"] == 0
+
+    from collections import Counter
+
+    prompts = load_prompts(PPOConfig(model=str(medical_base), prompts=[str(data)]), load_tokenizer(medical_base),
+                           Counter())
+    assert len(prompts) == 1 and 512 < len(prompts[0].ids) <= 1024 - PPOConfig().generation.max_new_tokens

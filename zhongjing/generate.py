@@ -133,7 +133,7 @@ def generate(cfg: GenerateConfig) -> dict:
     from zhongjing.data.readers import read_dialogues
     from zhongjing.data.render import Renderer
     from zhongjing.model.generation import derive_seed, sample
-    from zhongjing.model.load import load_model, load_tokenizer, setup_torch
+    from zhongjing.model.load import load_model, load_tokenizer, prompt_budget, setup_torch
 
     if not cfg.model or not cfg.input or not cfg.output:
         raise ConfigError("generate needs model, input and output (e.g. --model runs/sft dialogues.jsonl -o out.jsonl)")
@@ -150,7 +150,7 @@ def generate(cfg: GenerateConfig) -> dict:
     todo = [it for it in items if it.id not in partial.done]
     tok = load_tokenizer(cfg.model)
     model = load_model(cfg.model, dtype=cfg.dtype)
-    renderer = Renderer(tok, max_length=cfg.max_length)
+    renderer = Renderer(tok, max_length=prompt_budget(cfg.max_length, cfg.model))
     stats = {"items": len(items), "generated": 0, "skipped_empty": 0, "skipped_too_long": 0,
              "resumed": len(items) - len(todo)}
     prompt_of: dict[str, list[int]] = {}

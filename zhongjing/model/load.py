@@ -60,6 +60,26 @@ def base_of(adapter_dir: str | Path) -> Path:
     return _check_dir(base_path)
 
 
+def context_of(path: str | Path) -> int | None:
+    """The model's context length (max_position_embeddings …) from config.json, following adapters to their base.
+    Prompt budgets are capped by it: a prompt longer than the context cannot be answered at all."""
+    p = _check_dir(path)
+    while is_adapter_dir(p):
+        p = base_of(p)
+    cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
+    cfg = cfg.get("text_config") or cfg
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if isinstance(cfg.get(key), int) and cfg[key] > 0:
+            return cfg[key]
+    return None
+
+
+def prompt_budget(max_length: int, model_path: str | Path) -> int:
+    """max_length, or the model's context if that is smaller (older exchanges are then dropped to fit)."""
+    ctx = context_of(model_path)
+    return min(max_length, ctx) if ctx else max_length
+
+
 def load_tokenizer(path: str | Path):
     """Tokenizer of a model or adapter folder; the adapter's own copy wins (it carries the chat template)."""
     from transformers import AutoTokenizer

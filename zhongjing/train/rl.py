@@ -117,7 +117,9 @@ def load_prompts(cfg: RLConfig, tokenizer, counts) -> list[Prompt]:
     from zhongjing.data.render import Renderer
     from zhongjing.generate import select_turns
 
-    renderer = Renderer(tokenizer, max_length=cfg.max_length)
+    from zhongjing.model.load import prompt_budget
+
+    renderer = Renderer(tokenizer, max_length=prompt_budget(cfg.max_length, cfg.model))
     out, seen = [], set()
     for f in list_files(cfg.prompts):
         kind = kind_of(cfg.format or detect_format(f))
