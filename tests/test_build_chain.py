@@ -176,3 +176,15 @@ def test_inputs_with_no_usable_dialogue_stop_at_import(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no usable dialogues" in err and "1 record(s) rejected" in err
     assert not (tmp_path / "out" / "train.jsonl").exists()
+
+
+def test_a_mistyped_path_in_the_config_stops_before_any_step(tmp_path, capsys):
+    # departments.map was first opened at the departments step, after the (paid) rewrite of every turn
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"id": "1", "messages": [{"role": "user", "content": "头晕一周了。"},
+                                                       {"role": "assistant", "content": "量过血压吗？"}]},
+                              ensure_ascii=False) + "\n", encoding="utf-8")
+    base = [f"inputs=[{{path: {src}}}]", f"work_dir={tmp_path / 'work'}", f"output={tmp_path / 'out'}", "progress=false"]
+    for bad in ("departments.map=/no/such/map.yaml", "kg.path=/no/such/kg", "kg.extra_drug_lists=[/no/such/drugs.txt]"):
+        assert cli.main(["build", *base, "rewrite.enabled=true", "rewrite.base_url=http://127.0.0.1:9/v1", bad]) == 2
+        assert "/no/such/" in capsys.readouterr().err and not (tmp_path / "work").exists()

@@ -140,6 +140,7 @@ def _import_key(cfg: BuildConfig) -> str:
 def run_chain(cfg: BuildConfig) -> list[StepReport]:
     if not cfg.inputs:
         raise ConfigError("inputs: no input files configured")
+    _check_paths(cfg)
     work, out_dir = Path(cfg.work_dir), Path(cfg.output)
     work.mkdir(parents=True, exist_ok=True)
     _sweep_stale_temps(work)
@@ -195,6 +196,20 @@ def run_chain(cfg: BuildConfig) -> list[StepReport]:
     write_chain_report(reports, out_dir, {"config": _step_config(cfg, ("rewrite", "kg", "screen", "split")),
                                           "version": __version__})
     return reports
+
+
+def _check_paths(cfg: BuildConfig) -> None:
+    """Files the config names exist: a typo is reported now, not after hours of rewrite requests."""
+    steps = set(cfg.steps)
+    named = []
+    if steps & {"rewrite", "kg_check"}:
+        named += [("kg.path", cfg.kg.path)] if cfg.kg.path else []
+        named += [("kg.extra_drug_lists", p) for p in cfg.kg.extra_drug_lists]
+    if "departments" in steps and cfg.departments.map:
+        named.append(("departments.map", cfg.departments.map))
+    for key, path in named:
+        if not Path(path).exists():
+            raise ConfigError(f"{key}: {path} not found")
 
 
 _STALE_TEMP = re.compile(r"\.\d\d-[a-z_]+-[0-9a-f]{16}\..+\.tmp(\.old)?")
