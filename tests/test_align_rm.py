@@ -112,6 +112,17 @@ def test_counts_are_what_is_trained_on_when_answers_are_too_long(medical_base, c
     assert counts["train_pairs"] == len(data.train)  # chosen/rejected: one pair each
 
 
+def test_scoring_stays_within_the_models_context(medical_rm):
+    # score/PPO default to max_length=4096; the tiny model has 1024 positions — longer input gave a reward silently
+    from zhongjing.train.rewards import RewardModelScorer
+
+    scorer = RewardModelScorer(str(medical_rm))
+    assert scorer.renderer.max_length == 1024
+    history = [m for d in real_dialogues(40) for m in d.messages][:-1]  # ends with a patient turn, ≫ 1024 tokens
+    reward = scorer.score([history], ["您好，建议您尽快到医院复查。"])
+    assert torch.isfinite(reward).all()
+
+
 def short(text: str, limit: int = 90) -> str:
     """The answer's leading whole sentences, up to about `limit` characters (keeps the test fast)."""
     out = ""

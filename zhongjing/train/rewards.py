@@ -52,8 +52,11 @@ class RewardModelScorer:
                  dtype: str = "float32"):
         from zhongjing.model.value_head import load_reward_model
 
+        from zhongjing.model.load import prompt_budget
+
         self.model, self.tokenizer, self.meta = load_reward_model(path, dtype=dtype)
-        self.renderer = Renderer(self.tokenizer, max_length=max_length, strategy="last")
+        # never past the model's context: positions it has no embedding for would give a reward, silently wrong
+        self.renderer = Renderer(self.tokenizer, max_length=prompt_budget(max_length, path), strategy="last")
         self.batch_size = batch_size
         stats = self.meta.get("reward_stats") or {}
         self.mean, self.std = (stats.get("mean", 0.0), stats.get("std", 1.0) or 1.0) if normalize else (0.0, 1.0)
