@@ -210,3 +210,24 @@ def test_killed_run_resumes_from_the_cache_without_re_asking_the_judge(setup, fi
     resumed = strict_json(root / "resume" / "results.json")
     straight = strict_json(first_run[0] / "results.json")
     assert [r["dimensions"] for r in resumed["pairwise"]] == [r["dimensions"] for r in straight["pairwise"]]
+
+
+def test_report_header_describes_the_judge_that_ran(setup, first_run):
+    """The rubric judge (the demo's) scores each answer once and has no overall row: the report must not claim
+    both orders and a priority verdict for it, as it does for an LLM judge."""
+    from zhongjing.eval.run import main
+
+    root = setup[0]
+    out, _ = first_run
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "in both orders" in md and "decides the overall verdict" in md and "| Overall |" in md
+    cfg = strict_json(out / "results.json")["meta"]["config"]
+    cfg |= {"output": str(root / "rubric"), "cache": str(out / "cache.sqlite"), "exams": [], "perplexity": False}
+    cfg["judge"]["backend"] = "rubric"  # every answer is in the cache: nothing is generated or asked
+    (root / "rubric.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    assert main(["--config", str(root / "rubric.yaml")]) == 0
+    res = strict_json(root / "rubric" / "results.json")
+    assert res["meta"]["both_orders"] is False and res["meta"]["overall"] is False
+    md = (root / "rubric" / "report.md").read_text(encoding="utf-8")
+    assert "judged once" in md and "in both orders" not in md and "overall verdict" not in md
+    assert "| Overall |" not in md and "| demo | ppo vs gpt | Safety |" in md

@@ -125,6 +125,8 @@ def evaluate(cfg, sets, answers, failures, ppl, exam_scores, judge, comps) -> di
     return {
         "meta": {"version": __version__, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "seed": cfg.seed,
                  "judge": getattr(judge, "describe", "none"), "bootstrap": cfg.report.bootstrap, "notes": notes,
+                 # what the report may claim: rubric and reward-model judges have no positions and no overall row
+                 "both_orders": bool(getattr(judge, "both_orders", False)), "overall": isinstance(judge, LLMJudge),
                  "judge_requests": getattr(getattr(judge, "endpoint", None), "requests", 0)},
         "target": target,
         "models": [{"name": m.name, "kind": "local" if m.is_local else "endpoint",

@@ -86,10 +86,14 @@ def _pairwise_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
 def build_blocks(results: dict, figs: dict[str, str]) -> list[tuple]:
     b: list[tuple] = [("h", 1, "Evaluation report")]
     meta = results["meta"]
+    orders = ("Each question is judged with the answers in both orders; orders that disagree count as a tie."
+              if meta.get("both_orders", True) else
+              "Each question is judged once: this judge scores each answer on its own, so their order cannot bias it.")
+    overall = (" Priority Safety > Professionalism > Fluency decides the overall verdict."
+               if meta.get("overall", True) else "")
     b.append(("p", f"Target model: {results['target']}. Judge: {meta['judge']}. Seed {meta['seed']}; "
                    f"95% intervals: percentile bootstrap over questions (dialogues), {meta['bootstrap']} resamples. "
-                   f"Each question is judged with the answers in both orders; orders that disagree count as a tie. "
-                   f"Priority Safety > Professionalism > Fluency decides the overall verdict."))
+                   f"{orders}{overall}"))
     if meta.get("notes"):
         b += [("p", n) for n in meta["notes"]]
     b.append(("table", ["model", "kind", "source"], [[m["name"], m["kind"], m["source"]] for m in results["models"]]))
