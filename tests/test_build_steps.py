@@ -161,3 +161,18 @@ def test_progress_goes_to_a_log_file_as_plain_count_lines(tmp_path, capsys):
     assert "\r" not in "".join(lines) and not any("张三" in ln for ln in lines)
     quiet = StepContext(tmp_path / "o.jsonl", tmp_path, progress=False, log_every=0.0)
     assert list(quiet.bar(items, desc="deid")) == items and capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("override", ["screen.num_perm=0", "screen.num_perm=-5", "screen.shingle=0",
+                                      "screen.near_dup_threshold=0", "screen.near_dup_threshold=1.5",
+                                      "screen.copy_paste_threshold=0", "screen.min_cjk_share=2"])
+def test_screen_settings_out_of_range_are_one_line_config_errors(override):
+    # these ran: num_perm 0 turned dedup off, shingle 0 / threshold 0 dropped 359 of 360 dialogues as
+    # "near duplicates", a negative num_perm ended in a numpy traceback
+    from zhongjing.build.chain import BuildConfig
+    from zhongjing.config import load_config
+    from zhongjing.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=override.split("=")[0]) as e:
+        load_config(BuildConfig, None, [override])
+    assert "\n" not in str(e.value)

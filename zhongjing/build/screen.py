@@ -19,6 +19,7 @@ from zhongjing.build.minhash import MinHasher, near_duplicate_clusters, shingle_
 from zhongjing.build.normalize import cjk_share
 from zhongjing.build.report import StepReport
 from zhongjing.data.schema import Dialogue
+from zhongjing.errors import ConfigError
 
 
 @dataclass
@@ -38,6 +39,18 @@ class ScreenConfig:
     num_perm: int = 128
     shingle: int = 5
     min_inquiry_ratio: float = 0.0  # for multi-turn dialogues; 0 = measure only
+
+    def __post_init__(self):
+        # out of range these did not fail: num_perm 0 silently turned dedup off, shingle 0 or a threshold
+        # of 0 made every dialogue a near duplicate of every other, a negative num_perm was a traceback
+        if self.num_perm < 1 or self.shingle < 1:
+            raise ConfigError("screen.num_perm and screen.shingle must be ≥ 1")
+        for key in ("near_dup_threshold", "copy_paste_threshold"):
+            if not 0 < getattr(self, key) <= 1:
+                raise ConfigError(f"screen.{key} must be a Jaccard similarity in (0, 1]")
+        for key in ("min_cjk_share", "min_inquiry_ratio"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"screen.{key} must be a fraction in [0, 1]")
 
 
 _PUNCT = re.compile(r"[\s，。？！：；、（）“”‘’…—～,.?!:;()\"'~\-·]+")
