@@ -154,3 +154,16 @@ def test_endpoint_that_stays_down_stops_the_step(tmp_path):
                         str(tmp_path / "c.sqlite"), DRUGS)
         assert len(srv.log) < 2 * (DOWN_AFTER + 4), "the remaining turns are not tried"
     assert "\n" not in str(e.value) and "头疼" not in str(e.value) and "http_500" in str(e.value)
+
+
+@pytest.mark.parametrize("override", ["rewrite.max_retries=-1", "rewrite.concurrency=0", "rewrite.timeout=0",
+                                      "rewrite.min_length_ratio=6"])
+def test_rewrite_settings_out_of_range_are_one_line_config_errors(override):
+    # max_retries -1 sent nothing and reported every turn as a failed request
+    from zhongjing.build.chain import BuildConfig
+    from zhongjing.config import load_config
+    from zhongjing.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=override.split("=")[0]) as e:
+        load_config(BuildConfig, None, [override])
+    assert "\n" not in str(e.value)

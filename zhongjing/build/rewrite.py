@@ -50,6 +50,15 @@ class RewriteConfig:
     dry_run: bool = False  # print the prompts of the first `dry_run_limit` turns, send nothing
     dry_run_limit: int = 3
 
+    def __post_init__(self):
+        # max_retries -1 sent nothing and reported every turn as a failed request; timeout 0 failed them all
+        if self.max_retries < 0 or self.concurrency < 1 or self.max_tokens < 1:
+            raise ConfigError("rewrite.max_retries must be ≥ 0, rewrite.concurrency and rewrite.max_tokens ≥ 1")
+        if self.timeout <= 0 or self.backoff_base < 0 or self.backoff_max < 0:
+            raise ConfigError("rewrite.timeout must be > 0 and rewrite.backoff_base/backoff_max ≥ 0")
+        if not 0 <= self.min_length_ratio <= self.max_length_ratio:
+            raise ConfigError("rewrite.min_length_ratio and max_length_ratio must satisfy 0 ≤ min ≤ max")
+
 
 SYSTEM_PROMPT = (
     "你是一位经验丰富、待人亲切的临床医生，正在整理线上问诊记录。你的任务是润色医生的回复，"
