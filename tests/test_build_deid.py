@@ -115,6 +115,9 @@ def test_import_rejects_and_errors_never_echo_record_values(tmp_path):
     assert [r["where"] for r in rows] == ["line 2", "line 3"]
     assert "王建国" not in rows[0]["reason"] and "13912345678" not in rows[0]["reason"]
     assert "unknown role" in rows[0]["reason"] and "'doctor'" in rows[1]["reason"]  # plain role names still shown
+    from zhongjing.build.chain import safe_reason
+    assert safe_reason("invalid JSON (Expecting ',' delimiter at column 9)") == "invalid JSON (Expecting ',' delimiter at column 9)"
+    assert safe_reason("duplicate id '13912345678' (first at a.jsonl:line 1)") == "duplicate id '…' (first at a.jsonl:line 1)"
     cfg.skip_bad = False
     with pytest.raises(DataError) as e:
         import_dialogues(cfg, StepReport("import"))

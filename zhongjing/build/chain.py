@@ -114,7 +114,7 @@ def import_dialogues(cfg: BuildConfig, report: StepReport, rejects_path: Path | 
 
 
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
-_SHOWN = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,23}")  # field and role names such as 'content', 'doctor'
+_SHOWN = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,23}|[^\w\s]{1,3}")  # field/role names ('content', 'doctor'), ','
 
 
 def safe_reason(reason: str) -> str:
