@@ -55,3 +55,17 @@ def test_two_processes_match_one(setup, tmp_path, stage):
     ma, mb = (json.loads((d / "meta.json").read_text()) for d in (one, two))
     assert mb["metrics"]["best_val_loss"] == pytest.approx(ma["metrics"]["best_val_loss"], rel=2e-4)
     assert [h["val_n"] for h in mb["metrics"]["history"]] == [h["val_n"] for h in ma["metrics"]["history"]]
+
+
+def test_bare_num_processes_on_cpu_is_refused_not_run_as_one_process(monkeypatch):
+    # `accelerate launch --num_processes 2 -m zhongjing ...` without a config on a GPU-less machine takes accelerate's
+    # simple launcher: one process, only MASTER_ADDR set — it trained quietly with half the intended global batch
+    from zhongjing.errors import ConfigError
+    from zhongjing.train.common import TrainSettings, make_accelerator
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "False")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    with pytest.raises(ConfigError, match="cpu_ddp2.yaml"):
+        make_accelerator(TrainSettings())

@@ -82,6 +82,11 @@ def make_accelerator(settings: TrainSettings):
         # accelerate turns FSDP on only for accelerator devices: on CPU the processes would silently run as DDP
         raise ConfigError("FSDP needs GPUs (accelerate enables it only on accelerators); on CPU shard the weights "
                           "with DeepSpeed ZeRO-3: configs/accelerate/zero3_cpu.yaml")
+    if "ACCELERATE_USE_CPU" in os.environ and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ:
+        # `accelerate launch --num_processes N` with no config and no GPU takes its simple launcher: ONE process
+        # (it only sets MASTER_ADDR), so the run would quietly train with 1/N of the intended global batch
+        raise ConfigError("accelerate launch started a single process although several were asked for (no GPU and "
+                          "no distributed config): on CPU use --config_file configs/accelerate/cpu_ddp2.yaml")
     kwargs = {}
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
         kwargs["deepspeed_plugin"] = deepspeed_plugin(settings)
