@@ -201,8 +201,11 @@ def test_exam_requests_that_fail_are_skipped_not_wrong(tmp_path):
             preds = ex.endpoint_predictions(Endpoint(EndpointConfig(base_url=down.url, **cfg), "m"), exam, 0, 0, cache)
         s = ex.score(exam, preds)
         assert (s["n"], s["unparsed"], s["skipped"]) == (0, 0, 4) and cache.count("exam") == 0
+        seen = []
         with FakeOpenAI(lambda body: "答案：A") as up:  # back up: every question is asked and scored
-            preds = ex.endpoint_predictions(Endpoint(EndpointConfig(base_url=up.url, **cfg), "m"), exam, 0, 0, cache)
+            preds = ex.endpoint_predictions(Endpoint(EndpointConfig(base_url=up.url, **cfg), "m"), exam, 0, 0, cache,
+                                            progress=lambda done, total: seen.append((done, total)))
         s = ex.score(exam, preds)
         assert (s["n"], s["unparsed"], s["skipped"]) == (4, 0, 0)
+        assert seen == [(i, 4) for i in range(1, 5)]  # progress for a long exam
         assert s["accuracy"] == sum(it.answer == "A" for it in exam.items) / 4

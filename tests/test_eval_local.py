@@ -205,3 +205,15 @@ def test_exam_prompts_that_do_not_fit_lose_examples_or_are_skipped(chat_model_di
         stored = sorted((json.loads(v)["prediction"] is None, json.loads(v).get("shots")) for (v,) in entries)
         assert stored == [(False, 0), (True, None)]  # the example was dropped rather than the question
         assert score(exam, preds)["skipped"] == 1
+
+
+def test_exam_scoring_reports_progress(chat_model_dir, exam_file, tmp_path):
+    """A long exam (3,000 questions × shots) must not run silently: progress reaches its total, chunk by chunk."""
+    exam = load_exam(ExamConfig(name="mini", path=str(exam_file), shots=[0]), seed=3)
+    lm = LocalModel(ModelSpec(name="tiny", path=str(chat_model_dir)))
+    seen: list[tuple[int, int]] = []
+    with Cache(tmp_path / "c.sqlite") as cache:
+        local_predictions(lm, exam, 0, seed=3, cache=cache, batch_size=2, chunk=2,
+                          progress=lambda done, total: seen.append((done, total)))
+    single = sum(len(x.answer) == 1 for x in exam.items)
+    assert seen == [(min(i, single), single) for i in range(2, single + 2, 2)]

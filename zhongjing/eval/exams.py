@@ -19,7 +19,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 from zhongjing.errors import ZhongjingError
 from zhongjing.eval.cache import Cache, cache_key
@@ -171,7 +171,7 @@ def continuation_logprobs(model, groups: Sequence[tuple[list[int], list[list[int
 
 
 def local_predictions(lm, exam: Exam, k: int, seed: int, cache: Cache, batch_size: int = 8,
-                      chunk: int = 64) -> dict[str, str]:
+                      chunk: int = 64, progress: Callable[[int, int], None] | None = None) -> dict[str, str]:
     """item id → predicted letter by likelihood, cached per question. Left out: multi-answer questions
     (not a single choice) and questions too long for the model even without examples; a k-shot prompt
     that does not fit loses its oldest examples. `lm` is an answers.LocalModel, loaded only when needed."""
@@ -207,6 +207,8 @@ def local_predictions(lm, exam: Exam, k: int, seed: int, cache: Cache, batch_siz
             pred = list(it.options)[max(range(len(scores)), key=scores.__getitem__)]
             cache.put("exam", keys[it.id], {"prediction": pred, "scores": scores, "shots": used})
             out[it.id] = pred
+        if progress:  # a 3,000-question exam with 5 shots runs long: say how far it is
+            progress(len(out), len(items))
     return {i: p for i, p in out.items() if p is not None}
 
 
@@ -235,7 +237,8 @@ def parse_letters(reply: str, options: Sequence[str]) -> str | None:
     return letters or None
 
 
-def endpoint_predictions(endpoint: Endpoint, exam: Exam, k: int, seed: int, cache: Cache) -> dict[str, str | None]:
+def endpoint_predictions(endpoint: Endpoint, exam: Exam, k: int, seed: int, cache: Cache,
+                         progress: Callable[[int, int], None] | None = None) -> dict[str, str | None]:
     """item id → parsed letters (None: unparsed). Replies are cached; failed requests are left out (skipped)."""
     params = {**endpoint.cfg.params(), "max_tokens": min(endpoint.cfg.max_tokens, 64)}
     jobs = []
@@ -251,6 +254,8 @@ def endpoint_predictions(endpoint: Endpoint, exam: Exam, k: int, seed: int, cach
             jobs.append((it, msgs, key))
     for (it, msgs, key), reply in parallel(lambda j: endpoint.chat(j[1], max_tokens=params["max_tokens"]), jobs,
                                            endpoint.cfg.concurrency):
+        if progress:
+            progress(len(out) + failed + 1, len(exam.items))
         if isinstance(reply, Exception):  # no reply: not a wrong answer, and not cached
             failed += 1
             continue

@@ -155,7 +155,8 @@ def collect_answers(cfg: EvalConfig, sets, cache: Cache) -> tuple[dict, dict, di
                     ppl[spec.name][s.name] = hit
             for e in exams:
                 for k in e.cfg.shots:
-                    preds = ex.local_predictions(lm, e, k, cfg.seed, cache, cfg.generation.batch_size)
+                    preds = ex.local_predictions(lm, e, k, cfg.seed, cache, cfg.generation.batch_size,
+                                                 progress=Throttle(f"{spec.name} exam {e.name} ({k}-shot)"))
                     exam_scores.setdefault(spec.name, {}).setdefault(e.name, {})[k] = ex.score(
                         e, preds, cfg.seed, cfg.report.bootstrap)
             lm.unload()
@@ -165,10 +166,12 @@ def collect_answers(cfg: EvalConfig, sets, cache: Cache) -> tuple[dict, dict, di
                                                                        Throttle(f"{spec.name} answers"))
             for e in exams:
                 for k in e.cfg.shots:
-                    preds = ex.endpoint_predictions(endpoint, e, k, cfg.seed, cache)
+                    preds = ex.endpoint_predictions(endpoint, e, k, cfg.seed, cache,
+                                                    progress=Throttle(f"{spec.name} exam {e.name} ({k}-shot)"))
                     exam_scores.setdefault(spec.name, {}).setdefault(e.name, {})[k] = ex.score(
                         e, preds, cfg.seed, cfg.report.bootstrap)
-        log(f"{spec.name}: answers ready ({len(answers[spec.name])}/{len(items)}, {time.time() - t0:.1f}s)")
+        log(f"{spec.name}: ready ({len(answers[spec.name])}/{len(items)} answers"
+            f"{', exams' if exams else ''}, {time.time() - t0:.1f}s)")
     return answers, failures, ppl, exam_scores
 
 
