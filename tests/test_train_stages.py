@@ -106,6 +106,13 @@ def test_sft_lora_learns_dialogues_and_leaves_base_untouched(pt_run, files, tmp_
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, trained(ids).logits, atol=1e-4, rtol=1e-4)
         assert not torch.allclose(plain(ids).logits, trained(ids).logits, atol=1e-3)
+    # -o onto the adapter itself or its base would destroy it (or apply the adapter twice); an earlier export is fine
+    before = (Path(base) / "model.safetensors").read_bytes()
+    assert cli(["export", "--merge", cfg.output, "-o", str(base)]) == 2
+    assert cli(["export", "--merge", cfg.output, "-o", cfg.output]) == 2
+    assert (Path(base) / "model.safetensors").read_bytes() == before
+    assert (Path(cfg.output) / "adapter_config.json").exists()
+    assert cli(["export", "--merge", cfg.output, "-o", str(tmp_path / "merged")]) == 0
 
 
 def test_adapter_chain_pt_lora_then_sft_lora(base, files, tmp_path):
