@@ -91,6 +91,17 @@ def test_save_to_a_bad_path_keeps_the_chat_going(mt, tmp_path, monkeypatch, caps
     assert [d["id"] for _, d in iter_jsonl(good)] == [s.id]
 
 
+def test_save_expands_the_home_folder(tmp_path, monkeypatch):
+    from zhongjing.serve.chat import save_dialogue
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    d = Dialogue.from_dict({"id": "c1", "messages": [{"role": "user", "content": "头痛"},
+                                                     {"role": "assistant", "content": "多久了？"}]})
+    assert save_dialogue("~/chats.jsonl", d) == 1
+    assert (tmp_path / "home" / "chats.jsonl").exists() and not (tmp_path / "~").exists()
+
+
 @pytest.mark.parametrize("flag, value, message", [("--temperature", "-1", "--temperature must be >= 0"),
                                                   ("--top-p", "0", "--top-p must be in (0, 1]")])
 def test_bad_sampling_flags_are_refused_before_loading(tmp_path, flag, value, message):

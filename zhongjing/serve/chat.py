@@ -26,7 +26,7 @@ HELP = "commands: /reset  new conversation · /save FILE  append it to a Dialogu
 
 def save_dialogue(path: str | Path, dialogue: Dialogue) -> int:
     """Add `dialogue` to a JSONL file (replacing an earlier save of the same conversation); returns records."""
-    path = Path(path)
+    path = Path(path).expanduser()  # "/save ~/chats.jsonl" is typed at a prompt, where no shell expands "~"
     rows = [d for _, d in iter_jsonl(path) if d.get("id") != dialogue.id] if path.exists() else []
     return write_jsonl(path, rows + [dialogue.to_dict()])
 
