@@ -103,7 +103,8 @@ def test_save_expands_the_home_folder(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("flag, value, message", [("--temperature", "-1", "--temperature must be >= 0"),
-                                                  ("--top-p", "0", "--top-p must be in (0, 1]")])
+                                                  ("--top-p", "0", "--top-p must be in (0, 1]"),
+                                                  ("--repetition-penalty", "0", "--repetition-penalty must be > 0")])
 def test_bad_sampling_flags_are_refused_before_loading(tmp_path, flag, value, message):
     # a folder that does not exist: the flag must be refused first, without loading anything
     proc = subprocess.run([sys.executable, "-m", "zhongjing", "chat", "--model", str(tmp_path / "nope"), flag, value],

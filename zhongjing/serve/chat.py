@@ -154,6 +154,8 @@ def main(argv: list[str]) -> int:
         raise ZhongjingError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
     if not 0 < args.top_p <= 1:
         raise ZhongjingError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.repetition_penalty <= 0:
+        raise ZhongjingError(f"--repetition-penalty must be > 0 (1 = off), got {args.repetition_penalty}")
     for stream_ in (sys.stdin, sys.stdout):
         if hasattr(stream_, "reconfigure") and not stream_.isatty():
             stream_.reconfigure(encoding="utf-8", errors="replace")
