@@ -294,6 +294,27 @@ def test_a_changed_stage_killed_before_it_starts_never_resumes_the_old_run(tmp_p
         assert not out.exists()
 
 
+def test_launcher_is_found_next_to_python_or_named_before_anything_runs(tmp_path, monkeypatch):
+    """`.venv/bin/zhongjing pipeline` from a shell without the venv activated: `accelerate` is not on PATH but in
+    the venv's bin/ — it was a FileNotFoundError traceback when pt started, after build had run."""
+    import zhongjing.pipeline as pl
+    from zhongjing.errors import ConfigError
+    from zhongjing.pipeline_state import State
+
+    bindir = tmp_path / "venv" / "bin"
+    bindir.mkdir(parents=True)
+    (bindir / "accelerate").write_text("#!/bin/sh\n")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(pl.sys, "executable", str(bindir / "python"))
+    argv = pl.launch_argv("accelerate launch --config_file configs/accelerate/zero2.yaml")
+    assert argv == [str(bindir / "accelerate"), "launch", "--config_file", "configs/accelerate/zero2.yaml"]
+    cfg = pl.load_pipeline_config(str(REPO / "configs" / "demo.yaml"), [f"work_dir={tmp_path / 'w'}",
+                                                                        "launch=no-such-launcher --x"])
+    with pytest.raises(ConfigError, match="launch: 'no-such-launcher' is neither on PATH nor in") as e:
+        pl.plan(cfg, State(tmp_path / "w"))
+    assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("stage, table4", [("pt", (5e-5, 32, 4, 16, 4)), ("sft", (7e-5, 16, 3, 16, 4)),
                                            ("rm", (1e-4, 16, 10, 32, 4)), ("ppo", (5e-5, 16, 2, 8, 4))])
 def test_paper_pipeline_follows_table_4_and_the_stage_configs(tmp_path, stage, table4):

@@ -160,7 +160,22 @@ def plan(cfg: PipelineConfig, state: State, *, start: str | None = None, only: l
                                                else "inputs, code or config changed")
             plans.append(Plan(s, "run", why, key, configs[s]))
             fps[s] = f"pending:{key}"
+    if cfg.launch and any(p.stage in LAUNCHED and p.action in ("run", "resume") for p in plans):
+        launch_argv(cfg.launch)  # a missing launcher is named now, not after build and hours of other stages
     return plans
+
+
+def launch_argv(launch: str) -> list[str]:
+    """`launch` as argv, its program found on PATH or next to this Python: `.venv/bin/zhongjing` run from a shell
+    where the venv is not activated must still find the venv's `accelerate`."""
+    argv = shlex.split(launch)
+    if argv and not shutil.which(argv[0]):
+        local = Path(sys.executable).parent / argv[0]
+        if not local.is_file():
+            raise ConfigError(f"launch: {argv[0]!r} is neither on PATH nor in {local.parent}; install it there "
+                              "(accelerate comes with zhongjing) or give its full path")
+        argv[0] = str(local)
+    return argv
 
 
 # ----------------------------------------------------------------------------------------------- running
@@ -250,7 +265,7 @@ def run_stage(p: Plan, cfg: PipelineConfig, w: Wiring) -> None:
     with atomic_open(cfg_file) as f:
         yaml.safe_dump(to_dict(scfg), f, allow_unicode=True, sort_keys=False)
     python = cfg.python or sys.executable
-    prefix = shlex.split(cfg.launch) if cfg.launch and s in LAUNCHED else [python]
+    prefix = launch_argv(cfg.launch) if cfg.launch and s in LAUNCHED else [python]
     run_child([*prefix, "-m", "zhongjing", *COMMANDS[s], "--config", str(cfg_file)], w.work / "logs" / f"{s}.log",
               cfg.threads)
 
