@@ -131,6 +131,15 @@ def test_reward_model_folder_as_cheap_judge(chat_model_dir, tmp_path):
 needs_shared = pytest.mark.skipif(not (SHARED_DATA / "cmtmedqa_test").exists(), reason=f"no shared data at {SHARED_DATA}")
 
 
+def test_a_set_of_safety_prompts_only_keeps_its_own_name(tmp_path):
+    f = tmp_path / "risky.jsonl"
+    rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": f"问题{i}"}, {"role": "assistant", "content": "请就医"}],
+             "meta": {"safety": True}} for i in range(3)]
+    f.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    (only,) = testsets.load_testset(testsets.TestSetConfig(name="safety", path=str(f), format="dialogue"))
+    assert only.name == "safety" and only.safety and len(only.items) == 3  # not "safety-safety"
+
+
 @pytest.mark.shared
 @needs_shared
 def test_cmtmedqa_every_doctor_turn_and_safety_prompts_separately():

@@ -181,6 +181,17 @@ def _load(overrides: list[str], path: Path = REPO / "configs" / "demo.yaml"):
     return build_configs(load_pipeline_config(str(path), overrides))
 
 
+def test_a_partial_run_points_only_at_what_exists(tmp_path):
+    """`--only init,build` has trained no model and ranked nothing: no chat pointer, no report, no simulated note."""
+    cfg_path = tmp_path / "pipeline.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny_config(tmp_path / "work"), allow_unicode=True), encoding="utf-8")
+    p = run(cfg_path, "--only", "init,build")
+    summary = json.loads((tmp_path / "work" / "summary.json").read_text())
+    assert summary["model"] is None and summary["report"] is None
+    tail = p.stdout[p.stdout.index("## Pipeline summary"):]
+    assert "chat with it" not in tail and "evaluation report" not in tail and "SIMULATED" not in tail
+
+
 def test_demo_and_paper_configs_wire_every_stage(tmp_path):
     from zhongjing.pipeline_wiring import CLASSES
 

@@ -143,23 +143,27 @@ def write_summary(cfg, w, state, plans, times: dict) -> dict:
         cpu = "–" if cpu is None else (f"{cpu:.0f}" if secs is not None else f"({cpu:.0f})")
         lines.append(f"| {p.stage} | {what} | {shown} | {cpu} | {summ.get('text', '')} |")
     lines.append(f"| **total** | | {total:.0f} | | |")
-    model = w.output("ppo") if "ppo" in w.stages else w.output("sft")
+    done = {s for s in w.stages if state.get(s).get("status") == "done"}  # --only init,build has no model yet
+    last = next((s for s in ("ppo", "sft", "pt") if s in done), None)
+    model = w.output(last) if last else None
     report = w.output("eval").parent / "report.md"
     text = ["## Pipeline summary", "", *lines, "",
             "(in parentheses: the earlier run that produced a skipped stage's output; CPU s: the stage's processes' "
-            "CPU time, > seconds when it used several cores)", "",
-            f"- model: {model}  →  chat with it: zhongjing chat --model {model}"]
-    if "eval" in w.stages:
+            "CPU time, > seconds when it used several cores)", ""]
+    if model:
+        text.append(f"- model ({last}): {model}  →  chat with it: zhongjing chat --model {model}")
+    if "eval" in done:
         text.append(f"- evaluation report: {report} (also report.html, results.json)")
-    if cfg.simulated:
+    if cfg.simulated and done & {"rank", "rm", "ppo"}:
         text += ["", f"**NOTE:** {SIMULATED_NOTE}"]
-        if "eval" in w.stages and "reward" in json.dumps(_eval_summary(w.output("eval")).get("pairwise") or []):
+        if "eval" in done and "reward" in json.dumps(_eval_summary(w.output("eval")).get("pairwise") or []):
             text.append("The demo's eval judge is the pipeline's own reward model — the one PPO optimised — so it "
                         "favours the aligned model by construction; use an LLM judge or doctors for real numbers.")
     body = "\n".join(text) + "\n"
     with atomic_open(w.work / "summary.md") as f:
         f.write(body)
-    data = {"stages": rows, "total_seconds": round(total, 1), "model": str(model), "report": str(report),
+    data = {"stages": rows, "total_seconds": round(total, 1), "model": str(model) if model else None,
+            "report": str(report) if "eval" in done else None,
             "simulated_rankings": cfg.simulated}
     write_json(w.work / "summary.json", data)
     return {**data, "text": body}

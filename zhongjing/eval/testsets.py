@@ -25,7 +25,7 @@ class TestSetConfig:
     format: str = "auto"  # any dialogue format the readers know: cmtmedqa, huatuo, dialogue (our JSONL), ...
     limit: int = 0  # dialogues sampled per subset (regular / safety); 0 = all
     turns: Literal["all", "last", "first"] = "all"  # which doctor turns become items
-    split_safety: bool = True  # safety prompts (meta.safety) become their own set "<name>-safety"
+    split_safety: bool = True  # safety prompts (meta.safety) become their own set "<name>-safety" (all of them: "<name>")
 
 
 @dataclass
@@ -105,7 +105,8 @@ def load_testset(cfg: TestSetConfig, seed: int = 0) -> list[TestSet]:
     regular = [d for d in dialogues if not (cfg.split_safety and d.meta.get("safety"))]
     risky = [d for d in dialogues if cfg.split_safety and d.meta.get("safety")]
     out = []
-    for name, group, is_safety in ((cfg.name, regular, False), (f"{cfg.name}-safety", risky, True)):
+    risky_name = f"{cfg.name}-safety" if regular else cfg.name  # a set of safety prompts only keeps its name
+    for name, group, is_safety in ((cfg.name, regular, False), (risky_name, risky, True)):
         if not group:
             continue
         chosen = sample_dialogues(group, cfg.limit, seed)
