@@ -34,3 +34,26 @@ def test_question_reward_raises_ask_rate(sft_policy, tmp_path):
 def test_group_of_one_is_refused():
     with pytest.raises(ConfigError, match="group_size"):
         load_config(GRPOConfig, overrides=["grpo.group_size=1"])
+
+
+def test_resume_on_other_prompts_is_refused(sft_policy, tmp_path):
+    # every other stage refuses to resume on changed data (the saved position would mean nothing); ppo/grpo resumed
+    import shutil
+
+    from zhongjing.errors import ZhongjingError
+
+    prompts = sft_policy.parent / "short.jsonl"
+    other = tmp_path / "other.jsonl"
+    shutil.copy(prompts, other)
+    other.write_text("\n".join(prompts.read_text(encoding="utf-8").splitlines()[:-1]) + "\n", encoding="utf-8")
+
+    def cfg(p, resume):
+        return load_config(GRPOConfig, overrides=[
+            f"model={sft_policy}", f"prompts={p}", f"output={tmp_path / 'grpo'}", "grpo.group_size=2",
+            "reward.ask_question=1.0",
+            "eval_prompts=2", "max_length=128", "generation.max_new_tokens=8", "train.batch_size=4",
+            "train.max_steps=1", "train.progress=false", "train.threads=1", f"train.resume={resume}"])
+
+    train_grpo(cfg(prompts, False))
+    with pytest.raises(ZhongjingError, match="data changed"):
+        train_grpo(cfg(other, True))

@@ -272,6 +272,7 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
     step, epoch, in_epoch, history, stopped = 0, 0, 0, [], None
     last = ckpt.latest_checkpoint(out) if tc.resume else None
     if last is not None:
+        ckpt.check_resumable(last, meta)  # as every other stage: other prompts refused, other settings named
         st = ckpt.load_checkpoint(last, accelerator=acc, model=model, io=io, optimizer=optimizer)
         if (st["grad_accum"], st["batch_size"], st["per_update"]) != (tc.grad_accum, tc.batch_size, per_update):
             raise ZhongjingError(f"{last}: written with other batch settings; resume with the same ones")
