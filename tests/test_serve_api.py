@@ -334,8 +334,8 @@ def test_engine_survives_a_failing_step(chat_model_dir):
     done = threading.Event()
     engine.submit(prompt, SamplingParams(40, 0.0), lambda k, row, p: first.append((k, p)))
     engine.start()
-    deadline = time.time() + 30
-    while not first and time.time() < deadline:
+    deadline = time.time() + 30  # the second request comes after the failure: joining the failing batch would fail it too
+    while not (first and first[-1][0] == "error") and time.time() < deadline:
         time.sleep(0.01)
     engine.submit(prompt, SamplingParams(40, 0.0), lambda k, row, p: (second.append(k), k == "done" and done.set()))
     assert done.wait(30)
