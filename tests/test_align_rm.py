@@ -77,6 +77,10 @@ def test_score_command(medical_rm, medical_base, tmp_path, capsys):
     assert summary["pairwise_accuracy"] > 0.6  # most of these pairs were trained on
     assert main(["score", "--rm", str(medical_base), str(MEDICAL_PAIRS)]) == 2
     assert "not a reward model" in capsys.readouterr().err
+    for flag in ("--batch-size", "--max-length"):  # 0 gave a ValueError traceback / every answer unscored
+        with pytest.raises(SystemExit) as e:
+            main(["score", "--rm", str(medical_rm), str(MEDICAL_PAIRS), flag, "0"])
+        assert e.value.code == 2 and f"{flag} must be at least 1" in capsys.readouterr().err
 
 
 def test_loading_a_trained_rm_does_not_report_its_head_missing(medical_rm):

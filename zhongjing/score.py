@@ -87,6 +87,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--normalize", action="store_true", help="(r − mean)/std with the RM's validation statistics")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     a = p.parse_args(argv)
+    for flag, v in (("--batch-size", a.batch_size), ("--max-length", a.max_length)):
+        if v < 1:  # 0 would leave every answer unscored (or loop forever) instead of saying why
+            p.error(f"{flag} must be at least 1, got {v}")
     if a.threads:
         from zhongjing.model.load import setup_torch
 
