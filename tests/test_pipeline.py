@@ -182,7 +182,8 @@ def _load(overrides: list[str], path: Path = REPO / "configs" / "demo.yaml"):
 
 
 def test_a_partial_run_points_only_at_what_exists(tmp_path):
-    """`--only init,build` has trained no model and ranked nothing: no chat pointer, no report, no simulated note."""
+    """`--only init,build` has trained no model and ranked nothing: no chat pointer, no report, no simulated note;
+    a changed config is named as such in the plan."""
     cfg_path = tmp_path / "pipeline.yaml"
     cfg_path.write_text(yaml.safe_dump(tiny_config(tmp_path / "work"), allow_unicode=True), encoding="utf-8")
     p = run(cfg_path, "--only", "init,build")
@@ -190,6 +191,11 @@ def test_a_partial_run_points_only_at_what_exists(tmp_path):
     assert summary["model"] is None and summary["report"] is None
     tail = p.stdout[p.stdout.index("## Pipeline summary"):]
     assert "chat with it" not in tail and "evaluation report" not in tail and "SIMULATED" not in tail
+    # before a long run, --plan says which part of a stage's key changed
+    lines = run(cfg_path, "init.vocab_size=640", "--plan").stdout.splitlines()
+    init = next(line for line in lines if line.split()[:1] == ["init"])
+    build = next(line for line in lines if line.split()[:1] == ["build"])
+    assert "changed: config" in init and "output" not in init and "skip" in build
 
 
 def test_demo_and_paper_configs_wire_every_stage(tmp_path):

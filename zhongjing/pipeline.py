@@ -101,6 +101,7 @@ class Plan:
     why: str
     key: str = ""
     config: Any = None
+    parts: dict = field(default_factory=dict)  # a hash per part of the key (State.key_for)
 
 
 def build_configs(cfg: PipelineConfig) -> tuple[Wiring, dict[str, Any]]:
@@ -110,7 +111,7 @@ def build_configs(cfg: PipelineConfig) -> tuple[Wiring, dict[str, Any]]:
     return w, {s: stage_config(s, cfg, w) for s in cfg.active()}
 
 
-def stage_key(state: State, w: Wiring, stage: str, config, fps: dict) -> str:
+def stage_key(state: State, w: Wiring, stage: str, config, fps: dict) -> tuple[str, dict]:
     """The stage's identity now: config, code, user files, pipeline settings it uses, upstream fingerprints
     (`fps` holds those of stages (re)run in this invocation)."""
     deps = {d: fps.get(d) or state.fingerprint(d) for d in w.deps(stage)}
@@ -133,7 +134,7 @@ def plan(cfg: PipelineConfig, state: State, *, start: str | None = None, only: l
         if s not in active:
             plans.append(Plan(s, "off", "base_model is given" if s == "init" and s in cfg.stages else "not in stages"))
             continue
-        key = stage_key(state, w, s, configs[s], fps)
+        key, parts = stage_key(state, w, s, configs[s], fps)
         rec = state.get(s)
         out = w.output(s)
         done = rec.get("status") == "done" and rec.get("key") == key and fingerprint(out) == rec.get("fingerprint")
@@ -156,9 +157,10 @@ def plan(cfg: PipelineConfig, state: State, *, start: str | None = None, only: l
             plans.append(Plan(s, "resume", "interrupted earlier run with the same inputs", key, configs[s]))
             fps[s] = f"pending:{key}"
         else:
-            why = "never run" if not rec else ("output changed on disk" if rec.get("key") == key
-                                               else "inputs, code or config changed")
-            plans.append(Plan(s, "run", why, key, configs[s]))
+            changed = state.changed(s, parts)
+            why = ("never run" if not rec else "output changed on disk" if rec.get("key") == key
+                   else f"changed: {', '.join(changed)}" if changed else "inputs, code or config changed")
+            plans.append(Plan(s, "run", why, key, configs[s], parts))
             fps[s] = f"pending:{key}"
     if cfg.launch and any(p.stage in LAUNCHED and p.action in ("run", "resume") for p in plans):
         launch_argv(cfg.launch)  # a missing launcher is named now, not after build and hours of other stages
@@ -294,11 +296,11 @@ def run_pipeline(cfg: PipelineConfig, *, start: str | None = None, only: list[st
             if p.action in ("off", "skip"):
                 continue
             # the key of a later stage depends on what this one writes: recompute with real fingerprints
-            p.key = stage_key(state, w, p.stage, p.config, fps)
+            p.key, p.parts = stage_key(state, w, p.stage, p.config, fps)
             out(f"\n=== {p.stage} ({p.action}) ===")
             if p.action == "run":
                 drop_resume_points(p.stage, w)
-            state.start(p.stage, p.key)
+            state.start(p.stage, p.key, p.parts)
             t0, c0 = time.time(), child_cpu_seconds()
             run_stage(p, cfg, w)
             times[p.stage] = time.time() - t0

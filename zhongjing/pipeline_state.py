@@ -170,15 +170,25 @@ class State:
         rec = self.get(stage)
         return rec.get("fingerprint") if rec.get("status") == "done" else None
 
-    def key_for(self, stage: str, config: Any, code: str, inputs: dict, deps: dict, settings: dict) -> str:
-        return sha256_json({"stage": stage, "config": hashable(config, self.work), "code": code, "inputs": inputs,
-                            "upstream": deps, "pipeline": settings})
+    def key_for(self, stage: str, config: Any, code: str, inputs: dict, deps: dict, settings: dict) -> tuple[str, dict]:
+        """The stage's key, and a hash per part of it so that a plan can say which part changed."""
+        config = hashable(config, self.work)
+        key = sha256_json({"stage": stage, "config": config, "code": code, "inputs": inputs,
+                           "upstream": deps, "pipeline": settings})
+        parts = {"config": sha256_json(config), "code": code, "input files": sha256_json(inputs),
+                 "pipeline settings": sha256_json(settings), **{f"{d} output": fp for d, fp in deps.items()}}
+        return key, parts
+
+    def changed(self, stage: str, parts: dict) -> list[str]:
+        """Which parts of the key differ from the recorded run's (empty when that run predates part hashes)."""
+        old = self.get(stage).get("parts") or {}
+        return [name for name in parts if old and old.get(name) != parts[name]]
 
     def _save(self) -> None:
         write_json(self.path, self.data)
 
-    def start(self, stage: str, key: str) -> None:
-        self.data["stages"][stage] = {"status": "running", "key": key, "started": _now()}
+    def start(self, stage: str, key: str, parts: dict | None = None) -> None:
+        self.data["stages"][stage] = {"status": "running", "key": key, "parts": parts or {}, "started": _now()}
         self._save()
 
     def finish(self, stage: str, key: str, fp: str | None, seconds: float, summary: dict) -> None:
