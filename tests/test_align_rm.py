@@ -114,6 +114,11 @@ def test_counts_are_what_is_trained_on_when_answers_are_too_long(medical_base, c
     assert counts["train"] == len(data.train) and counts["val"] == len(data.val)
     assert counts["train"] + counts["val"] + counts["too_long"] == 100
     assert counts["train_pairs"] == len(data.train)  # chosen/rejected: one pair each
+    # max_length past the model's 1024 positions is capped (as sft does; scoring reads no further either)
+    cfg = rm_config(medical_base, [MEDICAL_PAIRS], "unused", max_length=4096)
+    data, counts = pref_batches(cfg, load_tokenizer(medical_base), per="ranking", with_targets=False)
+    assert cfg.max_length == 1024 and max(len(x) for e in data.train + data.val for x in e.ids) <= 1024
+    assert "using 1024" in capsys.readouterr().err
 
 
 def test_scoring_stays_within_the_models_context(medical_rm):
