@@ -157,6 +157,21 @@ def test_stream_yields_whole_characters_that_add_up(mt, prompts):
     assert not any("\ufffd" in p for p in parts)  # byte-level BPE splits Chinese chars; never emit half of one
 
 
+def test_an_answer_cut_off_inside_a_character_drops_the_half(mt, prompts):
+    from zhongjing.model.decoder import Decoder, Row, SamplingParams
+
+    model, tok, _ = mt
+    ids = tok.encode("请多喝水龘", add_special_tokens=False)  # a rare character: byte tokens in the tiny vocabulary
+    n = max(n for n in range(1, len(ids)) if tok.decode(ids[:n]).endswith("\ufffd"))  # inside the last character
+    row = Row(prompts[0], SamplingParams(n, 0.0), seed=0, max_new=n)
+    row.out_ids, row.finish_reason = ids[:n], "length"
+    assert Decoder(model, tok)._decode(row) == "请多喝水"
+    # end to end: max_tokens reached on a forced half-character token
+    half = next(t for t in ids if tok.decode([t]).endswith("\ufffd"))
+    g = sample(model, tok, prompts[:1], max_new_tokens=1, temperature=0, logit_bias={half: 1e4})[0]
+    assert g.token_ids == [half] and g.finish_reason == "length" and "\ufffd" not in g.text
+
+
 def test_context_limit_and_bad_params(mt, prompts):
     model, tok, _ = mt
     with pytest.raises(ZhongjingError, match="context"):
