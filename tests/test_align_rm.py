@@ -42,6 +42,9 @@ def test_medicalgpt_pairs_held_out_accuracy(medical_rm):
     assert meta["metrics"]["val_accuracy"] >= 0.6, meta["metrics"]
     assert meta["metrics"]["val_margin"] > 0
     assert meta["reward_stats"]["std"] > 0
+    # the eval log shows the metrics, not the per-batch sums they are computed from
+    logged = [json.loads(line) for line in (medical_rm / "logs" / "eval.jsonl").read_text().splitlines()]
+    assert logged and all("val_accuracy" in r and "val_reward_sq" not in r and "val_pairs" not in r for r in logged)
 
 
 def test_folder_loads_with_plain_transformers_and_peft(medical_rm, medical_base):

@@ -204,10 +204,13 @@ def fit(model, data, loss_fn: Callable, settings: TrainSettings, out: str | Path
     def eval_and_save(do_eval: bool) -> None:
         nonlocal best_step, best_val
         if do_eval and len(val):
-            rec = evaluate(model, val, loss_fn, acc, settings.max_eval_batches)
-            rec = {"step": step, "epoch": epoch, **rec, **(on_eval(rec) if on_eval else {})}
+            raw = evaluate(model, val, loss_fn, acc, settings.max_eval_batches)
+            extra = on_eval(raw) if on_eval else {}
+            rec = {"step": step, "epoch": epoch, **raw, **extra}
             history.append(rec)
-            log.eval(rec)
+            # on_eval turns the loss function's per-batch sums into metrics: log those, not the sums
+            shown = set(extra) | {"step", "epoch", "val_loss", "val_n"}
+            log.eval({k: v for k, v in rec.items() if not on_eval or k in shown})
             if best_val is None or rec["val_loss"] < best_val:
                 best_step, best_val = step, rec["val_loss"]
         elif not len(val):
