@@ -124,6 +124,22 @@ def test_counts_are_what_is_trained_on_when_answers_are_too_long(medical_base, c
     assert "using 1024" in capsys.readouterr().err
 
 
+def test_normalising_without_reward_statistics_says_so(medical_rm, tmp_path, capsys):
+    import shutil
+
+    from zhongjing.train.rewards import RewardModelScorer
+
+    RewardModelScorer(str(medical_rm), normalize=True)
+    assert "unnormalised" not in capsys.readouterr().err
+    bare = tmp_path / "rm"
+    shutil.copytree(medical_rm, bare, ignore=shutil.ignore_patterns("checkpoints"))
+    meta = json.loads((bare / "meta.json").read_text(encoding="utf-8"))
+    del meta["reward_stats"]  # an RM trained with val_ratio=0
+    (bare / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    scorer = RewardModelScorer(str(bare), normalize=True)
+    assert (scorer.mean, scorer.std) == (0.0, 1.0) and "unnormalised" in capsys.readouterr().err
+
+
 def test_scoring_stays_within_the_models_context(medical_rm):
     # score/PPO default to max_length=4096; the tiny model has 1024 positions — longer input gave a reward silently
     from zhongjing.train.rewards import RewardModelScorer

@@ -9,6 +9,7 @@ length-biased reward model).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -59,6 +60,9 @@ class RewardModelScorer:
         self.renderer = Renderer(self.tokenizer, max_length=prompt_budget(max_length, path), strategy="last")
         self.batch_size = batch_size
         stats = self.meta.get("reward_stats") or {}
+        if normalize and not stats:
+            print(f"reward model {path}: no reward statistics (trained without a validation split), so its rewards "
+                  "are used unnormalised", file=sys.stderr)
         self.mean, self.std = (stats.get("mean", 0.0), stats.get("std", 1.0) or 1.0) if normalize else (0.0, 1.0)
         self.pad_id = self.tokenizer.pad_token_id
 
