@@ -57,6 +57,26 @@ def test_two_processes_match_one(setup, tmp_path, stage):
     assert [h["val_n"] for h in mb["metrics"]["history"]] == [h["val_n"] for h in ma["metrics"]["history"]]
 
 
+def test_ppo_under_two_processes_measures_the_whole_rollout(setup, tmp_path):
+    """Each process samples its share of the prompts; the logged numbers (and the adaptive KL controller) must be
+    those of the whole rollout, not of rank 0's share."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    out = tmp_path / "ppo"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(REPO / "configs" / "accelerate" / "cpu_ddp2.yaml"), "-m", "zhongjing", "train", "ppo",
+              f"model={setup['base']}", f"prompts={setup['dialogues']}", f"output={out}", "eval_prompts=6",
+              "max_length=192", "generation.max_new_tokens=8", "train.batch_size=4", "train.grad_accum=1",
+              "train.max_steps=2", "train.eval_every=2", "train.progress=false", "ppo.kl_target=1.0",
+              "reward.ask_question=1.0"]
+    r = subprocess.run(launch, env=env, capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ev = [json.loads(x) for x in (out / "logs" / "eval.jsonl").read_text().splitlines()]
+    tr = [json.loads(x) for x in (out / "logs" / "train.jsonl").read_text().splitlines()]
+    assert [e["eval_answers"] for e in ev] == [6, 6]  # 3 held-out prompts per process, counted together
+    assert len(tr) == 2 and all(t["answers"] == 4 for t in tr)  # rollout_prompts = 4 per update, 2 per process
+    assert tr[0]["kl_coef"] != tr[1]["kl_coef"] or tr[0]["kl"] == 1.0  # the controller moved
+
+
 def test_bare_num_processes_on_cpu_is_refused_not_run_as_one_process(monkeypatch):
     # `accelerate launch --num_processes 2 -m zhongjing ...` without a config on a GPU-less machine takes accelerate's
     # simple launcher: one process, only MASTER_ADDR set — it trained quietly with half the intended global batch

@@ -98,9 +98,11 @@ class PPO(Algorithm):
 
     def after_rollout(self, rollout) -> dict:
         if self.s.kl_target > 0:  # proportional controller on the KL per answer
-            kl = rollout.kl.sum(1).mean().item()
-            err = max(-0.2, min(0.2, kl / self.s.kl_target - 1))
-            self.kl_coef *= 1 + err * len(rollout) / self.s.kl_horizon
+            # of the whole rollout: with a per-process KL each process would steer its own kl_coef apart
+            totals = torch.stack([rollout.kl.sum(), rollout.kl.new_tensor(float(len(rollout)))])
+            kl_sum, n = (self.reduce_sum(totals) if self.reduce_sum else totals).tolist()
+            err = max(-0.2, min(0.2, kl_sum / n / self.s.kl_target - 1))
+            self.kl_coef *= 1 + err * n / self.s.kl_horizon
         return {"kl_coef": self.kl_coef}
 
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict]:

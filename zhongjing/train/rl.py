@@ -194,13 +194,17 @@ def rollout_batches(rollout, batch_size: int, grad_accum: int, generator) -> lis
     return [batches[i:i + grad_accum] for i in range(0, len(batches), grad_accum)]
 
 
-def summarize(scores: torch.Tensor, parts: dict, scored: dict) -> dict:
-    """Per-rollout numbers that show progress — and reward hacking (length, unfinished answers, KL)."""
-    act = scored["action_mask"]
-    out = {"reward": scores.mean().item(), "reward_std": scores.std().item() if len(scores) > 1 else 0.0,
-           "answer_len": act.sum(1).float().mean().item(), "finished": scored["finished"].float().mean().item(),
-           "kl": scored["kl"].sum(1).mean().item()}
-    return out | {f"reward_{k}": v.float().mean().item() for k, v in parts.items()}
+def summarize(scores: torch.Tensor, parts: dict, scored: dict, gather=None) -> dict:
+    """Per-rollout numbers that show progress — and reward hacking (length, unfinished answers, KL).
+    `gather` (list → list of every process) makes them numbers of the whole rollout, not of this process's share."""
+    cols = {"reward": scores, "answer_len": scored["action_mask"].sum(1), "finished": scored["finished"],
+            "kl": scored["kl"].sum(1), **{f"reward_{k}": v for k, v in parts.items()}}
+    cols = {k: v.detach().float().cpu() for k, v in cols.items()}
+    if gather:
+        cols = {k: torch.tensor(gather(v.tolist()), dtype=torch.float32) for k, v in cols.items()}
+    r = cols["reward"]
+    out = {"answers": len(r), "reward": r.mean().item(), "reward_std": r.std().item() if len(r) > 1 else 0.0}
+    return out | {k: v.mean().item() for k, v in cols.items() if k != "reward"}
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -233,6 +237,9 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
         raise ConfigError(f"train {stage} does not run under ZeRO-3 or FSDP (sampling is not in lockstep across "
                           "processes): use DDP or ZeRO-2 (configs/accelerate/zero2.yaml)")
     world, rank, out = acc.num_processes, acc.process_index, Path(cfg.output)
+    gather = None
+    if world > 1:
+        from accelerate.utils import gather_object as gather
     tok = load_tokenizer(cfg.model)
     counts: Counter = Counter()
     train_p, eval_p = split_prompts(load_prompts(cfg, tok, counts), cfg.eval_prompts, tc.seed)
@@ -302,7 +309,8 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
         if not eval_p:
             return
         _, scored, scores, parts = rollout_for(eval_p[rank::world], derive_seed(tc.seed, 7), 1)
-        rec = {"step": step, "epoch": epoch, **{f"eval_{k}": v for k, v in summarize(scores, parts, scored).items()}}
+        stats = summarize(scores, parts, scored, gather)
+        rec = {"step": step, "epoch": epoch, **{f"eval_{k}": v for k, v in stats.items()}}
         history.append(rec)
         log.eval(rec)
 
@@ -325,7 +333,7 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
         sampled, scored, scores, parts = rollout_for(batch, derive_seed(tc.seed, step), K)
         rollout = algo.make_rollout(sampled, scored, scores)
         t_rollout = time.perf_counter() - t0
-        rec = summarize(scores, parts, scored) | algo.after_rollout(rollout)
+        rec = summarize(scores, parts, scored, gather) | algo.after_rollout(rollout)
         rec |= {"gen_tokens_per_s": sampled.tokens / max(sampled.seconds, 1e-9), "t_generate": sampled.seconds,
                 "t_rollout": t_rollout}
         if world > 1:  # every process must take the same decisions below
