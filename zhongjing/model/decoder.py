@@ -276,8 +276,8 @@ class Decoder:
     def _decode(self, s: Row) -> str:
         ids = s.out_ids[:-1] if s.out_ids and s.out_ids[-1] in self.stop_ids else s.out_ids
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        if s.finish_reason == "length":  # cut off inside a character (byte-level BPE): drop the half, not show "�"
-            text = text.rstrip("\ufffd")
+        if s.finish_reason == "length" and text.endswith("\ufffd"):
+            text = text[:-1]  # cut off inside a character (byte-level BPE): drop that half, not show "�"
         hits = [text.index(stop) for stop in s.params.stop_strings if stop in text]
         return text[: min(hits)] if hits else text
 
