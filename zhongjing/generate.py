@@ -85,12 +85,16 @@ def _settings(cfg: GenerateConfig) -> dict:
     return {k: getattr(cfg, k) for k in keys}
 
 
+def partial_paths(output: Path) -> tuple[Path, Path]:
+    """Where a run resumes from: OUT.partial (finished items) and OUT.partial.json (the settings they used)."""
+    return output.with_name(output.name + ".partial"), output.with_name(output.name + ".partial.json")
+
+
 class Partial:
     """OUT.partial: finished items, one JSON line each; a line cut by a kill is dropped on reopen."""
 
     def __init__(self, output: Path, settings: dict, overwrite: bool):
-        self.path = output.with_name(output.name + ".partial")
-        self.meta = output.with_name(output.name + ".partial.json")
+        self.path, self.meta = partial_paths(output)
         self.done: dict[str, dict] = {}
         if overwrite:
             self.path.unlink(missing_ok=True)

@@ -245,7 +245,9 @@ def drop_resume_points(stage: str, w: Wiring) -> None:
     if stage in LAUNCHED:  # the training stages; "checkpoints" is zhongjing.train.checkpoint.CKPT (no torch here)
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     elif stage == "generate":
-        for p in (out, out.with_name(out.name + ".partial"), out.with_name(out.name + ".partial.json")):
+        from zhongjing.generate import partial_paths
+
+        for p in (out, *partial_paths(out)):
             p.unlink(missing_ok=True)
 
 
