@@ -75,12 +75,9 @@ def _unwrap(model):
 
 
 def context_length(model) -> int | None:
-    cfg = getattr(_unwrap(model), "config", None)
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        v = getattr(cfg, key, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    return None
+    from zhongjing.model.load import context_from
+
+    return context_from(getattr(_unwrap(model), "config", None))
 
 
 def default_stop_ids(tokenizer, model=None) -> set[int]:

@@ -67,10 +67,16 @@ def context_of(path: str | Path) -> int | None:
     while is_adapter_dir(p):
         p = base_of(p)
     cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
-    cfg = cfg.get("text_config") or cfg
+    return context_from(cfg.get("text_config") or cfg)
+
+
+def context_from(config) -> int | None:
+    """The context length a model config (a config.json dict or a transformers config) names, if any."""
+    get = config.get if isinstance(config, dict) else lambda k: getattr(config, k, None)
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        if isinstance(cfg.get(key), int) and cfg[key] > 0:
-            return cfg[key]
+        v = get(key)
+        if isinstance(v, int) and v > 0:
+            return v
     return None
 
 

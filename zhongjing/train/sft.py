@@ -195,11 +195,12 @@ def load_dialogues(cfg: SFTConfig, tokenizer, end_ids: set[int], log=print) -> t
 
 
 def run(cfg: SFTConfig):
+    from zhongjing.model.decoder import context_length
     from zhongjing.model.load import end_of_turn_ids
     from zhongjing.train.lm import start_lm, train_lm
 
     acc, log, tokenizer, model = start_lm("sft", cfg)
-    limit = getattr(model.config, "max_position_embeddings", None)
+    limit = context_length(model)
     if limit and cfg.max_length > limit:
         log(f"sft: max_length {cfg.max_length} > the model's {limit} positions; using {limit}")
         cfg.max_length = limit
