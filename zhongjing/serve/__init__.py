@@ -33,8 +33,10 @@ def refuse_reward_model(path: str | Path) -> None:
         except (OSError, ValueError):
             return {}
 
+    from zhongjing.model.value_head import REWARD_TASK
+
     meta, adapter, config = read("meta.json"), read("adapter_config.json"), read("config.json")
-    if (meta.get("task") == "reward" or adapter.get("task_type") == "SEQ_CLS"
+    if (meta.get("task") == REWARD_TASK or adapter.get("task_type") == "SEQ_CLS"
             or any("SequenceClassification" in a for a in config.get("architectures") or [])):
         from zhongjing.errors import ZhongjingError
 
