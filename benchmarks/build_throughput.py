@@ -19,12 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from zhongjing.build import deid as deid_mod
-from zhongjing.build.chain import BuildConfig, InputConfig, import_dialogues
-from zhongjing.build.kg_check import KGConfig, load_index
-from zhongjing.build.minhash import MinHasher, near_duplicate_clusters, shingle_hashes
-from zhongjing.build.report import StepReport
-from zhongjing.build.steps import StepContext, run_step
+from zhongjing.dataset import deid as deid_mod
+from zhongjing.dataset.chain import BuildConfig, InputConfig, import_dialogues
+from zhongjing.dataset.kg_check import KGConfig, load_index
+from zhongjing.dataset.minhash import MinHasher, near_duplicate_clusters, shingle_hashes
+from zhongjing.dataset.report import StepReport
+from zhongjing.dataset.steps import StepContext, run_step
 
 SOURCES = ["covid_dialogue_zh/COVID-Dialogue-Dataset-Chinese.json", "dxy_dialog/dxy_dialog_data_dialog_v2.txt",
            "cmtmedqa_test/CMtMedQA_test.shared.json", "toyhom_medical_dialogue/样例_内科5000-6000.csv"]

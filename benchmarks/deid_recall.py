@@ -14,8 +14,8 @@ import argparse
 import re
 import time
 
-from zhongjing.build.deid import STRUCTURED, Deidentifier, Span
-from zhongjing.build.deid_planted import make_planted_set, score, structured_recall
+from zhongjing.dataset.deid import STRUCTURED, Deidentifier, Span
+from zhongjing.dataset.deid_planted import make_planted_set, score, structured_recall
 
 
 class PlainRegexBaseline:

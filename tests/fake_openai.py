@@ -9,7 +9,7 @@ text, a whole response object, or an HTTP status with a body (to test refusals s
 another `reply`. Failures are deterministic per request (hash of its messages and attempt number):
 HTTP 429, HTTP 500, a reply slower than the client timeout, or garbage (non-JSON body, no choices,
 empty content); a request fails at most `max_failures` times, so a retrying client always wins.
-Every request is logged with the sha256 of its messages (same hash as zhongjing.build.cache).
+Every request is logged with the sha256 of its messages (same hash as zhongjing.dataset.cache).
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ import yaml
 from conftest import REPO, SHARED_DATA
 from fake_openai import FakeOpenAI
 from zhongjing import cli
-from zhongjing.build.cache import RewriteCache
-from zhongjing.build.chain import BuildConfig, run_chain
-from zhongjing.build.deid_planted import make_planted_set
+from zhongjing.dataset.cache import RewriteCache
+from zhongjing.dataset.chain import BuildConfig, run_chain
+from zhongjing.dataset.deid_planted import make_planted_set
 from zhongjing.config import load_config
 
 INPUTS = [

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from zhongjing.build.deid import CustomPattern, DeidConfig, Deidentifier, deidentify_dialogue, id_checksum_ok, luhn_ok
-from zhongjing.build.deid_planted import make_planted_set, score, structured_recall
-from zhongjing.build.normalize import NormalizeConfig, normalize_dialogue, normalize_text
-from zhongjing.build.report import StepReport
+from zhongjing.dataset.deid import CustomPattern, DeidConfig, Deidentifier, deidentify_dialogue, id_checksum_ok, luhn_ok
+from zhongjing.dataset.deid_planted import make_planted_set, score, structured_recall
+from zhongjing.dataset.normalize import NormalizeConfig, normalize_dialogue, normalize_text
+from zhongjing.dataset.report import StepReport
 from zhongjing.data.schema import Dialogue, Message
 from zhongjing.errors import ConfigError
 
@@ -100,7 +100,7 @@ def test_custom_patterns_and_bad_config():
 def test_import_rejects_and_errors_never_echo_record_values(tmp_path):
     # a malformed record can carry identifiers in a field a reader quotes in its reason (here: the role);
     # import runs before deid, so neither the reject file nor the stop message may repeat them
-    from zhongjing.build.chain import BuildConfig, InputConfig, import_dialogues
+    from zhongjing.dataset.chain import BuildConfig, InputConfig, import_dialogues
     from zhongjing.errors import DataError
 
     good = {"id": "g1", "messages": [{"role": "user", "content": "头晕一周了。"}, {"role": "assistant", "content": "量过血压吗？"}]}
@@ -115,7 +115,7 @@ def test_import_rejects_and_errors_never_echo_record_values(tmp_path):
     assert [r["where"] for r in rows] == ["line 2", "line 3"]
     assert "王建国" not in rows[0]["reason"] and "13912345678" not in rows[0]["reason"]
     assert "unknown role" in rows[0]["reason"] and "'doctor'" in rows[1]["reason"]  # plain role names still shown
-    from zhongjing.build.chain import safe_reason
+    from zhongjing.dataset.chain import safe_reason
     assert safe_reason("invalid JSON (Expecting ',' delimiter at column 9)") == "invalid JSON (Expecting ',' delimiter at column 9)"
     assert safe_reason("duplicate id '13912345678' (first at a.jsonl:line 1)") == "duplicate id '…' (first at a.jsonl:line 1)"
     cfg.skip_bad = False

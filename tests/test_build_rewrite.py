@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from fake_openai import FakeOpenAI, original_reply, warm_rewrite
-from zhongjing.build.cache import RewriteCache
-from zhongjing.build.matcher import DictMatcher
-from zhongjing.build.report import StepReport
-from zhongjing.build.rewrite import RewriteConfig, check_rewrite, run_rewrite
+from zhongjing.dataset.cache import RewriteCache
+from zhongjing.dataset.matcher import DictMatcher
+from zhongjing.dataset.report import StepReport
+from zhongjing.dataset.rewrite import RewriteConfig, check_rewrite, run_rewrite
 from zhongjing.data.schema import Dialogue, Message
 from zhongjing.errors import ZhongjingError
 
@@ -145,7 +145,7 @@ def test_ctrl_c_stops_sending_at_once(tmp_path):
 def test_endpoint_that_stays_down_stops_the_step(tmp_path):
     # a dead endpoint used to be retried turn after turn (hours on a real build) and the build then
     # "finished" with nothing rewritten; a run of failures now stops it with one line
-    from zhongjing.build.rewrite import DOWN_AFTER
+    from zhongjing.dataset.rewrite import DOWN_AFTER
 
     ds = _dialogues(40)  # 80 requests
     with FakeOpenAI(failure_rate=1.0, failures=("500",), max_failures=10_000) as srv:
@@ -160,7 +160,7 @@ def test_endpoint_that_stays_down_stops_the_step(tmp_path):
                                       "rewrite.min_length_ratio=6"])
 def test_rewrite_settings_out_of_range_are_one_line_config_errors(override):
     # max_retries -1 sent nothing and reported every turn as a failed request
-    from zhongjing.build.chain import BuildConfig
+    from zhongjing.dataset.chain import BuildConfig
     from zhongjing.config import load_config
     from zhongjing.errors import ConfigError
 

@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from zhongjing.build import kg_check
-from zhongjing.build.departments import DepartmentsConfig, run_departments
-from zhongjing.build.kg_check import ContradictionRule, KGConfig, run_kg_check, stance
-from zhongjing.build.matcher import DictMatcher
-from zhongjing.build.report import StepReport
-from zhongjing.build.screen import ScreenConfig, run_screen
-from zhongjing.build.split import SplitConfig, assign, run_split, to_cmtmedqa
+from zhongjing.dataset import kg_check
+from zhongjing.dataset.departments import DepartmentsConfig, run_departments
+from zhongjing.dataset.kg_check import ContradictionRule, KGConfig, run_kg_check, stance
+from zhongjing.dataset.matcher import DictMatcher
+from zhongjing.dataset.report import StepReport
+from zhongjing.dataset.screen import ScreenConfig, run_screen
+from zhongjing.dataset.split import SplitConfig, assign, run_split, to_cmtmedqa
 from zhongjing.data.schema import Dialogue, Message
 
 KG = [
@@ -151,7 +151,7 @@ def test_split_mix_determinism_and_cmtmedqa(tmp_path):
 def test_progress_goes_to_a_log_file_as_plain_count_lines(tmp_path, capsys):
     # stderr is captured (not a terminal), as under nohup: a long rewrite must still show it is alive,
     # with counts only — never a dialogue's text
-    from zhongjing.build.steps import StepContext
+    from zhongjing.dataset.steps import StepContext
 
     ctx = StepContext(tmp_path / "o.jsonl", tmp_path, progress=True, log_every=0.0)
     items = [f"患者张三{i}" for i in range(3)]
@@ -169,7 +169,7 @@ def test_progress_goes_to_a_log_file_as_plain_count_lines(tmp_path, capsys):
 def test_screen_settings_out_of_range_are_one_line_config_errors(override):
     # these ran: num_perm 0 turned dedup off, shingle 0 / threshold 0 dropped 359 of 360 dialogues as
     # "near duplicates", a negative num_perm ended in a numpy traceback
-    from zhongjing.build.chain import BuildConfig
+    from zhongjing.dataset.chain import BuildConfig
     from zhongjing.config import load_config
     from zhongjing.errors import ConfigError
 

@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data stats": ("zhongjing.data.stats", "records, turns, characters, departments and roles of a file"),
     "data show-mask": ("zhongjing.data.show_mask", "print a rendered dialogue with the trained spans marked"),
     "init-model": ("zhongjing.model.init_model", "train a tokenizer and build a tiny LLaMA from scratch"),
-    "build": ("zhongjing.build.chain", "build a clean CMtMedQA-style training set from raw dialogues"),
+    "build": ("zhongjing.dataset.chain", "build a clean CMtMedQA-style training set from raw dialogues"),
     "train pt": ("zhongjing.train.pt", "continued pre-training on documents"),
     "train sft": ("zhongjing.train.sft", "multi-turn supervised fine-tuning (LoRA or full)"),
     "train rm": ("zhongjing.train.rm", "reward model from K-way rankings"),

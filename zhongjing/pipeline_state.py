@@ -29,11 +29,11 @@ _TRAIN = ["zhongjing.train.loop", "zhongjing.train.batching", "zhongjing.train.c
 # The modules whose source is a stage's "code version": editing one of them re-runs that stage (and what follows).
 CODE: dict[str, list[str]] = {
     "init": ["zhongjing.model.init_model", "zhongjing.data.readers"],
-    "build": ["zhongjing.build", "zhongjing.data"],
+    "build": ["zhongjing.dataset", "zhongjing.data"],
     "pt": ["zhongjing.train.pt", "zhongjing.train.lm", *_TRAIN],
     "sft": ["zhongjing.train.sft", "zhongjing.train.lm", *_TRAIN],
     "generate": ["zhongjing.generate", "zhongjing.model.generation", "zhongjing.model.load", "zhongjing.data"],
-    "rank": ["zhongjing.annotate.simulate", "zhongjing.annotate.rubric", "zhongjing.build.kg_check",
+    "rank": ["zhongjing.annotate.simulate", "zhongjing.annotate.rubric", "zhongjing.dataset.kg_check",
              "zhongjing.data", "zhongjing.pipeline_wiring"],
     "rm": ["zhongjing.train.rm", "zhongjing.train.prefs", "zhongjing.train.rewards", "zhongjing.train.losses",
            "zhongjing.model.value_head", *_TRAIN],

@@ -19,7 +19,7 @@ from zhongjing.errors import ConfigError, ZhongjingError
 # stage → (module, config class); the class validates the section (unknown keys, types)
 CLASSES = {
     "init": ("zhongjing.model.init_model", "InitModelConfig"),
-    "build": ("zhongjing.build.chain", "BuildConfig"),
+    "build": ("zhongjing.dataset.chain", "BuildConfig"),
     "pt": ("zhongjing.train.pt", "PTConfig"),
     "sft": ("zhongjing.train.sft", "SFTConfig"),
     "generate": ("zhongjing.generate", "GenerateConfig"),

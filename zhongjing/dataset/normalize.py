@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from zhongjing.build.report import StepReport
+from zhongjing.dataset.report import StepReport
 from zhongjing.data.schema import Dialogue, Message
 
 

@@ -11,7 +11,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass
 
-from zhongjing.build.deid import COMPOUND_SURNAMES, STRUCTURED, Deidentifier, Span, luhn_ok
+from zhongjing.dataset.deid import COMPOUND_SURNAMES, STRUCTURED, Deidentifier, Span, luhn_ok
 
 _PATIENT = [
     "最近一周总是头晕，早上起来更明显。", "孩子发烧两天了，最高到38.9℃。", "我胃胀不舒服，吃完饭就想吐。",

@@ -15,9 +15,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Literal
 
-from zhongjing.build.minhash import MinHasher, near_duplicate_clusters, shingle_hashes
-from zhongjing.build.normalize import cjk_share
-from zhongjing.build.report import StepReport
+from zhongjing.dataset.minhash import MinHasher, near_duplicate_clusters, shingle_hashes
+from zhongjing.dataset.normalize import cjk_share
+from zhongjing.dataset.report import StepReport
 from zhongjing.data.schema import Dialogue
 from zhongjing.errors import ConfigError
 

@@ -20,15 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zhongjing import __version__
-from zhongjing.build.departments import DepartmentsConfig
-from zhongjing.build.deid import DeidConfig
-from zhongjing.build.kg_check import KGConfig
-from zhongjing.build.normalize import NormalizeConfig, normalize_dialogue
-from zhongjing.build.report import StepReport, report_path_for, write_chain_report, write_step_report
-from zhongjing.build.rewrite import RewriteConfig
-from zhongjing.build.screen import ScreenConfig
-from zhongjing.build.split import SplitConfig
-from zhongjing.build.steps import DEFAULT_ORDER, STEPS, StepContext, load_dialogues, run_step
+from zhongjing.dataset.departments import DepartmentsConfig
+from zhongjing.dataset.deid import DeidConfig
+from zhongjing.dataset.kg_check import KGConfig
+from zhongjing.dataset.normalize import NormalizeConfig, normalize_dialogue
+from zhongjing.dataset.report import StepReport, report_path_for, write_chain_report, write_step_report
+from zhongjing.dataset.rewrite import RewriteConfig
+from zhongjing.dataset.screen import ScreenConfig
+from zhongjing.dataset.split import SplitConfig
+from zhongjing.dataset.steps import DEFAULT_ORDER, STEPS, StepContext, load_dialogues, run_step
 from zhongjing.config import describe, load_config, to_dict
 from zhongjing.errors import ConfigError, DataError, ZhongjingError
 from zhongjing.io import sha256_file, sha256_json, write_json, write_jsonl
@@ -127,7 +127,7 @@ def safe_reason(reason: str) -> str:
 
 
 def _import_key(cfg: BuildConfig) -> str:
-    from zhongjing.build import normalize
+    from zhongjing.dataset import normalize
     from zhongjing.data.readers import list_files
 
     files = [(str(f), sha256_file(f)) for inp in cfg.inputs for f in list_files(inp.path)]

@@ -20,9 +20,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from zhongjing.build.cache import RewriteCache, request_sha
-from zhongjing.build.matcher import DictMatcher
-from zhongjing.build.report import StepReport
+from zhongjing.dataset.cache import RewriteCache, request_sha
+from zhongjing.dataset.matcher import DictMatcher
+from zhongjing.dataset.report import StepReport
 from zhongjing.data.schema import Dialogue, Message
 from zhongjing.errors import ConfigError, ZhongjingError, require
 from zhongjing.io import sha256_json

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from zhongjing.build.report import StepReport
+from zhongjing.dataset.report import StepReport
 from zhongjing.config import read_yaml
 from zhongjing.data.schema import Dialogue
 from zhongjing.errors import ConfigError
@@ -41,7 +41,7 @@ class DepartmentMap:
 
     @classmethod
     def load(cls, path: str = "") -> "DepartmentMap":
-        data = read_yaml(path) if path else read_yaml(resources.files("zhongjing.build") / "departments.yaml")
+        data = read_yaml(path) if path else read_yaml(resources.files("zhongjing.dataset") / "departments.yaml")
         where = path or "default department map"
         depts = data.get("departments") or {}
         if not isinstance(depts, dict) or not depts:

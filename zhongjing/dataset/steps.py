@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from zhongjing.build import departments, deid, kg_check, normalize, rewrite, screen, split
-from zhongjing.build.report import StepReport
+from zhongjing.dataset import departments, deid, kg_check, normalize, rewrite, screen, split
+from zhongjing.dataset.report import StepReport
 from zhongjing.data.schema import Dialogue
 from zhongjing.errors import DataError
 from zhongjing.io import iter_jsonl, write_jsonl

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from zhongjing.build.report import StepReport
+from zhongjing.dataset.report import StepReport
 from zhongjing.data.schema import Dialogue, Message
 from zhongjing.errors import ConfigError
 

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from zhongjing.build.report import StepReport
+from zhongjing.dataset.report import StepReport
 from zhongjing.data.schema import Dialogue
 from zhongjing.errors import ConfigError
 from zhongjing.io import atomic_open, write_jsonl

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
 
-from zhongjing.build.matcher import DictMatcher
-from zhongjing.build.report import StepReport
+from zhongjing.dataset.matcher import DictMatcher
+from zhongjing.dataset.report import StepReport
 from zhongjing.data.schema import Dialogue
 from zhongjing.errors import ConfigError, DataError
 
