@@ -176,7 +176,7 @@ def check_outputs(work: Path) -> None:
 # ------------------------------------------------------------------------------------------ config checks (fast)
 
 def _load(overrides: list[str], path: Path = REPO / "configs" / "demo.yaml"):
-    from zhongjing.pipeline import build_configs, load_pipeline_config
+    from zhongjing.pipeline.run import build_configs, load_pipeline_config
 
     return build_configs(load_pipeline_config(str(path), overrides))
 
@@ -199,7 +199,7 @@ def test_a_partial_run_points_only_at_what_exists(tmp_path):
 
 
 def test_demo_and_paper_configs_wire_every_stage(tmp_path):
-    from zhongjing.pipeline_wiring import CLASSES
+    from zhongjing.pipeline.wiring import CLASSES
 
     w, configs = _load([f"work_dir={tmp_path}"])
     assert set(configs) == {"init", "build", "pt", "sft", "generate", "rank", "rm", "ppo", "eval"}
@@ -239,8 +239,8 @@ def test_cli_rejects_unknown_stage_and_conflicting_flags():
 
 def test_a_stage_outside_the_chain_cannot_be_selected(tmp_path):
     from zhongjing.errors import ConfigError
-    from zhongjing.pipeline import load_pipeline_config, plan
-    from zhongjing.pipeline_state import State
+    from zhongjing.pipeline.run import load_pipeline_config, plan
+    from zhongjing.pipeline.state import State
 
     cfg = load_pipeline_config(str(REPO / "configs" / "demo.yaml"), [f"work_dir={tmp_path}", f"base_model={tmp_path}"])
     with pytest.raises(ConfigError, match="'init' is not part of this chain"):
@@ -251,8 +251,8 @@ def test_a_stage_outside_the_chain_cannot_be_selected(tmp_path):
 def test_plan_names_a_missing_base_model(tmp_path):
     """`--plan` is the check before a multi-day run: a base_model typo must not surface only when pt starts."""
     from zhongjing.errors import ConfigError
-    from zhongjing.pipeline import load_pipeline_config, plan
-    from zhongjing.pipeline_state import State
+    from zhongjing.pipeline.run import load_pipeline_config, plan
+    from zhongjing.pipeline.state import State
 
     cfg = load_pipeline_config(str(REPO / "configs" / "paper" / "pipeline.yaml"),
                                [f"work_dir={tmp_path}", f"base_model={tmp_path}/no-such-model"])
@@ -285,9 +285,9 @@ def _fake_stage(stopped_at: str | None):
 def test_a_changed_stage_killed_before_it_starts_never_resumes_the_old_run(tmp_path, monkeypatch, override, stage):
     """Killed between "running" and the stage process clearing its folder, the rerun must not continue the
     earlier run's checkpoints / partial answers (another config) and record them under the new key."""
-    import zhongjing.pipeline as pl
-    import zhongjing.pipeline_report as report
-    from zhongjing.pipeline_state import State
+    import zhongjing.pipeline.run as pl
+    import zhongjing.pipeline.report as report
+    from zhongjing.pipeline.state import State
 
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(report, "stage_summary", lambda *a, **k: {})
@@ -314,9 +314,9 @@ def test_a_changed_stage_killed_before_it_starts_never_resumes_the_old_run(tmp_p
 def test_launcher_is_found_next_to_python_or_named_before_anything_runs(tmp_path, monkeypatch):
     """`.venv/bin/zhongjing pipeline` from a shell without the venv activated: `accelerate` is not on PATH but in
     the venv's bin/ — it was a FileNotFoundError traceback when pt started, after build had run."""
-    import zhongjing.pipeline as pl
+    import zhongjing.pipeline.run as pl
     from zhongjing.errors import ConfigError
-    from zhongjing.pipeline_state import State
+    from zhongjing.pipeline.state import State
 
     bindir = tmp_path / "venv" / "bin"
     bindir.mkdir(parents=True)

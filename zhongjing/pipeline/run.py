@@ -9,7 +9,7 @@ model folders, data files — is wired here; a section that sets a wired key is 
 Each stage runs in its own process (`python -m zhongjing <stage> --config WORK/configs/<stage>.yaml`, or under
 `launch` for training stages on several GPUs) and is skipped when its key is unchanged: the hash of its resolved
 config, the code of its modules, the content of the files it reads and the fingerprints of the upstream outputs
-it uses (pipeline_state.py). `--from STAGE` re-runs a stage and everything after it, `--only STAGE` just that one;
+it uses (state.py). `--from STAGE` re-runs a stage and everything after it, `--only STAGE` just that one;
 a killed pipeline resumes (training stages from their last checkpoint, generate from its partial file, build and
 eval from their caches).
 """
@@ -32,12 +32,11 @@ import yaml
 from zhongjing.config import describe, load_config, to_dict
 from zhongjing.errors import ConfigError, ZhongjingError
 from zhongjing.io import atomic_open
-from zhongjing.pipeline_state import State, code_hash, fingerprint, inputs_of, lock
-from zhongjing.pipeline_wiring import COMMANDS, LAUNCHED, RankSettings, Wiring, check_stages, run_rank, stage_config
+from zhongjing.pipeline.state import State, code_hash, fingerprint, inputs_of, lock
+from zhongjing.pipeline.wiring import (COMMANDS, LAUNCHED, SIMULATED_NOTE, RankSettings, Wiring, check_stages, run_rank,
+                                      stage_config)
 
 STAGES = ("init", "build", "pt", "sft", "generate", "rank", "rm", "ppo", "eval")
-SIMULATED_NOTE = ("The rankings the reward model learned from were made by a SIMULATED annotator (rubric heuristics "
-                  "in zhongjing/annotate/simulate.py), not by doctors: this run demonstrates the mechanics only.")
 
 
 @dataclass
@@ -189,7 +188,7 @@ def _child_env(threads: int = 0) -> dict:
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["PYTHONUNBUFFERED"] = "1"
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     if (root / "pyproject.toml").exists():  # a source checkout: the stages import this same code
         env["PYTHONPATH"] = str(root) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
@@ -276,7 +275,7 @@ def run_stage(p: Plan, cfg: PipelineConfig, w: Wiring) -> None:
 
 def run_pipeline(cfg: PipelineConfig, *, start: str | None = None, only: list[str] | None = None,
                  dry_run: bool = False, out=print) -> dict:
-    from zhongjing.pipeline_report import stage_summary, write_summary
+    from zhongjing.pipeline.report import stage_summary, write_summary
 
     work = Path(cfg.work_dir)
     work.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from zhongjing.io import atomic_open, iter_jsonl, write_json
+from zhongjing.pipeline.wiring import SIMULATED_NOTE
 
 
 def _meta(path: Path) -> dict:
@@ -124,8 +125,6 @@ def _pct(x) -> str:
 
 def write_summary(cfg, w, state, plans, times: dict) -> dict:
     """The end-of-run table and pointers; also saved as summary.md / summary.json in the work dir."""
-    from zhongjing.pipeline import SIMULATED_NOTE
-
     lines = ["| stage | this run | seconds | CPU s | result |", "|---|---|---:|---:|---|"]
     rows, total = [], 0.0
     for p in plans:

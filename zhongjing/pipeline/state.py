@@ -34,7 +34,7 @@ CODE: dict[str, list[str]] = {
     "sft": ["zhongjing.train.sft", "zhongjing.train.lm", *_TRAIN],
     "generate": ["zhongjing.generate", "zhongjing.model.generation", "zhongjing.model.load", "zhongjing.data"],
     "rank": ["zhongjing.annotate.simulate", "zhongjing.annotate.rubric", "zhongjing.dataset.kg_check",
-             "zhongjing.data", "zhongjing.pipeline_wiring"],
+             "zhongjing.data", "zhongjing.pipeline.wiring"],
     "rm": ["zhongjing.train.rm", "zhongjing.train.prefs", "zhongjing.train.rewards", "zhongjing.train.losses",
            "zhongjing.model.value_head", *_TRAIN],
     "ppo": ["zhongjing.train.ppo", "zhongjing.train.rollout", "zhongjing.train.rewards", "zhongjing.train.losses",

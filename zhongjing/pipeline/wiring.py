@@ -42,6 +42,8 @@ WIRED = {
 }
 BUILT = ("train", "validation", "test")  # files the build stage writes into its output folder
 MODEL_NAMES = {"ppo": "aligned", "sft": "sft", "base": "base"}
+SIMULATED_NOTE = ("The rankings the reward model learned from were made by a SIMULATED annotator (rubric heuristics "
+                  "in zhongjing/annotate/simulate.py), not by doctors: this run demonstrates the mechanics only.")
 
 
 @dataclass
@@ -205,8 +207,6 @@ def _eval_section(section: dict, cfg, w: Wiring) -> dict:
     if "ppo" in w.stages:
         section["ablation"] = {"before": MODEL_NAMES["sft"], "after": MODEL_NAMES["ppo"]}
     if cfg.simulated and "rm" in w.stages:
-        from zhongjing.pipeline import SIMULATED_NOTE
-
         section["notes"] = [SIMULATED_NOTE] + list(section.get("notes") or [])
     built = {"name": "test", "path": str(w.built("test")), "format": "dialogue", "limit": cfg.splits.test_limit}
     section["testsets"] = [built] + list(section.get("testsets") or [])  # yours are added to the built test split
