@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from zhongjing.annotate import rubric
+from zhongjing.data import rubric
 from zhongjing.annotate.agreement import Judgement, consensus, decide, kendall_tau_b, summarize, top1_agree
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from annotate_helpers import PASSWORD, add_users, free_port, ranking_record, start_server
 from zhongjing.annotate import db, store
-from zhongjing.annotate.rubric import IDK_TEMPLATES
+from zhongjing.data.rubric import IDK_TEMPLATES
 from zhongjing.data.schema import Ranking
 
 pytestmark = pytest.mark.browser

@@ -11,7 +11,7 @@ from statistics import mean
 from typing import Iterator
 
 from zhongjing.annotate import agreement, store
-from zhongjing.annotate.rubric import FLAGS
+from zhongjing.data.rubric import FLAGS
 from zhongjing.data.schema import Ranking
 from zhongjing.data.schema import Ranking
 from zhongjing.errors import ZhongjingError

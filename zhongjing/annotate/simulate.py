@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from zhongjing.annotate.rubric import IDK_TEMPLATES
+from zhongjing.data.rubric import IDK_TEMPLATES
 from zhongjing.data.schema import Dialogue, Message, Ranking
 from zhongjing.data.text import asks_question
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
 from zhongjing.annotate import agreement, db
-from zhongjing.annotate.rubric import FLAGS
+from zhongjing.data.rubric import FLAGS
 from zhongjing.data.schema import Ranking, normalize_ranking
 from zhongjing.errors import DataError, ZhongjingError
 

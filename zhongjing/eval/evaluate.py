@@ -10,7 +10,7 @@ import random
 import time
 
 from zhongjing import __version__
-from zhongjing.annotate.rubric import PRIORITY
+from zhongjing.data.rubric import PRIORITY
 from zhongjing.eval.answers import Throttle, log
 from zhongjing.eval.judge import LLMJudge, PairTask, judge_pairs
 from zhongjing.eval.metrics import behaviour, overlap_metrics

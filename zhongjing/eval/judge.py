@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from zhongjing.annotate.rubric import PRIORITY, RUBRIC, rubric_text
+from zhongjing.data.rubric import PRIORITY, RUBRIC, rubric_text
 from zhongjing.eval.cache import Cache, cache_key
 from zhongjing.eval.client import Endpoint, EndpointError, parallel
 from zhongjing.eval.stats import Judged

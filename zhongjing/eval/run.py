@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from zhongjing.annotate.rubric import PRIORITY
+from zhongjing.data.rubric import PRIORITY
 from zhongjing.config import parse_stage_args, to_dict
 from zhongjing.errors import ConfigError
 from zhongjing.eval.answers import (GenerationConfig, LocalModel, ModelSpec, Throttle, endpoint_answers, local_answers,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from zhongjing.annotate.rubric import IDK_TEMPLATES
+from zhongjing.data.rubric import IDK_TEMPLATES
 from zhongjing.data.schema import Ranking
 from zhongjing.io import sha256_json
 
