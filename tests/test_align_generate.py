@@ -9,7 +9,8 @@ import pytest
 
 from align_helpers import keep_threads, kill_when, medical_base, real_dialogues, run_cli, write_jsonl  # noqa: F401
 from zhongjing.data.schema import Ranking
-from zhongjing.generate import GenerateConfig, generate, select_turns
+from zhongjing.data.turns import select_turns
+from zhongjing.generate import GenerateConfig, generate
 
 pytestmark = pytest.mark.usefixtures("keep_threads")
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zhongjing.config import describe, load_config
-from zhongjing.data.schema import Dialogue, Ranking
+from zhongjing.data.schema import Ranking
+from zhongjing.data.turns import select_turns
 from zhongjing.errors import ConfigError, ZhongjingError
 from zhongjing.io import iter_jsonl, sha256_json, write_json, write_jsonl
 
@@ -50,34 +51,6 @@ class GenerateConfig:
             raise ConfigError(f"config key 'k': must be at least 1, got {self.k}")
         if self.turn not in ("last", "all") and not (self.turn.isdigit() and int(self.turn) >= 1):
             raise ConfigError(f"config key 'turn': 'last', 'all' or a patient-turn number ≥ 1, got {self.turn!r}")
-
-
-@dataclass
-class Item:
-    id: str
-    context: list  # Messages, ending with the patient turn to answer
-    meta: dict
-
-
-def select_turns(d: Dialogue, turn: str) -> list[Item]:
-    """The patient turns of `d` to answer, each with the gold history before it."""
-    users = [i for i, m in enumerate(d.messages) if m.role == "user"]
-    if turn == "last":
-        chosen = users[-1:]
-    elif turn == "all":
-        chosen = users
-    else:
-        n = int(turn)
-        chosen = users[n - 1:n]
-    out = []
-    for i in chosen:
-        n = users.index(i) + 1
-        nxt = d.messages[i + 1] if i + 1 < len(d.messages) else None
-        meta = {"source_id": d.id, "turn": n, **{k: v for k, v in d.meta.items() if k in ("department", "source")}}
-        if nxt is not None and nxt.role == "assistant":
-            meta["reference"] = nxt.content
-        out.append(Item(f"{d.id}#{n}", d.messages[: i + 1], meta))
-    return out
 
 
 def _settings(cfg: GenerateConfig) -> dict:

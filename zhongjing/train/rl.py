@@ -115,7 +115,7 @@ def load_prompts(cfg: RLConfig, tokenizer, counts) -> list[Prompt]:
     from zhongjing.data.readers import kind_of, list_files, read_dialogues, read_rankings
     from zhongjing.data.readers.detect import detect_format
     from zhongjing.data.render import Renderer
-    from zhongjing.generate import select_turns
+    from zhongjing.data.turns import select_turns
 
     from zhongjing.model.load import prompt_budget
 
