@@ -107,7 +107,7 @@ def run_trl(stage: str, model_dir: str, data: str, work: Path) -> dict:
         from trl import RewardConfig, RewardTrainer
 
         from zhongjing.data.render import Renderer
-        from zhongjing.train.rewards import reward_input_ids
+        from zhongjing.model.reward import reward_input_ids
 
         renderer = Renderer(tok, max_length=MAX_LEN, strategy="last")
         ds = Dataset.from_dict({
@@ -160,7 +160,7 @@ def main() -> None:
         {"role": "assistant", "content": x} for x in r.responses]} for r in rankings])
     from zhongjing.data.render import Renderer
     from zhongjing.model.load import load_tokenizer
-    from zhongjing.train.rewards import reward_input_ids
+    from zhongjing.model.reward import reward_input_ids
 
     renderer = Renderer(load_tokenizer(model), max_length=MAX_LEN, strategy="last")
     fit = [r for r in rankings if all(reward_input_ids(renderer, r.messages, x) for x in r.responses)][:a.pairs]

@@ -52,7 +52,7 @@ def test_folder_loads_with_plain_transformers_and_peft(medical_rm, medical_base)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from zhongjing.data.render import Renderer
-    from zhongjing.train.rewards import RewardModelScorer, reward_input_ids
+    from zhongjing.model.reward import RewardModelScorer, reward_input_ids
 
     tok = AutoTokenizer.from_pretrained(medical_rm)
     base = AutoModelForSequenceClassification.from_pretrained(medical_base, num_labels=1)
@@ -127,7 +127,7 @@ def test_counts_are_what_is_trained_on_when_answers_are_too_long(medical_base, c
 def test_normalising_without_reward_statistics_says_so(medical_rm, tmp_path, capsys):
     import shutil
 
-    from zhongjing.train.rewards import RewardModelScorer
+    from zhongjing.model.reward import RewardModelScorer
 
     RewardModelScorer(str(medical_rm), normalize=True)
     assert "unnormalised" not in capsys.readouterr().err
@@ -142,7 +142,7 @@ def test_normalising_without_reward_statistics_says_so(medical_rm, tmp_path, cap
 
 def test_scoring_stays_within_the_models_context(medical_rm):
     # score/PPO default to max_length=4096; the tiny model has 1024 positions — longer input gave a reward silently
-    from zhongjing.train.rewards import RewardModelScorer
+    from zhongjing.model.reward import RewardModelScorer
 
     scorer = RewardModelScorer(str(medical_rm))
     assert scorer.renderer.max_length == 1024

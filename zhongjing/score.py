@@ -40,7 +40,7 @@ def _items(paths: list[str], fmt: str | None):
 def score_file(rm: str, paths: list[str], fmt: str | None = None, *, batch_size: int = 16, max_length: int = 4096,
                normalize: bool = False) -> tuple[list[dict], dict]:
     from zhongjing.model.load import setup_torch
-    from zhongjing.train.rewards import RewardModelScorer
+    from zhongjing.model.reward import RewardModelScorer
 
     setup_torch()
     scorer = RewardModelScorer(rm, max_length=max_length, batch_size=batch_size, normalize=normalize)

@@ -117,7 +117,7 @@ def build_judge(cfg: JudgeConfig, cache: Cache):
         return RubricJudge(cfg.rubric_tie, cfg.rubric_kg or None)
     if not cfg.reward_model:
         raise ConfigError("judge.backend reward_model needs judge.reward_model (a reward-model folder)")
-    from zhongjing.train.rewards import RewardModelScorer
+    from zhongjing.model.reward import RewardModelScorer
 
     scorer = RewardModelScorer(cfg.reward_model)
     return RewardJudge(lambda ctxs, answers: scorer.score(ctxs, answers).tolist(), cfg.margin,

@@ -35,11 +35,11 @@ CODE: dict[str, list[str]] = {
     "generate": ["zhongjing.generate", "zhongjing.model.generation", "zhongjing.model.load", "zhongjing.data"],
     "rank": ["zhongjing.annotate.simulate", "zhongjing.data.rubric", "zhongjing.dataset.kg_check",
              "zhongjing.data", "zhongjing.pipeline.wiring"],
-    "rm": ["zhongjing.train.rm", "zhongjing.train.prefs", "zhongjing.train.rewards", "zhongjing.train.losses",
+    "rm": ["zhongjing.train.rm", "zhongjing.train.prefs", "zhongjing.model.reward", "zhongjing.train.losses",
            "zhongjing.model.value_head", *_TRAIN],
-    "ppo": ["zhongjing.train.ppo", "zhongjing.train.rollout", "zhongjing.train.rewards", "zhongjing.train.losses",
-            "zhongjing.model.value_head", "zhongjing.model.generation", *_TRAIN],
-    "eval": ["zhongjing.eval", "zhongjing.model.generation", "zhongjing.train.rewards", "zhongjing.model.value_head",
+    "ppo": ["zhongjing.train.ppo", "zhongjing.train.rollout", "zhongjing.train.rewards", "zhongjing.model.reward",
+            "zhongjing.train.losses", "zhongjing.model.value_head", "zhongjing.model.generation", *_TRAIN],
+    "eval": ["zhongjing.eval", "zhongjing.model.generation", "zhongjing.model.reward", "zhongjing.model.value_head",
              "zhongjing.model.load", "zhongjing.data"],
 }
 # Config keys that change how a stage runs, not what it produces.

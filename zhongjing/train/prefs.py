@@ -61,7 +61,7 @@ def load_prefs(paths: list[str], fmt: str | None, *, val_paths: list[str] = (), 
 
 @dataclass
 class Encoded:
-    """One ranking, tokenized: each answer with the dialogue before it (see rewards.render_answer)."""
+    """One ranking, tokenized: each answer with the dialogue before it (see model.reward.render_answer)."""
 
     ids: list[list[int]]  # K token lists, through the answer's end-of-turn token
     groups: list[list[int]]  # tie groups best → worst
@@ -71,7 +71,7 @@ class Encoded:
 
 def encode(rankings: list[Ranking], renderer, counts: Counter, with_targets: bool = False) -> list[Encoded]:
     from zhongjing.train.batching import shift
-    from zhongjing.train.rewards import render_answer
+    from zhongjing.model.reward import render_answer
 
     out = []
     for r in rankings:
