@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import torch
 
 from zhongjing.errors import ZhongjingError
+from zhongjing.model.wrappers import unwrap
 
 
 @dataclass
@@ -61,23 +62,10 @@ class SamplingParams:
             raise ZhongjingError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
 
 
-def _unwrap(model):
-    """The model inside DDP / DataParallel / DeepSpeed / torch.compile wrappers (training loops pass those)."""
-    for _ in range(4):
-        if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) \
-                or type(model).__name__ == "DeepSpeedEngine":
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            break
-    return model
-
-
 def context_length(model) -> int | None:
     from zhongjing.model.load import context_from
 
-    return context_from(getattr(_unwrap(model), "config", None))
+    return context_from(getattr(unwrap(model), "config", None))
 
 
 def default_stop_ids(tokenizer, model=None) -> set[int]:
@@ -361,7 +349,7 @@ def _filter(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
 
 def _inner(model):
     """The module to call: LoRA adapters live inside the base model's layers, so call that directly."""
-    model = _unwrap(model)
+    model = unwrap(model)
     peft_config = getattr(model, "peft_config", None)
     if peft_config and hasattr(model, "get_base_model"):
         cfg = peft_config.get(getattr(model, "active_adapter", None)) or next(iter(peft_config.values()))

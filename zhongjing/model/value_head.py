@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from zhongjing.errors import ZhongjingError
+from zhongjing.model.wrappers import unwrap
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 REWARD_TASK = "reward"  # meta.json "task" of a reward-model folder
@@ -69,8 +70,6 @@ def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
 def position_scores(model, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """The head's output at every position (B, T) — for packed rows, where a row holds several answers and each is
     read at its own last token. Runs the model's own forward (DDP-safe) and catches the head's output."""
-    from zhongjing.train.lm import unwrap
-
     inner = unwrap(model)
     inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
     seen: dict = {}

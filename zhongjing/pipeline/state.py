@@ -25,7 +25,7 @@ from zhongjing.io import sha256_file, sha256_json, write_json
 
 _TRAIN = ["zhongjing.train.loop", "zhongjing.train.batching", "zhongjing.train.checkpoint", "zhongjing.train.common",
           "zhongjing.train.optim", "zhongjing.train.mix", "zhongjing.train.logs", "zhongjing.model.lora",
-          "zhongjing.model.load", "zhongjing.data"]
+          "zhongjing.model.load", "zhongjing.model.wrappers", "zhongjing.data"]
 # The modules whose source is a stage's "code version": editing one of them re-runs that stage (and what follows).
 CODE: dict[str, list[str]] = {
     "init": ["zhongjing.model.init_model", "zhongjing.data.readers"],
@@ -40,7 +40,7 @@ CODE: dict[str, list[str]] = {
     "ppo": ["zhongjing.train.ppo", "zhongjing.train.rollout", "zhongjing.train.rewards", "zhongjing.model.reward",
             "zhongjing.train.losses", "zhongjing.model.value_head", "zhongjing.model.generation", *_TRAIN],
     "eval": ["zhongjing.eval", "zhongjing.model.generation", "zhongjing.model.reward", "zhongjing.model.value_head",
-             "zhongjing.model.load", "zhongjing.data"],
+             "zhongjing.model.load", "zhongjing.model.wrappers", "zhongjing.data"],
 }
 # Config keys that change how a stage runs, not what it produces.
 RUN_ONLY = {"resume", "overwrite", "progress", "tensorboard", "threads", "keep_checkpoints", "save_every"}

@@ -15,13 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from zhongjing.data.render import IGNORE
-
-
-def unwrap(model):
-    """The plain module under DDP / DeepSpeed wrappers (PEFT wrappers stay: they own the adapter)."""
-    while hasattr(model, "module") and not hasattr(model, "get_output_embeddings"):
-        model = model.module
-    return model
+from zhongjing.model.wrappers import unwrap
 
 
 @contextlib.contextmanager

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, fields, replace
 
 import torch
 
-from zhongjing.train.lm import only_positions, unwrap
+from zhongjing.model.wrappers import unwrap
+from zhongjing.train.lm import only_positions
 from zhongjing.train.losses import entropy_from_logits, kl_penalty, token_logprobs
 
 
