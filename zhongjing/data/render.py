@@ -67,26 +67,48 @@ class Renderer:
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
+    def _name(self) -> str:
+        return getattr(self.tokenizer, "name_or_path", "") or "this tokenizer"
+
     def pieces(self, messages: Sequence) -> list[Piece]:
-        """The rendered dialogue as consecutive pieces, each wholly prompt or wholly a doctor turn."""
+        """The rendered dialogue as consecutive pieces, each wholly prompt or wholly a doctor turn.
+
+        Templates that rewrite earlier turns once a later one is added (Qwen3 renders an empty <think> block only
+        for the latest answer) are cut where each doctor turn starts in the full rendering and trained up to its
+        end-of-turn token, i.e. each turn is trained exactly as it appears in the whole dialogue. A template with
+        no closing token after an answer (GLM-4: the next <|user|> ends it) trains that next stop token, and the
+        eos is appended after the final answer, so the model learns to stop."""
         msgs = _as_dicts(messages)
         cuts: list[tuple[int, bool]] = []  # (end offset of a piece, piece is a doctor turn)
         full = self._template(msgs, gen=msgs[-1]["role"] != "assistant")
         assistant_idx = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
-        for i in assistant_idx:
+        rewrites = False
+        for k, i in enumerate(assistant_idx):
             before = self._template(msgs[:i], gen=True)
             after = self._template(msgs[: i + 1], gen=False)
-            if not (after.startswith(before) and full.startswith(after)):
+            if not full.startswith(before):
                 raise ZhongjingError(
-                    "the chat template does not render dialogues prefix-stably (an earlier turn changes when a later "
-                    "one is added), so doctor turns cannot be masked exactly; use a template without that behaviour"
-                )
-            cuts += [(len(before), False), (len(after), True)]
+                    f"chat template of {self._name()} does not render dialogues prefix-stably: the prompt before "
+                    f"doctor turn {k + 1} is not the start of the whole dialogue (earlier turns are rewritten), so "
+                    "doctor turns cannot be masked exactly; use a template without that behaviour")
+            if after.startswith(before) and full.startswith(after):
+                cuts += [(len(before), False), (len(after), True)]
+            else:  # e.g. Qwen3: the turn ends at the next doctor turn's prompt; trained up to its end token
+                rewrites = True
+                nxt = (len(self._template(msgs[: assistant_idx[k + 1]], gen=True)) if k + 1 < len(assistant_idx)
+                       else len(full))
+                said = msgs[i]["content"].split("</think>")[-1].strip()
+                if said not in full[len(before):nxt]:  # the rewrite changed what the doctor said: nothing to train
+                    raise ZhongjingError(
+                        f"chat template of {self._name()} does not render dialogues prefix-stably: doctor turn "
+                        f"{k + 1} is rewritten once a later turn is added, so it cannot be masked exactly; use a "
+                        "template without that behaviour")
+                cuts += [(len(before), False), (nxt, True)]
         cuts.append((len(full), False))
         out, start = [], 0
         for end, is_doctor in cuts:
             if end < start:
-                raise ZhongjingError("chat template produced overlapping turns")
+                raise ZhongjingError(f"chat template of {self._name()} produced overlapping turns")
             text = full[start:end]
             ids = self._encode(text)
             trained = [is_doctor] * len(ids)
@@ -94,9 +116,31 @@ class Renderer:
                 stop = next((k for k, t in enumerate(ids) if t in self.end_ids), None)
                 if stop is not None:
                     trained = [k <= stop for k in range(len(ids))]
+                elif rewrites and text:
+                    raise ZhongjingError(f"chat template of {self._name()} rewrites earlier turns and closes a doctor "
+                                         "turn with no end-of-turn token, so its extent is unknown")
             out.append(Piece(text, ids, trained))
             start = end
-        return [p for p in out if p.ids]
+        out = [p for p in out if p.ids]
+        self._close_open_turns(out)
+        return out
+
+    def _close_open_turns(self, pieces: list[Piece]) -> None:
+        """A doctor turn with no end-of-turn token in it trains the stop token that opens the next piece (GLM-4's
+        <|user|>), or, at the very end, an appended eos."""
+        eos = self.tokenizer.eos_token_id
+        for k, p in enumerate(pieces):
+            if not p.trained or not all(p.trained) or any(t in self.end_ids for t in p.ids):
+                continue
+            nxt = pieces[k + 1] if k + 1 < len(pieces) else None
+            if nxt is not None and nxt.ids[0] in self.end_ids:
+                p.ids.append(nxt.ids.pop(0))
+                p.trained.append(True)
+                nxt.trained.pop(0)
+            elif nxt is None and eos is not None:
+                p.ids.append(eos)
+                p.trained.append(True)
+        pieces[:] = [p for p in pieces if p.ids]
 
     # -- masks -------------------------------------------------------------------------
     def _labels(self, pieces: list[Piece]) -> tuple[list[int], list[int]]:
