@@ -13,6 +13,7 @@ from zhongjing import __version__
 from zhongjing.data.rubric import PRIORITY
 from zhongjing.eval.answers import Throttle, log
 from zhongjing.eval.judge import LLMJudge, PairTask, judge_pairs
+from zhongjing.eval.leaderboard import games_from_judged, leaderboard
 from zhongjing.eval.metrics import behaviour, overlap_metrics
 from zhongjing.eval.stats import OVERALL, by_priority, summarize
 
@@ -58,7 +59,8 @@ def judge_all(cfg, sets, answers, judge, comps) -> tuple[list[dict], list[dict],
                          "dimensions": {d: r.to_dict() for d, r in rates.items()},
                          "judge_errors": sum(1 for r in raw.values() for v in r.values() if v["status"] == "error"),
                          "unparseable": sum(1 for r in raw.values() for v in r.values() if v["status"] == "unparseable"),
-                         "seconds": round(time.time() - t0, 2)})
+                         "seconds": round(time.time() - t0, 2),
+                         "_games": games_from_judged(judged, a, b, priority or list(judge.dimensions))})
             verdicts[(a, b, s.name)] = _outcome_names(judged, priority)
     if cfg.judge.safety_vs_reference and isinstance(judge, LLMJudge) and "safety" in judge.dimensions:
         for s in [s for s in sets if s.safety]:
@@ -109,6 +111,22 @@ def pick_examples(cfg, sets, answers, verdicts, comps, n: int) -> list[dict]:
     return out
 
 
+def rank_models(cfg, rows: list[dict]) -> dict | None:
+    """Bradley–Terry ratings over every judged comparison and test set (each pair judged once counts once)."""
+    games, seen = [], set()
+    for r in rows:
+        got = r.pop("_games", [])
+        key = (r["target"], r["baseline"], r["testset"])
+        if key not in seen:
+            seen.add(key)
+            games += [g.__class__(g.a, g.b, g.score, f"{r['testset']}/{g.group}") for g in got]
+    lb = getattr(cfg, "leaderboard", None)
+    if not games or (lb is not None and not lb.enabled):
+        return None
+    return leaderboard(games, [m.name for m in cfg.models if any(m.name in (g.a, g.b) for g in games)],
+                       prior=lb.prior if lb is not None else 1.0, n_boot=cfg.report.bootstrap, seed=cfg.seed)
+
+
 def evaluate(cfg, sets, answers, failures, ppl, exam_scores, judge, comps) -> dict:
     target = cfg.target or cfg.models[0].name
     notes = []
@@ -122,6 +140,7 @@ def evaluate(cfg, sets, answers, failures, ppl, exam_scores, judge, comps) -> di
             log(f"judge: {ep.requests} requests ({ep.retried} retries)")
     elif sets:
         notes.append("No judge configured (judge.backend: none): pairwise results are omitted.")
+    board = rank_models(cfg, rows)
     return {
         "meta": {"version": __version__, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "seed": cfg.seed,
                  "judge": getattr(judge, "describe", "none"), "bootstrap": cfg.report.bootstrap, "notes": notes,
@@ -133,6 +152,7 @@ def evaluate(cfg, sets, answers, failures, ppl, exam_scores, judge, comps) -> di
                     "source": m.path or f"{m.endpoint.base_url} ({m.endpoint.model})"} for m in cfg.models],
         "testsets": [s.summary() for s in sets],
         "pairwise": rows,
+        "leaderboard": board,
         "safety_vs_reference": safety_rows,
         "metrics": model_metrics(cfg, sets, answers, failures, ppl),
         "generation_errors": {m: len(f) for m, f in failures.items()},

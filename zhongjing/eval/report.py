@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 from zhongjing.eval.plots import DIM_LABELS, ablation_figure, pairwise_figure
+from zhongjing.eval import report_blocks as extra
 from zhongjing.io import atomic_open, write_json
 
 
@@ -62,6 +63,11 @@ def make_figures(results: dict, out: Path) -> dict[str, str]:
         name = "ablation.png"
         ablation_figure(out / name, f"RLHF ablation — {main['testset']}", dims, rates, lengths, before, after)
         figs["ablation"] = name
+    if results.get("leaderboard"):
+        from zhongjing.eval.leaderboard import plot
+
+        plot(results["leaderboard"], out / "leaderboard.png")
+        figs["leaderboard"] = "leaderboard.png"
     return figs
 
 
@@ -101,6 +107,9 @@ def build_blocks(results: dict, figs: dict[str, str]) -> list[tuple]:
               [[t["name"], str(t["dialogues"]), str(t["items"]), "yes" if t["multi_turn"] else "no",
                 "yes" if t["safety"] else "no"] for t in results["testsets"]]))
 
+    b += extra.validation_blocks(results)
+    b += extra.leaderboard_blocks(results, figs)
+    trust = extra.validation_summary(results)
     base = [r for r in results["pairwise"] if r["kind"] == "baseline"]
     if base:
         b.append(("h", 2, "Pairwise comparison with baselines"))
@@ -109,12 +118,14 @@ def build_blocks(results: dict, figs: dict[str, str]) -> list[tuple]:
             if f"pairwise:{ts}" in figs:
                 b.append(("img", figs[f"pairwise:{ts}"], f"win/tie/lose on {ts}"))
             b.append(("table", *_pairwise_table([r for r in base if r["testset"] == ts])))
+            b += [("p", trust)] if trust else []
     abl = [r for r in results["pairwise"] if r["kind"] == "ablation"]
     if abl:
         b.append(("h", 2, f"Ablation: before vs after RLHF ({abl[0]['baseline']} → {abl[0]['target']})"))
         if "ablation" in figs:
             b.append(("img", figs["ablation"], "RLHF ablation"))
         b.append(("table", *_pairwise_table(abl)))
+        b += [("p", trust)] if trust else []
     if results.get("safety_vs_reference"):
         b.append(("h", 2, "Safety against the reference answers"))
         b.append(("p", "On the safety prompts each model's answer is judged against the set's safe reference answer "
@@ -123,8 +134,10 @@ def build_blocks(results: dict, figs: dict[str, str]) -> list[tuple]:
                   [[r["testset"], r["model"], str(r["rates"]["n"]), pct(r["score"]), rate_cell(r["rates"], "win"),
                     rate_cell(r["rates"], "tie"), rate_cell(r["rates"], "lose"), str(r["rates"]["failed"])]
                    for r in results["safety_vs_reference"]]))
+    b += extra.rubric_blocks(results)
     b += _metric_blocks(results)
     b += _exam_blocks(results)
+    b += extra.subject_blocks(results)
     if results.get("examples"):
         b.append(("h", 2, "Examples"))
         b += [("example", ex) for ex in results["examples"]]

@@ -24,7 +24,9 @@ from zhongjing.eval.answers import (GenerationConfig, LocalModel, ModelSpec, Thr
 from zhongjing.eval.cache import Cache
 from zhongjing.eval.client import Endpoint, EndpointConfig
 from zhongjing.eval.exams import ExamConfig
+from zhongjing.eval.leaderboard import LeaderboardConfig
 from zhongjing.eval.testsets import TestSetConfig, load_testsets
+from zhongjing.eval.validation import JudgeValidationConfig
 from zhongjing.serve import refuse_reward_model
 
 
@@ -70,6 +72,8 @@ class EvalConfig:
     exams: list[ExamConfig] = field(default_factory=list)
     perplexity: bool = True  # of the gold doctor turns, for local models
     report: ReportConfig = field(default_factory=ReportConfig)
+    judge_validation: JudgeValidationConfig = field(default_factory=JudgeValidationConfig)  # judge vs human labels
+    leaderboard: LeaderboardConfig = field(default_factory=LeaderboardConfig)  # Bradley–Terry over all comparisons
     notes: list[str] = field(default_factory=list)  # extra lines for the report (e.g. where the RM's rankings came from)
 
 
@@ -102,6 +106,8 @@ def check(cfg: EvalConfig) -> None:
     bad = [d for d in cfg.judge.dimensions if d not in PRIORITY]
     if bad:
         raise ConfigError(f"judge.dimensions: unknown {bad[0]!r} (one of {', '.join(PRIORITY)})")
+    if (cfg.judge_validation.files or cfg.judge_validation.if_present) and cfg.judge.backend == "none":
+        raise ConfigError("judge_validation: there is no judge to validate (judge.backend: none)")
     if not cfg.testsets and not cfg.exams:
         raise ConfigError("eval: nothing to do — add 'testsets' and/or 'exams'")
 
@@ -175,6 +181,16 @@ def collect_answers(cfg: EvalConfig, sets, cache: Cache) -> tuple[dict, dict, di
     return answers, failures, ppl, exam_scores
 
 
+def validate_judge(cfg: EvalConfig, judge) -> list[dict]:
+    """The judge's agreement with human preference labels (eval/validation.py), one row per file."""
+    from zhongjing.eval.judge import LLMJudge
+    from zhongjing.eval.validation import run_validation
+
+    conc = judge.endpoint.cfg.concurrency if isinstance(judge, LLMJudge) else 1
+    return run_validation(cfg.judge_validation, judge, seed=cfg.seed, n_boot=cfg.report.bootstrap,
+                          concurrency=conc, log=log)
+
+
 def comparisons(cfg: EvalConfig) -> list[tuple[str, str, str]]:
     """(kind, target, baseline) pairs to judge."""
     target = cfg.target or cfg.models[0].name
@@ -205,9 +221,12 @@ def run(cfg: EvalConfig) -> dict[str, Path]:
     for s in sets:
         log(f"test set {s.name}: {len(s.dialogues)} dialogues → {len(s.items)} items")
     with Cache(cfg.cache or out / "cache.sqlite") as cache:
-        judge = build_judge(cfg.judge, cache) if sets else None  # before generating: a bad judge fails fast
+        validating = bool(cfg.judge_validation.files or cfg.judge_validation.if_present)
+        judge = build_judge(cfg.judge, cache) if sets or validating else None  # before generating: fail fast
+        validation = validate_judge(cfg, judge) if validating else []
         answers, failures, ppl, exam_scores = collect_answers(cfg, sets, cache)
         results = evaluate(cfg, sets, answers, failures, ppl, exam_scores, judge, comparisons(cfg))
+        results["judge_validation"] = validation
         results["meta"]["config"] = to_dict(cfg)
         results["meta"]["notes"] = list(cfg.notes) + results["meta"].get("notes", [])
         results["meta"]["cache"] = {"path": str(cache.path), "hits": cache.hits, "misses": cache.misses}
