@@ -12,7 +12,7 @@ from zhongjing.io import atomic_path, write_json
 
 def merge_adapter(adapter_dir: str | Path, out: str | Path, dtype: str = "float32") -> Path:
     from zhongjing.model.load import is_adapter_dir, load_model, load_tokenizer, read_meta
-    from zhongjing.train.checkpoint import code_version, model_fingerprint
+    from zhongjing.model.identity import code_version, model_fingerprint
 
     src = Path(adapter_dir)
     if not is_adapter_dir(src):

@@ -32,7 +32,9 @@ import yaml
 from zhongjing.config import describe, load_config, to_dict
 from zhongjing.errors import ConfigError, ZhongjingError
 from zhongjing.io import atomic_open
-from zhongjing.pipeline.state import State, code_hash, fingerprint, inputs_of, lock
+from zhongjing.model.identity import external_inputs
+from zhongjing.model.identity import output_fingerprint as fingerprint
+from zhongjing.pipeline.state import State, code_hash, lock
 from zhongjing.pipeline.wiring import (COMMANDS, LAUNCHED, SIMULATED_NOTE, RankSettings, Wiring, check_stages, run_rank,
                                       stage_config)
 
@@ -114,7 +116,7 @@ def stage_key(state: State, w: Wiring, stage: str, config, fps: dict) -> tuple[s
     """The stage's identity now: config, code, user files, pipeline settings it uses, upstream fingerprints
     (`fps` holds those of stages (re)run in this invocation)."""
     deps = {d: fps.get(d) or state.fingerprint(d) for d in w.deps(stage)}
-    return state.key_for(stage, config, code_hash(stage), inputs_of(config, w.work), deps, w.settings(stage))
+    return state.key_for(stage, config, code_hash(stage), external_inputs(config, w.work), deps, w.settings(stage))
 
 
 def plan(cfg: PipelineConfig, state: State, *, start: str | None = None, only: list[str] | None = None) -> list[Plan]:

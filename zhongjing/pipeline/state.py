@@ -4,7 +4,7 @@ WORK/pipeline-state.json holds, per stage: status (running | done), key, the fin
 and a summary. A stage is up to date when its status is done, its recorded key equals the key computed now and
 its output still has the recorded fingerprint. The key hashes:
   - the stage's resolved config, without run-only keys (resume, progress, ...) and with WORK written as $WORK,
-    so a moved work dir stays valid;
+    so a moved work dir stays valid (zhongjing.model.identity, which the training stages' meta.json uses too);
   - the source of the modules that make up the stage (CODE below) and the package version;
   - the content of every file or folder the config names outside WORK (data, corpus, a user base model);
   - the fingerprints of the upstream outputs it reads.
@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib.util
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from zhongjing.errors import ZhongjingError
-from zhongjing.io import sha256_file, sha256_json, write_json
+from zhongjing.io import sha256_json, write_json
+from zhongjing.model import identity
 
 _TRAIN = ["zhongjing.train.loop", "zhongjing.train.batching", "zhongjing.train.checkpoint", "zhongjing.train.common",
           "zhongjing.train.optim", "zhongjing.train.mix", "zhongjing.train.logs", "zhongjing.model.lora",
-          "zhongjing.model.load", "zhongjing.model.wrappers", "zhongjing.data"]
+          "zhongjing.model.load", "zhongjing.model.wrappers", "zhongjing.model.identity", "zhongjing.data"]
 # The modules whose source is a stage's "code version": editing one of them re-runs that stage (and what follows).
 CODE: dict[str, list[str]] = {
     "init": ["zhongjing.model.init_model", "zhongjing.data.readers"],
@@ -40,117 +40,13 @@ CODE: dict[str, list[str]] = {
     "ppo": ["zhongjing.train.ppo", "zhongjing.train.rollout", "zhongjing.train.rewards", "zhongjing.model.reward",
             "zhongjing.train.losses", "zhongjing.model.value_head", "zhongjing.model.generation", *_TRAIN],
     "eval": ["zhongjing.eval", "zhongjing.model.generation", "zhongjing.model.reward", "zhongjing.model.value_head",
-             "zhongjing.model.load", "zhongjing.model.wrappers", "zhongjing.data"],
+             "zhongjing.model.load", "zhongjing.model.wrappers", "zhongjing.model.identity", "zhongjing.data"],
 }
-# Config keys that change how a stage runs, not what it produces.
-RUN_ONLY = {"resume", "overwrite", "progress", "tensorboard", "threads", "keep_checkpoints", "save_every"}
 STATE_FILE = "pipeline-state.json"
 
 
-def _module_files(name: str) -> list[Path]:
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.origin is None:
-        return []
-    origin = Path(spec.origin)
-    if origin.name == "__init__.py":
-        return sorted(origin.parent.rglob("*.py"))
-    return [origin]
-
-
 def code_hash(stage: str) -> str:
-    import zhongjing
-
-    root = Path(zhongjing.__file__).resolve().parent
-    files = sorted({f for m in CODE[stage] for f in _module_files(m)})
-    return sha256_json({"version": zhongjing.__version__, "missing": [m for m in CODE[stage] if not _module_files(m)],
-                        "files": [(str(f.resolve().relative_to(root)) if f.resolve().is_relative_to(root) else str(f),
-                                   sha256_file(f)) for f in files]})
-
-
-def _is_model_dir(p: Path) -> bool:
-    return (p / "config.json").exists() or (p / "adapter_config.json").exists()
-
-
-def fingerprint(path: str | Path) -> str | None:
-    """Identity of a stage output: file content; a model folder's meta.json plus its top-level files' sizes and
-    modification times (weights of a 13B model are too big to hash on every run); other folders by content.
-    None if missing or unfinished (a model folder without meta.json)."""
-    p = Path(path)
-    if p.is_file():
-        return sha256_file(p)
-    if not p.is_dir():
-        return None
-    if _is_model_dir(p):
-        if not (p / "meta.json").exists():
-            return None
-        files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in p.iterdir() if f.is_file())
-        return sha256_json({"meta": sha256_file(p / "meta.json"), "files": files})
-    files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
-    if not files:
-        return None
-    return sha256_json([(str(f.relative_to(p)), sha256_file(f)) for f in files])
-
-
-def external_fingerprint(p: Path) -> str:
-    """A file or folder the user's config names: by content, except model folders (see fingerprint)."""
-    if p.is_dir() and _is_model_dir(p):
-        from zhongjing.train.checkpoint import model_fingerprint
-
-        return model_fingerprint(p)
-    return fingerprint(p) or "empty"
-
-
-def _strings(obj: Any):
-    if isinstance(obj, dict):
-        for v in obj.values():
-            yield from _strings(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _strings(v)
-    elif isinstance(obj, str):
-        yield obj
-
-
-def inputs_of(config: Any, work: Path) -> dict[str, str]:
-    """Content hash of every existing file/folder named in the config outside the work dir (user data)."""
-    import dataclasses
-
-    data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
-    work = work.resolve()
-    out = {}
-    for s in _strings(data):
-        if not s or ("/" not in s and "." not in s) or "\n" in s or len(s) > 4096:
-            continue
-        p = Path(s)
-        try:
-            if not p.exists():
-                continue
-            rp = p.resolve()
-        except OSError:
-            continue
-        if rp == work or rp.is_relative_to(work) or rp == Path.cwd().resolve():
-            continue
-        out[str(rp)] = external_fingerprint(rp)
-    return out
-
-
-def hashable(config: Any, work: Path) -> Any:
-    """The config as plain data without run-only keys, with the work dir written as $WORK."""
-    import dataclasses
-
-    data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
-    prefix = str(work.resolve())
-
-    def clean(x):
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items() if k not in RUN_ONLY}
-        if isinstance(x, list):
-            return [clean(v) for v in x]
-        if isinstance(x, str) and x.startswith(prefix):
-            return "$WORK" + x[len(prefix):]
-        return x
-
-    return clean(data)
+    return identity.code_hash(CODE[stage])
 
 
 class State:
@@ -172,7 +68,7 @@ class State:
 
     def key_for(self, stage: str, config: Any, code: str, inputs: dict, deps: dict, settings: dict) -> tuple[str, dict]:
         """The stage's key, and a hash per part of it so that a plan can say which part changed."""
-        config = hashable(config, self.work)
+        config = identity.hashable(config, self.work)
         key = sha256_json({"stage": stage, "config": config, "code": code, "inputs": inputs,
                            "upstream": deps, "pipeline": settings})
         parts = {"config": sha256_json(config), "code": code, "input files": sha256_json(inputs),

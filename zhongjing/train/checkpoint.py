@@ -17,8 +17,8 @@ Output folder layout (pt, sft, rm, dpo, ppo, grpo — all of them):
   OUT/logs/                     train.jsonl (a line per optimizer step), eval.jsonl, tensorboard/.
 
 OUT/ holds the checkpoint with the lowest validation loss (the last one without validation) — the paper keeps
-the best. `inputs_hash` = hash(parent model fingerprint, data file hashes, config without run-only keys): the
-pipeline skips a stage whose hash is unchanged.
+the best. `inputs_hash` = hash(parent model fingerprint, data file hashes, config without run-only keys), see
+zhongjing.model.identity: a resume with other inputs is refused.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import os
 import random
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -40,43 +39,6 @@ from zhongjing.io import atomic_path, sha256_json, write_json
 CKPT = "checkpoints"
 TRAINER = "trainer"
 _STEP = re.compile(r"^step-(\d+)$")
-
-
-# ----------------------------------------------------------------------------- identity
-
-def code_version() -> dict:
-    import zhongjing
-
-    out = {"zhongjing": zhongjing.__version__}
-    try:
-        root = Path(zhongjing.__file__).resolve().parents[1]
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
-        if rev.returncode == 0:
-            out["git"] = rev.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return out
-
-
-def model_fingerprint(path: str | Path) -> str:
-    """Stable identity of a parent model: its own inputs_hash when zhongjing trained it, else its config and the
-    names and sizes of its weight files (hashing 26 GB of weights on every run would be too slow)."""
-    p = Path(path)
-    meta_path = p / "meta.json"
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("inputs_hash"):
-            return meta["inputs_hash"]
-        return sha256_json({k: v for k, v in meta.items() if k not in ("seconds", "metrics")})
-    files = sorted((f.name, f.stat().st_size) for f in p.iterdir() if f.is_file())
-    cfg = [(p / n).read_text(encoding="utf-8") for n in ("config.json", "adapter_config.json") if (p / n).exists()]
-    return sha256_json({"files": files, "config": cfg})
-
-
-def inputs_hash(stage: str, parent: str | Path, data: list[dict], config: dict) -> str:
-    return sha256_json({"stage": stage, "parent": model_fingerprint(parent),
-                        "data": [d.get("sha256") for d in data], "config": config})
 
 
 # ----------------------------------------------------------------------------- listing

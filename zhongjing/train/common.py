@@ -52,18 +52,6 @@ class TrainSettings:
             raise ConfigError(f"train.mixed_precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
 
 
-# Keys that change how a run is executed or reported but not what it learns: left out of inputs_hash.
-RUN_ONLY_KEYS = {"output", "train.resume", "train.overwrite", "train.tensorboard", "train.progress",
-                 "train.threads", "train.keep_checkpoints", "train.save_every"}
-
-
-def hashable_config(config: dict) -> dict:
-    out = {k: v for k, v in config.items() if k not in RUN_ONLY_KEYS}
-    if isinstance(out.get("train"), dict):
-        out["train"] = {k: v for k, v in out["train"].items() if f"train.{k}" not in RUN_ONLY_KEYS}
-    return out
-
-
 def make_accelerator(settings: TrainSettings):
     """One Accelerator per stage run. On a machine without GPUs a launched multi-process run uses CPU + gloo."""
     import torch
@@ -128,19 +116,6 @@ def deepspeed_plugin(settings: TrainSettings):
     return plugin
 
 
-def data_record(path: str | Path, **extra) -> dict:
-    """How a data file enters meta.json: path, content hash and whatever the stage adds (format, records)."""
-    from zhongjing.io import sha256_file
-
-    p = Path(path)
-    if p.is_dir():
-        from zhongjing.io import sha256_json
-
-        files = sorted(f for f in p.rglob("*") if f.is_file())
-        digest = sha256_json([(str(f.relative_to(p)), sha256_file(f)) for f in files])
-    else:
-        digest = sha256_file(p)
-    return {"path": str(p.resolve()), "sha256": digest, **extra}
 
 
 def print_once(line: str) -> None:

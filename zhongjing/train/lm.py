@@ -68,26 +68,13 @@ def train_lm(stage: str, cfg, *, accelerator, model, tokenizer, data, data_recor
              metrics: dict | None = None):
     """What pt and sft share after their data is ready: meta.json identity, TrainedIO, fit with the LM loss
     and validation perplexity. Returns the FitResult."""
-    from dataclasses import asdict
-
-    from zhongjing.train.checkpoint import code_version, inputs_hash
-    from zhongjing.train.common import hashable_config
+    from zhongjing.model.identity import training_meta
     from zhongjing.model.lora import TrainedIO
     from zhongjing.train.loop import fit, perplexity
 
-    config = asdict(cfg)
     parent = str(Path(cfg.model).resolve())
-    meta = {
-        "stage": stage,
-        "kind": "adapter" if cfg.finetune == "lora" else "full",
-        "base_model": parent,
-        "parent": parent,
-        "inputs_hash": inputs_hash(stage, parent, data_records, hashable_config(config)),
-        "data": data_records,
-        "config": config,
-        "code": code_version(),
-        "metrics": metrics or {},
-    }
+    meta = training_meta(stage, cfg, parent, data_records, kind="adapter" if cfg.finetune == "lora" else "full",
+                         metrics=metrics or {})
     return fit(model, data, lm_loss, cfg.train, cfg.output, accelerator=accelerator,
                io=TrainedIO(tokenizer, parent), meta=meta,
                on_eval=lambda rec: {"val_ppl": perplexity(rec["val_loss"])})

@@ -204,23 +204,19 @@ def fit_prefs(stage: str, cfg, model, tokenizer, data: RankingBatches, counts: C
     import time
     from pathlib import Path
 
-    from zhongjing.config import to_dict
     from zhongjing.io import write_json
+    from zhongjing.model.identity import data_record, training_meta
     from zhongjing.model.load import read_meta
     from zhongjing.model.lora import TrainedIO, count_params
-    from zhongjing.train.checkpoint import code_version, inputs_hash
-    from zhongjing.train.common import data_record, hashable_config
     from zhongjing.train.loop import fit
 
     t0 = time.time()
     trainable, total = count_params(model)
-    config, parent = to_dict(cfg), str(Path(cfg.model).resolve())
+    parent = str(Path(cfg.model).resolve())
     records = [data_record(p) for p in list(cfg.data) + list(cfg.val_data)]
-    meta = {"stage": stage, "kind": "full" if getattr(cfg, "finetune", "lora") == "full" else "adapter",
-            "base_model": parent, "parent": parent,
-            "inputs_hash": inputs_hash(stage, cfg.model, records, hashable_config(config)), "data": records,
-            "config": config, "code": code_version(), "counts": dict(counts),
-            "params": {"trainable": trainable, "total": total}} | meta
+    meta = training_meta(stage, cfg, parent, records,
+                         kind="full" if getattr(cfg, "finetune", "lora") == "full" else "adapter",
+                         counts=dict(counts), params={"trainable": trainable, "total": total}) | meta
     if accelerator.is_main_process:
         left = {"too_long": "too long for max_length", "unranked": "unranked", "all_tied": "all tied"}
         left = ", ".join(f"{counts[k]} {why}" for k, why in left.items() if counts[k])

@@ -18,7 +18,8 @@ from zhongjing.config import parse_stage_args
 from zhongjing.errors import ConfigError, DataError
 from zhongjing.model.lora import Finetune, LoraSettings
 from zhongjing.train.batching import LazyBatches, collate_blocks, pack_stream
-from zhongjing.train.common import TrainSettings, data_record
+from zhongjing.model.identity import data_record
+from zhongjing.train.common import TrainSettings
 from zhongjing.train.mix import Pool, epoch_items, plan_counts, split_keys
 
 

@@ -213,13 +213,13 @@ def summarize(scores: torch.Tensor, parts: dict, scored: dict, gather=None) -> d
 def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
     from collections import Counter
 
-    from zhongjing.config import to_dict
     from zhongjing.model.generation import derive_seed
     from zhongjing.model.load import end_of_turn_ids, load_tokenizer
     from zhongjing.model.lora import count_params, prepare_model
     from zhongjing.model.value_head import ValueHead, hidden_size
     from zhongjing.train import checkpoint as ckpt
-    from zhongjing.train.common import data_record, hashable_config, make_accelerator
+    from zhongjing.model.identity import data_record, training_meta
+    from zhongjing.train.common import make_accelerator
     from zhongjing.train.logs import RunLogger
     from zhongjing.train.loop import train_step
     from zhongjing.train.mix import rng
@@ -264,14 +264,11 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
     guard = Guard(tc.explode_grad_norm, tc.explode_lr_decay)
     io = ActorCriticIO(TrainedIO(tok, cfg.model))
     stop_ids = end_of_turn_ids(tok, policy)
-    parent = str(Path(cfg.model).resolve())
-    config = to_dict(cfg)
     records = [data_record(p) for p in cfg.prompts]
-    meta = {"stage": stage, "kind": "adapter", "base_model": parent, "parent": parent,
-            "inputs_hash": ckpt.inputs_hash(stage, cfg.model, records, hashable_config(config)), "data": records,
-            "config": config, "code": ckpt.code_version(), "critic": "value_head.safetensors" if algo.critic else None,
-            "counts": dict(counts, train_prompts=len(train_p), eval_prompts=len(eval_p)),
-            "params": {"trainable": trainable, "total": n_params}}
+    meta = training_meta(stage, cfg, cfg.model, records, kind="adapter",
+                         critic="value_head.safetensors" if algo.critic else None,
+                         counts=dict(counts, train_prompts=len(train_p), eval_prompts=len(eval_p)),
+                         params={"trainable": trainable, "total": n_params})
 
     if acc.is_main_process:
         ckpt.prepare_out(out, resume=tc.resume, overwrite=tc.overwrite)

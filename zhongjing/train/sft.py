@@ -22,7 +22,8 @@ from zhongjing.data.render import Renderer, Strategy
 from zhongjing.errors import ConfigError, DataError
 from zhongjing.model.lora import Finetune, LoraSettings
 from zhongjing.train.batching import Example, LazyBatches, collate_rows, group_by_length, pack_rows, plan_padding
-from zhongjing.train.common import TrainSettings, data_record
+from zhongjing.model.identity import data_record
+from zhongjing.train.common import TrainSettings
 from zhongjing.train.mix import Pool, epoch_items, plan_counts, split_keys
 
 
