@@ -95,3 +95,52 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+
+
+MAX_JSON_DEPTH = 64
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows (only finite numbers)")
+
+
+def _finite(text: str) -> float:
+    x = float(text)
+    if x in (float("inf"), float("-inf")):
+        raise ValueError(f"{text[:20]} is too large for a number")
+    return x
+
+
+def loads_strict(raw: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """JSON from an untrusted client: NaN/Infinity refused (Python's reader accepts them), nesting deeper than
+    `max_depth` refused before parsing (no RecursionError), numbers too long to parse refused. ValueError
+    with a one-line reason on any fault."""
+    if isinstance(raw, (bytes, bytearray)):
+        try:
+            raw = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"not UTF-8 ({e.reason} at byte {e.start})") from None
+    depth = 0
+    in_str = esc = False
+    for ch in raw if raw.count("[") + raw.count("{") > max_depth else ():  # bracket depth outside strings: cheap, and bounds the recursion json.loads would need
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            if depth > max_depth:
+                raise ValueError(f"nested deeper than {max_depth} levels")
+        elif ch in "]}":
+            depth -= 1
+    try:
+        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {max_depth} levels") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{e.msg} (line {e.lineno} column {e.colno})") from None

@@ -105,21 +105,21 @@ def _routes(app: FastAPI) -> None:
               conn: sqlite3.Connection = Depends(get_conn)):
         if not auth.csrf_ok(request.cookies.get(auth.LOGIN_COOKIE), login_token):
             raise Forbidden("log-in form expired; reload the page")
-        client = request.client.host if request.client else "?"
-        wait = throttle.retry_after(username, client)
+        s: ServeSettings = request.app.state.settings
+        client = auth.client_address(request.client.host if request.client else None,
+                                     request.headers.get("x-forwarded-for"), s.trusted_proxies)
+        wait, stamp = throttle.begin(username, client)  # counted before the slow check: no race
         if wait:
             resp = error_response(request, 429, f"too many failed log-ins; try again in {wait} s")
             resp.headers["Retry-After"] = str(wait)
             return resp
         user = auth.authenticate(conn, username, password)
         if user is None:
-            throttle.failed(username, client)
             token = auth.new_login_token()
             resp = render(request, "login.html", status=401, login_token=token, error="用户名或密码错误")
             _set_cookie(request, resp, auth.LOGIN_COOKIE, token, max_age=3600)
             return resp
-        throttle.succeeded(username, client)
-        s: ServeSettings = request.app.state.settings
+        throttle.succeeded(username, client, stamp)
         cookie = auth.start_session(conn, user["id"], s.session_hours)
         resp = redirect("/")
         _set_cookie(request, resp, auth.SESSION_COOKIE, cookie, max_age=int(s.session_hours * 3600))
@@ -152,6 +152,7 @@ def _routes(app: FastAPI) -> None:
 
     @app.get("/items/{item_id}")
     def item_page(request: Request, item_id: int, sess=Depends(annotator), conn=Depends(get_conn)):
+        _check_id(item_id)
         item = _assigned_item(conn, item_id, sess.user_id)
         mine = [a for a in store.latest_annotations(conn, item_id) if a["user_id"] == sess.user_id]
         return render(request, "item.html", item=item, submitted=bool(mine), **_view(item, sess.user_id),
@@ -159,6 +160,7 @@ def _routes(app: FastAPI) -> None:
 
     @app.post("/api/items/{item_id}/annotation")
     async def submit(request: Request, item_id: int, sess=Depends(annotator), conn=Depends(get_conn)):
+        _check_id(item_id)
         check_csrf(request, sess)
         payload = await _json(request)
         return await _in_thread(_submit_annotation, conn, item_id, sess.user_id, payload)
@@ -173,6 +175,7 @@ def _routes(app: FastAPI) -> None:
 
     @app.get("/adjudicate/{item_id}")
     def adjudicate_page(request: Request, item_id: int, sess=Depends(expert), conn=Depends(get_conn)):
+        _check_id(item_id)
         item = store.get_item(conn, item_id)
         if item is None:
             raise Forbidden("no such item", 404)
@@ -187,6 +190,7 @@ def _routes(app: FastAPI) -> None:
 
     @app.post("/api/items/{item_id}/adjudication")
     async def adjudicate(request: Request, item_id: int, sess=Depends(expert), conn=Depends(get_conn)):
+        _check_id(item_id)
         check_csrf(request, sess)
         payload = await _json(request)
         result = await _in_thread(store.submit_adjudication, conn, item_id, sess.user_id, payload)
@@ -207,10 +211,13 @@ async def _in_thread(fn, *args):
 
 
 async def _json(request: Request):
-    try:
-        return json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
-        raise DataError("request body is not valid JSON") from None
+    return store.parse_json_body(await request.body())
+
+
+def _check_id(item_id: int) -> None:
+    """SQLite integers are 64-bit: a larger id cannot name an item (and would overflow the query)."""
+    if not 0 < item_id < 1 << 63:
+        raise Forbidden("no such item", 404)
 
 
 def _assigned_item(conn, item_id: int, user_id: int) -> dict:

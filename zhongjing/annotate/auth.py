@@ -111,21 +111,33 @@ def new_login_token() -> str:
 
 
 class LoginThrottle:
-    """Failed log-ins per (username, client) in a sliding window; past the limit, further tries wait.
+    """Failed log-ins in a sliding window, per (username, address), per username and per address.
 
-    In memory (one server process), so a restart forgives — the scrypt cost still slows guessing.
+    `begin` is atomic: it checks every limit and counts the attempt as a failure in the same lock, so N
+    guesses sent at once are N attempts, not N checks of an empty history; `succeeded` takes the attempt
+    back. Limits: `max_failures` per (username, address); `per_user` for one username from any address
+    (distributed guessing; wider, so a stranger cannot lock a user out as easily); `per_address` for one
+    address over all usernames (spraying). In memory (one server process): a restart forgives, and scrypt
+    still slows guessing.
     """
 
-    def __init__(self, max_failures: int = 5, window_s: float = 900.0, clock=None):
+    def __init__(self, max_failures: int = 5, window_s: float = 900.0, clock=None, *, per_user: int | None = None,
+                 per_address: int | None = None):
         import threading
         import time
 
         self.max_failures, self.window_s = max_failures, window_s
+        self.per_user = per_user if per_user is not None else 4 * max_failures
+        self.per_address = per_address if per_address is not None else 4 * max_failures
         self.clock = clock or time.monotonic
-        self._fails: dict[tuple[str, str], list[float]] = {}
+        self._fails: dict[tuple, list[float]] = {}
         self._lock = threading.Lock()
 
-    def _recent(self, key: tuple[str, str], now: float) -> list[float]:
+    def _keys(self, username: str, client: str) -> list[tuple[tuple, int]]:
+        return [(("pair", username, client), self.max_failures), (("user", username), self.per_user),
+                (("addr", client), self.per_address)]
+
+    def _recent(self, key: tuple, now: float) -> list[float]:
         times = [t for t in self._fails.get(key, []) if now - t < self.window_s]
         if times:
             self._fails[key] = times
@@ -133,19 +145,80 @@ class LoginThrottle:
             self._fails.pop(key, None)
         return times
 
+    def _wait(self, username: str, client: str, now: float) -> int:
+        wait = 0
+        for key, limit in self._keys(username, client):
+            times = self._recent(key, now)
+            if len(times) >= limit:
+                wait = max(wait, max(1, int(times[-limit] + self.window_s - now) + 1))
+        return wait
+
     def retry_after(self, username: str, client: str) -> int:
-        """Seconds until this pair may try again (0 = now)."""
+        """Seconds until this username may try again from this address (0 = now)."""
+        with self._lock:
+            return self._wait(username, client, self.clock())
+
+    def begin(self, username: str, client: str) -> tuple[int, float]:
+        """(seconds to wait, attempt stamp): when the wait is 0 the attempt is already counted as a failure;
+        hand the stamp to `succeeded` if the password was right."""
         with self._lock:
             now = self.clock()
-            times = self._recent((username, client), now)
-            if len(times) < self.max_failures:
-                return 0
-            return max(1, int(times[-self.max_failures] + self.window_s - now) + 1)
+            wait = self._wait(username, client, now)
+            if not wait:
+                for key, _ in self._keys(username, client):
+                    self._fails.setdefault(key, []).append(now)
+            return wait, now
 
     def failed(self, username: str, client: str) -> None:
+        """Count a failure that did not go through `begin`."""
         with self._lock:
-            self._fails.setdefault((username, client), []).append(self.clock())
+            now = self.clock()
+            for key, _ in self._keys(username, client):
+                self._fails.setdefault(key, []).append(now)
 
-    def succeeded(self, username: str, client: str) -> None:
+    def succeeded(self, username: str, client: str, stamp: float | None = None) -> None:
+        """A right password: forget this pair's failures and take back the attempt counted by `begin`."""
         with self._lock:
-            self._fails.pop((username, client), None)
+            self._fails.pop(("pair", username, client), None)
+            if stamp is None:
+                return
+            for key in (("user", username), ("addr", client)):
+                times = self._fails.get(key)
+                if times and stamp in times:
+                    times.remove(stamp)
+
+
+def client_address(peer: str | None, forwarded_for: str | None, trusted_proxies=()) -> str:
+    """The address to throttle: the TCP peer, unless the peer is a trusted proxy — then the nearest
+    untrusted address in X-Forwarded-For (rightmost first; entries left of it are client-supplied)."""
+    import ipaddress
+
+    def trusted(addr: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(addr.strip())
+        except ValueError:
+            return False
+        return any(ip in net for net in trusted_proxies)
+
+    peer = peer or "?"
+    if not forwarded_for or not trusted(peer):
+        return peer
+    hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not trusted(hop):
+            return hop[:100]
+    return hops[0][:100] if hops else peer
+
+
+def parse_proxies(values) -> tuple:
+    """--trusted-proxy values (addresses or networks) → ip_network objects; one-line error when invalid."""
+    import ipaddress
+
+    out = []
+    for v in values or ():
+        try:
+            out.append(ipaddress.ip_network(v.strip(), strict=False))
+        except ValueError:
+            raise ZhongjingError(f"--trusted-proxy {v!r} is not an IP address or network (e.g. 127.0.0.1, 10.0.0.0/8)") \
+                from None
+    return tuple(out)

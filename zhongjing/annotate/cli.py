@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--synchronous", default="FULL", choices=db.SYNC_MODES,
                    help="SQLite fsync policy; FULL keeps every acknowledged submission through power loss")
     s.add_argument("--no-access-log", action="store_true")
+    s.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR",
+                   help="reverse proxy (address or network) whose X-Forwarded-For names the client; repeatable. "
+                        "Without it the TCP peer is the client and X-Forwarded-For is ignored")
 
     i = cmd("import", "import a Ranking JSONL as a batch and assign each item to annotators")
     i.add_argument("file")
@@ -187,11 +190,14 @@ def _serve(args) -> None:
     from zhongjing.annotate.web import ServeSettings
 
     app = create_app(ServeSettings(db=args.db, synchronous=args.synchronous, session_hours=args.session_hours,
-                                   secure_cookie=args.secure_cookie))
+                                   secure_cookie=args.secure_cookie,
+                                   trusted_proxies=auth.parse_proxies(args.trusted_proxy)))
     if not db.list_users(db.connect(args.db)):
         print(f"note: no users yet; create an admin with: zhongjing annotate users add NAME --role admin --db {args.db}",
               file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, access_log=not args.no_access_log, log_level="info")
+    # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For from any loopback peer; the app decides
+    uvicorn.run(app, host=args.host, port=args.port, access_log=not args.no_access_log, log_level="info",
+                proxy_headers=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -295,11 +295,25 @@ def parse_submission(payload: Any, order: list[int]) -> dict:
             raise DataError(f"'edited.based_on' must be an answer position 0..{k - 1}")
         edited = {"text": text, "based_on": None if based is None else to_orig(based)} if text else None
     seconds = payload.get("seconds")
-    if seconds is not None and (not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0):
-        raise DataError("'seconds' must be a non-negative number")
+    if seconds is not None and (not isinstance(seconds, (int, float)) or isinstance(seconds, bool)
+                                or not 0 <= seconds <= MAX_SECONDS or seconds != seconds):
+        raise DataError(f"'seconds' must be a finite number from 0 to {MAX_SECONDS}")
     return {"key": key, "ranking": ranking, "all_wrong": all_wrong, "replacement": replacement, "flags": flags,
             "edited": edited, "comment": _text(payload.get("comment"), "comment"),
             "seconds": None if seconds is None else float(seconds), "display_order": order}
+
+
+MAX_SECONDS = 7 * 24 * 3600  # time spent on one item; anything larger is a broken client clock
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """A request body from the browser: strict JSON (no NaN/Infinity, bounded nesting) or a one-line DataError."""
+    from zhongjing.io import loads_strict
+
+    try:
+        return loads_strict(raw)
+    except ValueError as e:
+        raise DataError(f"request body is not valid JSON: {e}") from None
 
 
 def submit_annotation(conn: sqlite3.Connection, item_id: int, user_id: int, payload: Any) -> dict:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from zhongjing.annotate import auth, db, rubric
+from zhongjing.annotate import auth, db
+from zhongjing.data import rubric
 from zhongjing.errors import require
 
 jinja2 = require("jinja2", "web")
@@ -26,6 +27,7 @@ class ServeSettings:
     synchronous: str = "FULL"  # see db.py for why FULL
     session_hours: float = 12.0
     secure_cookie: bool = False  # set when served over HTTPS (behind a reverse proxy)
+    trusted_proxies: tuple = ()  # ip_network objects whose X-Forwarded-For is believed (auth.parse_proxies)
 
 
 # autoescape=True for every template: dialogue text is untrusted and must render as text.
