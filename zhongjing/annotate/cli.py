@@ -202,7 +202,7 @@ def _serve(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "simulate":  # the demo's stand-in for doctors; its own parser
-        from zhongjing.annotate.simulate import main as simulate_main
+        from zhongjing.dataset.simulate import main as simulate_main
 
         return simulate_main(argv[1:])
     args = _parser().parse_args(argv)

@@ -33,7 +33,7 @@ CODE: dict[str, list[str]] = {
     "pt": ["zhongjing.train.pt", "zhongjing.train.lm", *_TRAIN],
     "sft": ["zhongjing.train.sft", "zhongjing.train.lm", *_TRAIN],
     "generate": ["zhongjing.generate", "zhongjing.model.generation", "zhongjing.model.load", "zhongjing.data"],
-    "rank": ["zhongjing.annotate.simulate", "zhongjing.data.rubric", "zhongjing.dataset.kg_check",
+    "rank": ["zhongjing.dataset.simulate", "zhongjing.data.rubric", "zhongjing.dataset.kg_check",
              "zhongjing.data", "zhongjing.pipeline.wiring"],
     "rm": ["zhongjing.train.rm", "zhongjing.train.prefs", "zhongjing.model.reward", "zhongjing.train.losses",
            "zhongjing.model.value_head", *_TRAIN],

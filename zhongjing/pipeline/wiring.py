@@ -43,7 +43,7 @@ WIRED = {
 BUILT = ("train", "validation", "test")  # files the build stage writes into its output folder
 MODEL_NAMES = {"ppo": "aligned", "sft": "sft", "base": "base"}
 SIMULATED_NOTE = ("The rankings the reward model learned from were made by a SIMULATED annotator (rubric heuristics "
-                  "in zhongjing/annotate/simulate.py), not by doctors: this run demonstrates the mechanics only.")
+                  "in zhongjing/dataset/simulate.py), not by doctors: this run demonstrates the mechanics only.")
 
 
 @dataclass
@@ -243,7 +243,7 @@ def run_rank(cfg, w: Wiring, job: RankJob) -> dict:
 
     out = w.output("rank")
     if cfg.simulated:
-        from zhongjing.annotate.simulate import load_annotator, simulate
+        from zhongjing.dataset.simulate import load_annotator, simulate
 
         annotator = load_annotator(job.kg or None, job.tie)
         ranked = list(simulate(read_rankings(str(w.output("generate"))), annotator))
