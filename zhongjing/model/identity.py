@@ -188,4 +188,11 @@ def training_meta(stage: str, config: Any, parent: str | Path, data: list[dict],
     parent = str(Path(parent).resolve())
     return {"stage": stage, "kind": kind, "base_model": parent, "parent": parent,
             "inputs_hash": inputs_hash(stage, parent, data, hashable(config)), "data": data,
-            "config": config, "code": code_version(), **extra}
+            "config": config, "code": code_version(), "kernels": _kernels(), **extra}
+
+
+def _kernels() -> dict:
+    """Which optional kernels (FlashAttention-2, Liger) the run's model used: model/kernels.py."""
+    from zhongjing.model.kernels import used
+
+    return used()

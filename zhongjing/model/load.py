@@ -116,13 +116,39 @@ def resolve_dtype(dtype: str):
         raise ZhongjingError(f"unknown dtype {dtype!r} (float32, float16, bfloat16 or auto)") from None
 
 
-def load_model(path: str | Path, *, dtype: str = "float32", trainable: bool = False, model_cls=None):
-    """A causal LM from a full folder, or base + LoRA adapter (PeftModel) from an adapter folder."""
+def quantization_kwargs(quantize: str, torch_dtype) -> dict:
+    """from_pretrained arguments for a 4-bit NF4 base (QLoRA) through bitsandbytes, on this process's device."""
+    if quantize in (None, "none"):
+        return {}
+    import torch
+
+    try:
+        from transformers import BitsAndBytesConfig
+
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ZhongjingError("lora.quantize=4bit needs bitsandbytes: pip install -c constraints.txt "
+                             "'zhongjing[qlora]'") from None
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    compute = torch_dtype if torch_dtype != torch.float16 or torch.cuda.is_available() else torch.float32
+    return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                      bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute),
+            "device_map": {"": device}}
+
+
+def load_model(path: str | Path, *, dtype: str = "float32", trainable: bool = False, model_cls=None,
+               quantize: str = "none"):
+    """A causal LM from a full folder, or base + LoRA adapter (PeftModel) from an adapter folder.
+    quantize="4bit": the (base) weights in 4-bit NF4 (QLoRA)."""
     from transformers import AutoModelForCausalLM
+
+    from zhongjing.model.kernels import attn_implementation
 
     p = _check_dir(path)
     cls = model_cls or AutoModelForCausalLM
     torch_dtype = resolve_dtype(dtype)
+    kw = {"dtype": torch_dtype, "local_files_only": True, "attn_implementation": attn_implementation(torch_dtype),
+          **quantization_kwargs(quantize, torch_dtype)}
     if is_adapter_dir(p):
         from peft import PeftModel
 
@@ -130,10 +156,10 @@ def load_model(path: str | Path, *, dtype: str = "float32", trainable: bool = Fa
         if is_adapter_dir(parent):  # adapter trained over another adapter (PT LoRA → SFT LoRA): merge the chain
             base = load_model(parent, dtype=dtype, model_cls=cls).merge_and_unload()
         else:
-            base = cls.from_pretrained(str(parent), dtype=torch_dtype, local_files_only=True)
+            base = cls.from_pretrained(str(parent), **kw)
         model = PeftModel.from_pretrained(base, str(p), is_trainable=trainable)
     else:
-        model = cls.from_pretrained(str(p), dtype=torch_dtype, local_files_only=True)
+        model = cls.from_pretrained(str(p), **kw)
     if not trainable:
         model.eval()
     return model

@@ -24,6 +24,7 @@ class LoraSettings:
     dropout: float = 0.1  # the paper's dropout
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # or q_proj,v_proj,...
     modules_to_save: list[str] = field(default_factory=list)  # e.g. embed_tokens after adding tokens
+    quantize: str = "none"  # "4bit": QLoRA, the frozen base in 4-bit NF4 through bitsandbytes (CPU or CUDA)
 
     def __post_init__(self):
         if self.r <= 0 or self.alpha <= 0:
@@ -32,16 +33,38 @@ class LoraSettings:
             raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
         if not self.target_modules:
             raise ConfigError("lora.target_modules is empty")
+        if self.quantize not in ("none", "4bit"):
+            raise ConfigError(f"lora.quantize must be 'none' or '4bit', got {self.quantize!r}")
+
+
+def find_targets(model) -> list[str]:
+    """The LoRA targets of this architecture: the names of every linear layer inside the transformer blocks
+    (q/k/v/o and MLP projections, fused ones such as GLM's query_key_value or gate_up_proj included), 4-bit
+    layers too; the output layer and a reward head are left out."""
+    import torch.nn as nn
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    skip = {id(head)} if head is not None else set()
+    names = set()
+    for name, mod in model.named_modules():
+        is_linear = isinstance(mod, nn.Linear) or type(mod).__name__ in ("Linear4bit", "Linear8bitLt")
+        leaf = name.rsplit(".", 1)[-1]
+        if is_linear and id(mod) not in skip and leaf not in ("lm_head", "score", "v_head", "classifier"):
+            names.add(leaf)
+    if not names:
+        raise ConfigError(f"{type(model).__name__}: no linear layers found for LoRA; set lora.target_modules")
+    return sorted(names)
 
 
 def apply_lora(model, s: LoraSettings, task_type: str = "CAUSAL_LM"):
     """Wrap `model` in a fresh trainable LoRA adapter; base weights are frozen.
 
     `task_type="SEQ_CLS"` (reward models): peft then trains and saves the `score` head with the adapter.
+    `all-linear` means find_targets(model): every linear layer of the blocks, found per architecture.
     """
     from peft import LoraConfig, get_peft_model
 
-    targets = s.target_modules[0] if s.target_modules == ["all-linear"] else list(s.target_modules)
+    targets = find_targets(model) if s.target_modules == ["all-linear"] else list(s.target_modules)
     cfg = LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=targets,
                      modules_to_save=list(s.modules_to_save) or None, bias="none", task_type=task_type)
     try:
@@ -50,10 +73,16 @@ def apply_lora(model, s: LoraSettings, task_type: str = "CAUSAL_LM"):
         raise ConfigError(f"lora.target_modules: {e}") from None
 
 
-def load_parent(path: str | Path, dtype: str = "float32"):
-    """The parent as one plain model: a full folder as is, an adapter (chain) merged into its base."""
+def load_parent(path: str | Path, dtype: str = "float32", quantize: str = "none"):
+    """The parent as one plain model: a full folder as is, an adapter (chain) merged into its base.
+    quantize="4bit" loads it in 4-bit (QLoRA; a full folder only: merge an adapter parent first)."""
     from zhongjing.model.load import is_adapter_dir, load_model
 
+    if quantize != "none":
+        if is_adapter_dir(path):
+            raise ConfigError(f"{path} is a LoRA adapter: a 4-bit base (lora.quantize=4bit) needs a full model folder; "
+                              "merge it first (zhongjing export --merge)")
+        return load_model(path, dtype=dtype, trainable=False, quantize=quantize)
     if is_adapter_dir(path):
         from transformers.integrations import is_deepspeed_zero3_enabled
 
@@ -71,8 +100,20 @@ def prepare_model(path: str | Path, finetune: Finetune, lora: LoraSettings, *, d
     """The model a stage trains: the parent (merged) with a new LoRA adapter, or all of it for full tuning."""
     if finetune not in ("full", "lora"):
         raise ConfigError(f"finetune must be 'full' or 'lora', got {finetune!r}")
-    model = load_parent(path, dtype)
+    from zhongjing.model.kernels import apply_liger
+
+    if lora.quantize != "none" and finetune != "lora":
+        raise ConfigError(f"lora.quantize={lora.quantize} trains a LoRA adapter over a frozen quantized base: "
+                          "use finetune=lora")
+    model = load_parent(path, dtype, lora.quantize)
     model.config.use_cache = False
+    apply_liger(model)
+    if lora.quantize != "none":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        gradient_checkpointing = False  # done above
     if finetune == "full" and dtype in ("float16", "fp16"):
         raise ConfigError("full fine-tuning needs float32 (or bfloat16) weights; fp16 is for frozen LoRA bases")
     if gradient_checkpointing:

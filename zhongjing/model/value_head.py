@@ -12,6 +12,7 @@ next to the adapter as `value_head.safetensors` and reloaded from there.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import torch
@@ -22,6 +23,24 @@ from zhongjing.model.wrappers import unwrap
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 REWARD_TASK = "reward"  # meta.json "task" of a reward-model folder
+
+
+def refuse_reward_model(path: str | Path) -> None:
+    """A reward model folder (`zhongjing train rm`) scores answers; loaded as a language model it would talk
+    nonsense (its head is not trained to write), so say what it is instead."""
+    p = Path(path)
+
+    def read(name: str) -> dict:
+        try:
+            return json.loads((p / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    meta, adapter, config = read("meta.json"), read("adapter_config.json"), read("config.json")
+    if (meta.get("task") == REWARD_TASK or adapter.get("task_type") == "SEQ_CLS"
+            or any("SequenceClassification" in a for a in config.get("architectures") or [])):
+        raise ZhongjingError(f"{path}: a reward model (zhongjing train rm) scores answers and cannot write them; "
+                             "use the sft or ppo folder (a reward model can judge: eval judge.backend: reward_model)")
 
 
 class ValueHead(nn.Module):
@@ -81,15 +100,18 @@ def position_scores(model, input_ids: torch.Tensor, position_ids: torch.Tensor |
     return seen["scores"][..., 0].float()
 
 
-def _classifier(parent: str | Path, dtype: str):
+def _classifier(parent: str | Path, dtype: str, quantize: str = "none"):
     """Sequence classifier with one output over `parent`'s weights (an adapter chain is merged first); the `score`
     head is new (initialised by transformers). peft cannot load a causal-LM adapter onto a classifier, so an
     adapter parent is merged as a causal LM and its transformer body copied over."""
     from transformers import AutoModelForSequenceClassification
 
-    from zhongjing.model.load import _check_dir, is_adapter_dir, resolve_dtype
+    from zhongjing.model.load import _check_dir, is_adapter_dir, quantization_kwargs, resolve_dtype
 
     torch_dtype = resolve_dtype(dtype)
+    if quantize != "none" and is_adapter_dir(parent):
+        raise ZhongjingError(f"{parent} is a LoRA adapter: a 4-bit base (lora.quantize=4bit) needs a full model "
+                             "folder; merge it first (zhongjing export --merge)")
     if not is_adapter_dir(parent):
         from transformers.utils import logging as hf_logging
 
@@ -101,7 +123,7 @@ def _classifier(parent: str | Path, dtype: str):
         try:
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 str(_check_dir(parent)), num_labels=1, dtype=torch_dtype, local_files_only=True,
-                output_loading_info=True)
+                output_loading_info=True, **quantization_kwargs(quantize, torch_dtype))
         finally:
             hf_logging.set_verbosity(level)
         missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("score."))
@@ -119,9 +141,15 @@ def _classifier(parent: str | Path, dtype: str):
     return model
 
 
-def new_reward_model(parent: str | Path, dtype: str = "float32", pad_token_id: int | None = None):
-    """The reward model to train: `parent` (the pre-trained base, by the paper) + a linear `score` head."""
-    model = _classifier(parent, dtype)
+def new_reward_model(parent: str | Path, dtype: str = "float32", pad_token_id: int | None = None,
+                     quantize: str = "none"):
+    """The reward model to train: `parent` (the pre-trained base, by the paper) + a linear `score` head
+    (quantize="4bit": the body in 4-bit for QLoRA, the head in full precision)."""
+    model = _classifier(parent, dtype, quantize)
+    if quantize != "none":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id
     return model

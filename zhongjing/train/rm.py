@@ -43,6 +43,10 @@ class RMConfig:
     pack: bool = True  # several answers per row (attention kept inside each): little padding
     dtype: str = "float32"
     skip_bad: bool = False  # leave out malformed records (counted) instead of stopping
+    # relevance (train/relevance.py): own real reply vs another dialogue's, on the validation rankings that carry
+    # the real reply at every evaluation, and once on these dialogue files (e.g. a test split) with the best model
+    relevance_data: list[str] = field(default_factory=list)
+    relevance_limit: int = 500  # pairs drawn from each (0 = all)
 
     def __post_init__(self):
         if not 0 <= self.val_ratio < 1:
@@ -84,7 +88,7 @@ def train_rm(cfg: RMConfig) -> Path:
     acc = make_accelerator(cfg.train)
     tok = load_tokenizer(cfg.model)
     data, counts = pref_batches(cfg, tok, per="ranking", with_targets=False)
-    model = new_reward_model(cfg.model, cfg.dtype, pad_token_id=tok.pad_token_id)
+    model = new_reward_model(cfg.model, cfg.dtype, pad_token_id=tok.pad_token_id, quantize=cfg.lora.quantize)
     model.config.use_cache = False
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -101,8 +105,21 @@ def train_rm(cfg: RMConfig) -> Path:
         return {"reward_stats": {"mean": best["val_reward_mean"], "std": best["val_reward_std"],
                                  "on": "validation answers", "step": best["step"]}}
 
-    return fit_prefs("rm", cfg, model, tok, data, counts, rm_loss, rm_metrics, accelerator=acc, meta=meta,
-                     best_extra=reward_stats)
+    from zhongjing.train import relevance
+
+    val_rel = relevance.held_out_batches(cfg, tok, data)
+
+    def on_eval(rec: dict) -> dict:
+        out = rm_metrics(rec)
+        if val_rel is not None:
+            out["val_relevance"] = relevance.accuracy(model, val_rel, rm_loss)[0]
+        return out
+
+    out = fit_prefs("rm", cfg, model, tok, data, counts, rm_loss, on_eval, accelerator=acc, meta=meta,
+                    best_extra=reward_stats)
+    if acc.is_main_process:
+        relevance.record(cfg, out, tok, data, rm_loss)
+    return out
 
 
 def main(argv: list[str]) -> int:
@@ -112,7 +129,8 @@ def main(argv: list[str]) -> int:
 
     m = read_meta(out).get("metrics", {})
     acc = m.get("val_accuracy")
-    print_once(f"reward model → {out}" + (f" (val pairwise accuracy {acc:.3f}, margin {m.get('val_margin'):.3f})"
+    rel = "".join(f", {k.replace('_', ' ')} {m[k]:.3f}" for k in ("val_relevance", "test_relevance") if k in m)
+    print_once(f"reward model → {out}" + (f" (val pairwise accuracy {acc:.3f}, margin {m.get('val_margin'):.3f}{rel})"
                                       if acc is not None else ""))
     return 0
 
