@@ -49,7 +49,8 @@ def manual_logprob(model, tok, messages, cont: str) -> list[float]:
 
 @pytest.mark.parametrize("scoring", ["letter", "option"])
 def test_likelihood_scoring_matches_a_plain_forward_pass_and_is_cached(chat_model_dir, exam_file, tmp_path, scoring):
-    exam = load_exam(ExamConfig(name="mini", path=str(exam_file), shots=[0, 1], scoring=scoring), seed=3)
+    exam = load_exam(ExamConfig(name="mini", path=str(exam_file), shots=[0, 1], scoring=scoring, debias="none"),
+                     seed=3)
     # one held-out example per subject for the 1-shot prompts, never scored
     assert {x.id for x in exam.pool}.isdisjoint({x.id for x in exam.items})
     assert len({x.subject for x in exam.pool}) == 3 and len(exam.items) == len(QUESTIONS) - 3
@@ -218,7 +219,7 @@ def test_exam_prompts_that_do_not_fit_lose_examples_or_are_skipped(chat_model_di
 
 def test_exam_scoring_reports_progress(chat_model_dir, exam_file, tmp_path):
     """A long exam (3,000 questions × shots) must not run silently: progress reaches its total, chunk by chunk."""
-    exam = load_exam(ExamConfig(name="mini", path=str(exam_file), shots=[0]), seed=3)
+    exam = load_exam(ExamConfig(name="mini", path=str(exam_file), shots=[0], debias="none"), seed=3)
     lm = LocalModel(ModelSpec(name="tiny", path=str(chat_model_dir)))
     seen: list[tuple[int, int]] = []
     with Cache(tmp_path / "c.sqlite") as cache:

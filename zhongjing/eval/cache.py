@@ -73,6 +73,14 @@ class Cache:
             )
             self._db.commit()
 
+    def put_many(self, kind: str, items: list[tuple[str, Any]]) -> None:
+        """Several entries in one commit (a batch of exam questions scored together)."""
+        now = time.time()
+        rows = [(kind, k, json.dumps(v, ensure_ascii=False), now) for k, v in items]
+        with self._lock:
+            self._db.executemany("INSERT OR REPLACE INTO entries (kind, key, value, created) VALUES (?, ?, ?, ?)", rows)
+            self._db.commit()
+
     def delete(self, kind: str, key: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM entries WHERE kind=? AND key=?", (kind, key))

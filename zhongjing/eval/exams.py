@@ -17,7 +17,8 @@ from __future__ import annotations
 import random
 import re
 import sys
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
@@ -38,6 +39,8 @@ class ExamConfig:
     shots: list[int] = field(default_factory=lambda: [0])
     limit: int = 0  # questions sampled with the seed; 0 = all
     scoring: Literal["letter", "option"] = "letter"  # local models: letter likelihood or option-text likelihood
+    debias: Literal["cyclic", "none"] = "cyclic"  # also ask every cyclic shift of the options (n× the questions):
+    # the debiased score averages over them, so a model that always picks one letter scores exactly chance
 
 
 def read_items(path: str, fmt: str = "auto") -> list:
@@ -75,20 +78,41 @@ def exam_messages(item, shots: Sequence) -> list[dict]:
     return msgs + [{"role": "user", "content": question_text(item)}]
 
 
+def shift_item(item, s: int):
+    """The question with its option texts moved s places up the letters (cyclically); the answer follows its text.
+    Shift 0 is the item itself; a shifted copy is named `id~s` and remembers its original in meta["shift_of"]."""
+    if s == 0:
+        return item
+    letters = list(item.options)
+    n = len(letters)
+    options = {letters[i]: item.options[letters[(i + s) % n]] for i in range(n)}
+    answer = "".join(sorted(letters[(letters.index(a) - s) % n] for a in item.answer))
+    return replace(item, id=f"{item.id}~{s}", options=options, answer=answer, meta={**item.meta, "shift_of": item.id})
+
+
+def origin(item) -> str:
+    return item.meta.get("shift_of", item.id)
+
+
 @dataclass
 class Exam:
     name: str
     items: list  # scored questions
     pool: list  # few-shot candidates
     cfg: ExamConfig
+    variants: list = field(default_factory=list)  # cyclic option shifts of the items (debias: cyclic), asked too
+
+    def asked(self) -> list:
+        return self.items + self.variants
 
     def shots_for(self, item, k: int, seed: int) -> list:
-        """k examples, from the same subject when the pool has enough, chosen reproducibly per question."""
+        """k examples, from the same subject when the pool has enough, chosen reproducibly per question
+        (the same ones for every shift of a question)."""
         if k == 0:
             return []
-        same = [x for x in self.pool if x.subject == item.subject and x.id != item.id and len(x.answer) == 1]
-        cands = same if len(same) >= k else [x for x in self.pool if x.id != item.id and len(x.answer) == 1]
-        rng = random.Random(f"{seed}:{item.id}")
+        same = [x for x in self.pool if x.subject == item.subject and x.id != origin(item) and len(x.answer) == 1]
+        cands = same if len(same) >= k else [x for x in self.pool if x.id != origin(item) and len(x.answer) == 1]
+        rng = random.Random(f"{seed}:{origin(item)}")
         return rng.sample(cands, min(k, len(cands)))
 
 
@@ -114,7 +138,9 @@ def load_exam(cfg: ExamConfig, seed: int = 0) -> Exam:
     if cfg.limit and cfg.limit < len(items):
         keep = sorted(random.Random(seed).sample(range(len(items)), cfg.limit))
         items = [items[i] for i in keep]
-    return Exam(cfg.name, items, pool, cfg)
+    variants = ([shift_item(it, s) for it in items if len(it.answer) == 1 for s in range(1, len(it.options))]
+                if cfg.debias == "cyclic" else [])
+    return Exam(cfg.name, items, pool, cfg, variants)
 
 
 # ------------------------------------------------------------------------------------ local models
@@ -129,9 +155,13 @@ def continuation_logprobs(model, groups: Sequence[tuple[list[int], list[list[int
     """Per-token log-probabilities of each continuation of each prefix: groups of (prefix, [conts]).
 
     When every continuation of a prefix is one token (option letters), one forward pass of the
-    prefix scores them all; otherwise each prefix + continuation is run (right-padded batches).
+    prefix scores them all; otherwise each prefix + continuation is run. Runs are batched by length (little
+    padding), right-padded without an attention mask (causal: no real token sees a pad to its right, and sdpa
+    keeps its fast path), and the vocabulary projection runs on the read positions only.
     """
     import torch
+
+    from zhongjing.train.lm import only_positions
 
     device = next(model.parameters()).device
     # each run: (token ids, [(position, token)] whose log-probs are read) — never keep full-vocab rows
@@ -142,22 +172,28 @@ def continuation_logprobs(model, groups: Sequence[tuple[list[int], list[list[int
             runs.append((list(prefix), [(n - 1, c[0]) for c in conts]))
         else:
             runs += [(list(prefix) + list(c), [(n - 1 + j, t) for j, t in enumerate(c)]) for c in conts]
-    values: list[list[float]] = []
+    values: list[list[float]] = [[] for _ in runs]
+    order = sorted(range(len(runs)), key=lambda i: len(runs[i][0]))
     with torch.inference_mode():
-        for s in range(0, len(runs), batch_size):
-            batch = runs[s:s + batch_size]
-            width = max(len(q) for q, _ in batch)
+        for s in range(0, len(order), batch_size):
+            batch = order[s:s + batch_size]
+            width = max(len(runs[i][0]) for i in batch)
             ids = torch.zeros((len(batch), width), dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for i, (q, _) in enumerate(batch):
-                ids[i, :len(q)] = torch.tensor(q)
-                mask[i, :len(q)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            for i, (_, reads) in enumerate(batch):
-                pos = torch.tensor([p for p, _ in reads], device=device)
-                tok = torch.tensor([t for _, t in reads], device=device)
-                lp = torch.log_softmax(logits[i, pos].float(), -1)
-                values.append(lp[torch.arange(len(reads), device=device), tok].tolist())
+            keep = torch.zeros((len(batch), width), dtype=torch.bool)
+            for r, i in enumerate(batch):
+                q, reads = runs[i]
+                ids[r, :len(q)] = torch.tensor(q)
+                keep[r, [p for p, _ in reads]] = True
+            with only_positions(model, keep.to(device)):
+                logits = model(input_ids=ids.to(device), use_cache=False).logits  # (N, V): kept positions, row-major
+            logp = torch.log_softmax(logits.float(), -1)
+            at = 0
+            for r, i in enumerate(batch):
+                reads = runs[i][1]
+                cols = sorted({p for p, _ in reads})
+                row = {p: at + j for j, p in enumerate(cols)}
+                at += len(cols)
+                values[i] = logp[[row[p] for p, _ in reads], [t for _, t in reads]].tolist()
     out: list[list[list[float]]] = []
     k = 0
     for prefix, conts in groups:
@@ -171,32 +207,40 @@ def continuation_logprobs(model, groups: Sequence[tuple[list[int], list[list[int
 
 
 def local_predictions(lm, exam: Exam, k: int, seed: int, cache: Cache, batch_size: int = 8,
-                      chunk: int = 64, progress: Callable[[int, int], None] | None = None) -> dict[str, str]:
-    """item id → predicted letter by likelihood, cached per question. Left out: multi-answer questions
-    (not a single choice) and questions too long for the model even without examples; a k-shot prompt
-    that does not fit loses its oldest examples. `lm` is an answers.LocalModel, loaded only when needed."""
-    items = [x for x in exam.items if len(x.answer) == 1]
+                      chunk: int = 256, progress: Callable[[int, int], None] | None = None) -> dict[str, str]:
+    """item id → predicted letter by likelihood, cached per question. Asked: the questions and their cyclic
+    option shifts (debias). Left out: multi-answer questions (not a single choice) and questions too long for the
+    model even without examples; a k-shot prompt that does not fit loses its oldest examples. `lm` is an
+    answers.LocalModel, loaded only when needed; no answer is generated."""
+    items = [x for x in exam.asked() if len(x.answer) == 1]
     shots = {it.id: exam.shots_for(it, k, seed) for it in items}
     keys = {it.id: cache_key(kind="exam-local", model=lm.fingerprint, messages=exam_messages(it, shots[it.id]),
                              scoring=exam.cfg.scoring, options=list(it.options)) for it in items}
     have = cache.get_many("exam", list(keys.values()))
     out = {it.id: have[keys[it.id]]["prediction"] for it in items if keys[it.id] in have}
     todo = [it for it in items if it.id not in out]
+    tokens: dict[str, list[int]] = {}  # option letters (and texts) repeat across questions: tokenise each once
+
+    def ids(text: str) -> list[int]:
+        if text not in tokens:
+            tokens[text] = tok(text, add_special_tokens=False)["input_ids"]
+        return tokens[text]
+
     for s in range(0, len(todo), chunk):
         part = todo[s:s + chunk]
         model, tok = lm.load()
         ctx = lm.max_length(1 << 30)
-        groups, fits = [], []
+        groups, fits, done = [], [], []
         for it in part:
-            conts = [tok(letter if exam.cfg.scoring == "letter" else f"{letter}. {text}", add_special_tokens=False)
-                     ["input_ids"] for letter, text in it.options.items()]
+            conts = [ids(letter if exam.cfg.scoring == "letter" else f"{letter}. {text}")
+                     for letter, text in it.options.items()]
             use = list(shots[it.id])
             prefix = _prefix_ids(tok, exam_messages(it, use))
             while use and len(prefix) + max(map(len, conts)) > ctx:
                 use = use[1:]
                 prefix = _prefix_ids(tok, exam_messages(it, use))
             if len(prefix) + max(map(len, conts)) > ctx:
-                cache.put("exam", keys[it.id], {"prediction": None, "skipped": f"longer than the context ({ctx})"})
+                done.append((keys[it.id], {"prediction": None, "skipped": f"longer than the context ({ctx})"}))
                 out[it.id] = None
                 continue
             groups.append((prefix, conts))
@@ -205,8 +249,9 @@ def local_predictions(lm, exam: Exam, k: int, seed: int, cache: Cache, batch_siz
             # letter: total log-prob; option text: mean per token, so long options are not penalised
             scores = [sum(x) if exam.cfg.scoring == "letter" else sum(x) / max(len(x), 1) for x in lps]
             pred = list(it.options)[max(range(len(scores)), key=scores.__getitem__)]
-            cache.put("exam", keys[it.id], {"prediction": pred, "scores": scores, "shots": used})
+            done.append((keys[it.id], {"prediction": pred, "scores": scores, "shots": used}))
             out[it.id] = pred
+        cache.put_many("exam", done)  # one commit per chunk
         if progress:  # a 3,000-question exam with 5 shots runs long: say how far it is
             progress(len(out), len(items))
     return {i: p for i, p in out.items() if p is not None}
@@ -244,7 +289,7 @@ def endpoint_predictions(endpoint: Endpoint, exam: Exam, k: int, seed: int, cach
     jobs = []
     out: dict[str, str | None] = {}
     failed = 0
-    for it in exam.items:
+    for it in exam.asked():
         msgs = exam_messages(it, exam.shots_for(it, k, seed))
         key = cache_key(kind="exam", base_url=endpoint.cfg.base_url, messages=msgs, params=params)
         hit = cache.get("exam", key)
@@ -255,7 +300,7 @@ def endpoint_predictions(endpoint: Endpoint, exam: Exam, k: int, seed: int, cach
     for (it, msgs, key), reply in parallel(lambda j: endpoint.chat(j[1], max_tokens=params["max_tokens"]), jobs,
                                            endpoint.cfg.concurrency):
         if progress:
-            progress(len(out) + failed + 1, len(exam.items))
+            progress(len(out) + failed + 1, len(exam.asked()))
         if isinstance(reply, Exception):  # no reply: not a wrong answer, and not cached
             failed += 1
             continue
@@ -267,8 +312,33 @@ def endpoint_predictions(endpoint: Endpoint, exam: Exam, k: int, seed: int, cach
     return out
 
 
+def debiased(exam: Exam, predictions: dict[str, str | None]) -> dict:
+    """Mean over questions of the accuracy over all cyclic shifts of its options (questions with every shift
+    answered), and the chance level Σ 1/n_options / questions. A constant letter is right in exactly one shift of
+    each question, so it scores exactly chance; so does any choice that ignores the option texts."""
+    per_q, chance = [], []
+    for it in exam.items:
+        if len(it.answer) != 1:
+            continue
+        shifts = [shift_item(it, s) for s in range(len(it.options))]
+        if all(x.id in predictions for x in shifts):
+            per_q.append(sum(predictions[x.id] == x.answer for x in shifts) / len(shifts))
+            chance.append(1 / len(shifts))
+    n = len(per_q)
+    return {"n": n, "accuracy": sum(per_q) / n if n else float("nan"),
+            "chance": sum(chance) / n if n else float("nan")}
+
+
+def letter_shares(predictions: dict[str, str | None], items: list) -> dict[str, float]:
+    """How often each letter was predicted (None: unparsed), over the unshifted questions asked."""
+    got = Counter(predictions[it.id] for it in items if it.id in predictions)
+    total = sum(got.values())
+    return {str(k): v / total for k, v in sorted(got.items(), key=lambda kv: (-kv[1], str(kv[0])))}
+
+
 def score(exam: Exam, predictions: dict[str, str | None], seed: int = 0, n_boot: int = 2000) -> dict:
-    """Accuracy over the questions that were asked, with a bootstrap interval and per-subject accuracy."""
+    """Accuracy over the questions that were asked, with a bootstrap interval and per-subject accuracy; the
+    predicted-letter distribution, and the debiased (cyclic-shift) accuracy when the shifts were asked."""
     asked = [it for it in exam.items if it.id in predictions]
     correct = [predictions[it.id] == it.answer for it in asked]
     per_subject: dict[str, list[bool]] = {}
@@ -282,4 +352,6 @@ def score(exam: Exam, predictions: dict[str, str | None], seed: int = 0, n_boot:
         "unparsed": sum(predictions[it.id] is None for it in asked),
         "skipped": len(exam.items) - n,
         "subjects": {s: {"n": len(v), "accuracy": sum(v) / len(v)} for s, v in sorted(per_subject.items())},
+        "letters": letter_shares(predictions, exam.items),
+        "debiased": debiased(exam, predictions) if exam.variants else None,
     }

@@ -171,15 +171,23 @@ def _exam_blocks(results: dict) -> list[tuple]:
     for model, exams in results.get("exams", {}).items():
         for exam, by_shots in exams.items():
             for shots, s in by_shots.items():
+                deb = s.get("debiased") or {}
+                letters = " ".join(f"{k} {pct(v)}" for k, v in list((s.get("letters") or {}).items())[:4])
                 rows.append([model, exam, str(shots), str(s["n"]), pct(s["accuracy"]),
-                             f"[{pct(s['ci'][0])}, {pct(s['ci'][1])}]", str(s["unparsed"]), str(s["skipped"])])
+                             f"[{pct(s['ci'][0])}, {pct(s['ci'][1])}]",
+                             f"{pct(deb['accuracy'])} (chance {pct(deb['chance'])})" if deb.get("n") else "–",
+                             letters, str(s["unparsed"]), str(s["skipped"])])
     if not rows:
         return []
     return [("h", 2, "Exams (multiple choice)"),
             ("p", "Local models: the option letter with the highest likelihood; endpoints: the letter parsed from "
                   "the reply (unparsed replies count as wrong). Skipped: not scored — too long for the context, or the "
-                  "request failed after its retries (rerun to ask again)."),
-            ("table", ["model", "exam", "shots", "n", "accuracy", "95% CI", "unparsed", "skipped"], rows)]
+                  "request failed after its retries (rerun to ask again). Debiased: every question is also asked with "
+                  "its options cyclically shifted (each text under each letter once) and scored as the mean over the "
+                  "shifts, so a model that always picks one letter scores exactly chance; letters: how often each "
+                  "letter was picked (raw order) — one letter far above 1/n means the raw accuracy is letter bias."),
+            ("table", ["model", "exam", "shots", "n", "accuracy", "95% CI", "debiased", "letters picked", "unparsed",
+                       "skipped"], rows)]
 
 
 # ------------------------------------------------------------------------------------ rendering
