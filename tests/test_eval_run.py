@@ -169,7 +169,9 @@ def test_report_has_bars_tables_examples_and_strict_json(first_run):
     # all three later turns are shown, so d2's patient text with markup is in both documents — escaped
     assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "<script>alert" not in md and "&lt;script&gt;alert(1)&lt;/script&gt;" in md
-    assert html.count("data:image/png;base64,") == 3
+    assert html.count("data:image/png;base64,") == 4  # + the Bradley–Terry leaderboard
+    assert "## Leaderboard (Bradley–Terry, Elo scale)" in md
+    assert {r["model"] for r in res["leaderboard"]["rows"]} == {"ppo", "sft", "gpt"} and res["leaderboard"]["connected"]
 
 
 def test_judge_saw_every_doctor_turn_with_the_gold_history(first_run):

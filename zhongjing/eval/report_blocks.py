@@ -49,8 +49,8 @@ def validation_blocks(results: dict) -> list[tuple]:
                      _pct(r.get("judge_ties")), str(r.get("failed", 0))])
     return [("h", 2, "Judge validation (agreement with human preference labels)"),
             ("p", "Every two answers a human ranked become one labelled pair, shown in a seeded random order; the judge "
-                  "rates it as in the comparisons below (overall verdict by priority; orders that disagree count as a "
-                  "tie). Agreement: the judge's label (first better / tie / second better) equals the human's. "
+                  "rates it as in the comparisons below (the first non-tied dimension in priority order decides; answer "
+                  "orders that disagree count as a tie). Agreement: the judge's label (first better / tie / second better) equals the human's. "
                   "Decisive: over pairs where both chose a side. κ: Cohen's kappa of the two three-way labels (0 = "
                   "chance). 95% intervals: bootstrap over rankings."),
             ("table", ["file", "pairs", "agreement [95% CI]", "decisive agreement (n)", "Cohen's κ [95% CI]",
@@ -61,9 +61,11 @@ def leaderboard_blocks(results: dict, figs: dict) -> list[tuple]:
     board = results.get("leaderboard")
     if not board:
         return []
+    unit = ("each answer order of each judged question is one game" if results["meta"].get("both_orders")
+            else "each judged question is one game")
     out = [("h", 2, "Leaderboard (Bradley–Terry, Elo scale)"),
-           ("p", f"Strengths fitted to all {board['games']} judged games (every answer order of every judged question "
-                 f"is one game; overall verdict by priority; ties count as half a win for each side; "
+           ("p", f"Strengths fitted to all {board['games']} judged games ({unit}; the first dimension in priority "
+                 f"order that is not tied decides a game; ties count as half a win for each side; "
                  f"{board['prior']:g} virtual tie per compared pair). Rating = 1000 + 400·log10(strength / geometric "
                  f"mean): 400 points = 10:1 odds. 95% intervals: bootstrap over {board['groups']} dialogues, "
                  f"{board['bootstrap']} resamples.")]

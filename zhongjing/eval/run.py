@@ -25,9 +25,9 @@ from zhongjing.eval.cache import Cache
 from zhongjing.eval.client import Endpoint, EndpointConfig
 from zhongjing.eval.exams import ExamConfig
 from zhongjing.eval.leaderboard import LeaderboardConfig
+from zhongjing.eval.rubric_grading import RubricConfig
 from zhongjing.eval.testsets import TestSetConfig, load_testsets
 from zhongjing.eval.validation import JudgeValidationConfig
-from zhongjing.serve import refuse_reward_model
 
 
 @dataclass
@@ -70,10 +70,12 @@ class EvalConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
     exams: list[ExamConfig] = field(default_factory=list)
-    perplexity: bool = True  # of the gold doctor turns, for local models
+    perplexity: bool = True  # of the gold doctor turns, for local models (no generation)
+    answers: bool = True  # generate answers and judge them; false: only perplexity and exams, nothing generated
     report: ReportConfig = field(default_factory=ReportConfig)
     judge_validation: JudgeValidationConfig = field(default_factory=JudgeValidationConfig)  # judge vs human labels
     leaderboard: LeaderboardConfig = field(default_factory=LeaderboardConfig)  # Bradley–Terry over all comparisons
+    rubric: RubricConfig = field(default_factory=RubricConfig)  # per-case criteria graded by an LLM (HealthBench style)
     notes: list[str] = field(default_factory=list)  # extra lines for the report (e.g. where the RM's rankings came from)
 
 
@@ -99,6 +101,8 @@ def check(cfg: EvalConfig) -> None:
         if m.endpoint and not (m.endpoint.base_url and m.endpoint.model):
             raise ConfigError(f"model {m.name!r}: endpoint needs base_url and model")
         if m.path:
+            from zhongjing.model.value_head import refuse_reward_model  # torch: not before a config is checked
+
             refuse_reward_model(m.path)
     if cfg.testsets and cfg.judge.backend == "openai" and not (cfg.judge.endpoint.base_url and cfg.judge.endpoint.model):
         raise ConfigError("judge: set judge.endpoint.base_url and judge.endpoint.model "
@@ -108,7 +112,7 @@ def check(cfg: EvalConfig) -> None:
         raise ConfigError(f"judge.dimensions: unknown {bad[0]!r} (one of {', '.join(PRIORITY)})")
     if (cfg.judge_validation.files or cfg.judge_validation.if_present) and cfg.judge.backend == "none":
         raise ConfigError("judge_validation: there is no judge to validate (judge.backend: none)")
-    if not cfg.testsets and not cfg.exams:
+    if not cfg.testsets and not cfg.exams and not cfg.rubric.sets:
         raise ConfigError("eval: nothing to do — add 'testsets' and/or 'exams'")
 
 
@@ -144,7 +148,8 @@ def collect_answers(cfg: EvalConfig, sets, cache: Cache) -> tuple[dict, dict, di
         t0 = time.time()
         if spec.is_local:
             lm = LocalModel(spec)
-            answers[spec.name] = local_answers(lm, items, cfg.generation, cache, Throttle(f"{spec.name} answers"))
+            answers[spec.name] = (local_answers(lm, items, cfg.generation, cache, Throttle(f"{spec.name} answers"))
+                                  if cfg.answers else {})
             failures[spec.name] = {}
             if cfg.perplexity:
                 ppl[spec.name] = {}
@@ -168,8 +173,9 @@ def collect_answers(cfg: EvalConfig, sets, cache: Cache) -> tuple[dict, dict, di
             lm.unload()
         else:
             endpoint = Endpoint(spec.endpoint, spec.name)
-            answers[spec.name], failures[spec.name] = endpoint_answers(spec, endpoint, items, cache,
-                                                                       Throttle(f"{spec.name} answers"))
+            answers[spec.name], failures[spec.name] = (endpoint_answers(spec, endpoint, items, cache,
+                                                                        Throttle(f"{spec.name} answers"))
+                                                       if cfg.answers else ({}, {}))
             for e in exams:
                 for k in e.cfg.shots:
                     preds = ex.endpoint_predictions(endpoint, e, k, cfg.seed, cache,
@@ -213,6 +219,8 @@ def run(cfg: EvalConfig) -> dict[str, Path]:
     from zhongjing.eval.evaluate import evaluate
     from zhongjing.eval.report import write_report
     from zhongjing.model.load import setup_torch
+    from zhongjing.eval.rubric_grading import load_sets, run_rubric
+    from zhongjing.eval.testsets import TestSet
 
     check(cfg)
     setup_torch(seed=cfg.seed)
@@ -222,11 +230,15 @@ def run(cfg: EvalConfig) -> dict[str, Path]:
         log(f"test set {s.name}: {len(s.dialogues)} dialogues → {len(s.items)} items")
     with Cache(cfg.cache or out / "cache.sqlite") as cache:
         validating = bool(cfg.judge_validation.files or cfg.judge_validation.if_present)
-        judge = build_judge(cfg.judge, cache) if sets or validating else None  # before generating: fail fast
+        judge = build_judge(cfg.judge, cache) if (sets and cfg.answers) or validating else None  # before generating: fail fast
         validation = validate_judge(cfg, judge) if validating else []
-        answers, failures, ppl, exam_scores = collect_answers(cfg, sets, cache)
+        rubric_sets = load_sets(cfg.rubric, cfg.seed)
+        answers, failures, ppl, exam_scores = collect_answers(
+            cfg, sets + [TestSet(n, "", [c.item(n) for c in cases]) for n, cases in rubric_sets], cache)
         results = evaluate(cfg, sets, answers, failures, ppl, exam_scores, judge, comparisons(cfg))
         results["judge_validation"] = validation
+        results["rubric"] = run_rubric(cfg.rubric, rubric_sets, answers, cache, n_boot=cfg.report.bootstrap,
+                                       seed=cfg.seed, log=log)
         results["meta"]["config"] = to_dict(cfg)
         results["meta"]["notes"] = list(cfg.notes) + results["meta"].get("notes", [])
         results["meta"]["cache"] = {"path": str(cache.path), "hits": cache.hits, "misses": cache.misses}
