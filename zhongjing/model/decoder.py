@@ -10,6 +10,7 @@ detokenised incrementally and held back while it may still become a stop string.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -25,7 +26,7 @@ class Generation:
     sample_index: int
     token_ids: list[int]
     text: str
-    finish_reason: str  # "stop" (stop id or stop string) | "length" | "cancelled"
+    finish_reason: str  # "stop" (stop id or stop string) | "length" | "cancelled" | "error" (see Row.error)
     logprobs: list[float] | None = None
 
 
@@ -50,6 +51,11 @@ class SamplingParams:
 
     def __post_init__(self):
         self.stop_strings = tuple(s for s in (self.stop_strings or ()) if s)
+        for name in ("temperature", "top_p", "repetition_penalty", "frequency_penalty", "presence_penalty"):
+            if not math.isfinite(getattr(self, name)):  # NaN passes every < / > check below
+                raise ZhongjingError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if self.logit_bias and not all(math.isfinite(v) for v in self.logit_bias.values()):
+            raise ZhongjingError("logit_bias values must be finite numbers")
         if self.max_new_tokens < 1:
             raise ZhongjingError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
         if self.temperature < 0:
@@ -92,6 +98,7 @@ class Row:
         self.partial = ""  # text decoded so far while generating (complete characters only)
         self.prefix_off = self.read_off = 0  # token offsets for incremental detokenisation
         self.generator: torch.Generator | None = None
+        self.error: str | None = None  # why this row could not continue (its own settings broke sampling)
 
     @property
     def finished(self) -> bool:
@@ -241,6 +248,10 @@ class Decoder:
         """Append each row's new token, decide who is finished, let finished rows leave the batch."""
         done = []
         for s, t in zip(rows, tokens.tolist()):
+            if s.error:
+                s.finish_reason = "error"
+                done.append(s)
+                continue
             s.out_ids.append(t)
             if t in self.stop_ids:
                 s.finish_reason = "stop"
@@ -293,10 +304,20 @@ class Decoder:
         """Next token per row; records logprobs for rows that asked. logits: [B, V] float."""
         for i, s in enumerate(rows):
             if s.params.penalized:
-                _penalize(logits[i], s)
+                try:
+                    _penalize(logits[i], s)
+                except Exception as e:  # one row's settings must not fail its neighbours
+                    s.error = f"{type(e).__name__}: {e}"
         temps = torch.tensor([s.params.temperature for s in rows], device=logits.device)
         greedy = temps <= 0
         scaled = logits / torch.where(greedy, torch.ones_like(temps), temps)[:, None]
+        broken = scaled.isnan().any(-1) | scaled.isposinf().any(-1) | scaled.isneginf().all(-1)
+        if broken.any():  # isolate rows whose own settings (or numbers) broke: they end with an error
+            for i in broken.nonzero()[:, 0].tolist():
+                rows[i].error = rows[i].error or "the sampling settings gave non-finite scores"
+        if any(s.error for s in rows):
+            scaled = scaled.masked_fill(torch.tensor([s.error is not None for s in rows], device=logits.device)[:, None], 0.0)
+            greedy = greedy | torch.tensor([s.error is not None for s in rows], device=logits.device)
         tokens = scaled.argmax(-1)
         sampled = [i for i, s in enumerate(rows) if not greedy[i]]
         if sampled:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from zhongjing.errors import ZhongjingError
+from zhongjing.model.folder_check import check_folder, explained, read_json_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -29,7 +30,7 @@ def setup_torch(seed: int | None = None, threads: int | None = None) -> None:
 
 def read_meta(path: str | Path) -> dict:
     p = Path(path) / "meta.json"
-    return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
+    return read_json_file(p) if p.exists() else {}
 
 
 def is_adapter_dir(path: str | Path) -> bool:
@@ -42,6 +43,7 @@ def _check_dir(path: str | Path) -> Path:
         raise ZhongjingError(f"{p}: model folder not found (zhongjing loads local folders only, never from a hub)")
     if not ((p / "config.json").exists() or (p / "adapter_config.json").exists()):
         raise ZhongjingError(f"{p}: not a model folder (no config.json or adapter_config.json)")
+    check_folder(p)  # a damaged file is one line here, not a traceback from the loaders
     return p
 
 
@@ -96,7 +98,8 @@ def load_tokenizer(path: str | Path):
         src = base_of(p)
     if src is None:
         raise ZhongjingError(f"{p}: no tokenizer files in this folder")
-    tok = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
+    with explained(src, "tokenizer"):
+        tok = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
     if not getattr(tok, "chat_template", None):
         raise ZhongjingError(f"{src}: tokenizer has no chat template; dialogues cannot be rendered")
     if tok.pad_token_id is None:
@@ -156,10 +159,13 @@ def load_model(path: str | Path, *, dtype: str = "float32", trainable: bool = Fa
         if is_adapter_dir(parent):  # adapter trained over another adapter (PT LoRA → SFT LoRA): merge the chain
             base = load_model(parent, dtype=dtype, model_cls=cls).merge_and_unload()
         else:
-            base = cls.from_pretrained(str(parent), **kw)
-        model = PeftModel.from_pretrained(base, str(p), is_trainable=trainable)
+            with explained(parent, "model"):
+                base = cls.from_pretrained(str(parent), **kw)
+        with explained(p, "adapter"):
+            model = PeftModel.from_pretrained(base, str(p), is_trainable=trainable)
     else:
-        model = cls.from_pretrained(str(p), **kw)
+        with explained(p, "model"):
+            model = cls.from_pretrained(str(p), **kw)
     if not trainable:
         model.eval()
     return model

@@ -59,7 +59,7 @@ class Engine:
         self._ids = itertools.count(1)
         self._closed = False
         self._thread: threading.Thread | None = None
-        self.stats = {"requests": 0, "completed": 0, "rejected": 0, "cancelled": 0, "tokens": 0,
+        self.stats = {"requests": 0, "completed": 0, "rejected": 0, "cancelled": 0, "failed": 0, "tokens": 0,
                       "steps": 0, "max_rows": 0}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -142,27 +142,51 @@ class Engine:
             if work is None:
                 break
             admit, drop = work
+            done: list[Row] = []
+            if drop:
+                self.decoder.drop(drop)
+            if admit:
+                try:  # a prefill that fails touches only the rows it was admitting
+                    done = self.decoder.admit(admit)
+                except Exception as e:
+                    log.exception("prefill failed")
+                    self._fail({id(r.tag): r.tag for r in admit}.values(), e)
             try:
-                if drop:
-                    self.decoder.drop(drop)
-                done = self.decoder.admit(admit) if admit else []
                 if len(self.decoder):
                     done += self.decoder.step()
                     self.stats["steps"] += 1
                     self.stats["max_rows"] = max(self.stats["max_rows"], len(self.decoder))
-            except Exception as e:  # keep serving: fail the affected requests, not the process
+            except Exception as e:  # keep serving: fail the requests of this batch, not the process
                 log.exception("generation failed")
-                failed = {id(r.tag): r.tag for r in self.decoder.rows + admit}
+                failed = {id(r.tag): r.tag for r in self.decoder.rows}
                 self.decoder.reset()
-                for req in failed.values():
-                    req.pending = 0
-                    req.on_event("error", None, f"generation failed: {type(e).__name__}: {e}")
+                self._fail(failed.values(), e)
                 continue
             for row in done:
                 req = row.tag
+                if row.error:  # this request's own settings broke its rows: it fails alone
+                    if req.pending:
+                        self.decoder.drop([r for r in req.rows if r in self.decoder.rows])
+                        self._fail([req], row.error)
+                    continue
+                if not req.pending:
+                    continue
                 self.stats["tokens"] += len(row.out_ids)
                 req.pending -= 1
                 if req.pending == 0:  # count before the client hears of it, so /health never lags behind
                     self.stats["completed"] += 1
                 if not req.cancelled:
                     req.on_event("done", row, None)
+
+    def _fail(self, reqs, error) -> None:
+        message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        reqs = list(reqs)
+        with self._cond:  # rows of these requests still waiting (n > 1) must not start later
+            gone = {id(q) for q in reqs}
+            self._waiting_rows = deque(r for r in self._waiting_rows if id(r.tag) not in gone)
+            self._waiting = deque(q for q in self._waiting if id(q) not in gone)
+        for req in reqs:
+            if req.pending:
+                req.pending = 0
+                self.stats["failed"] += 1
+                req.on_event("error", None, f"generation failed: {message}")

@@ -8,6 +8,7 @@ Parameters that OpenAI accepts but this server cannot honour are refused by name
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ class ChatRequest:
 
 def _number(body: dict, key: str, lo: float, hi: float, integer: bool = False, lo_open: bool = False):
     v = body[key]
-    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+    ok = isinstance(v, int) if integer else isinstance(v, (int, float)) and math.isfinite(v)
     if not ok or isinstance(v, bool):
         raise ApiError(400, f"'{key}' must be {'an integer' if integer else 'a number'}, got {json.dumps(v)}", key,
                        "invalid_type")
@@ -96,7 +97,7 @@ def parse_messages(raw) -> list[dict]:
         if not isinstance(m, dict):
             raise ApiError(400, f"messages[{i}] must be an object with 'role' and 'content'", f"messages[{i}]",
                            "invalid_type")
-        role = ROLE_ALIASES.get(m.get("role"))
+        role = ROLE_ALIASES.get(m["role"]) if isinstance(m.get("role"), str) else None
         if role is None:
             raise ApiError(400, f"messages[{i}].role {m.get('role')!r} is not supported (system, developer, user, "
                            "assistant)", f"messages[{i}].role", "invalid_value")
@@ -117,9 +118,11 @@ def parse_messages(raw) -> list[dict]:
 
 
 def parse_chat_request(raw: bytes) -> ChatRequest:
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    from zhongjing.io import loads_strict
+
+    try:  # strict: NaN/Infinity and absurd nesting are refused here, not deep inside generation
+        body = loads_strict(raw)
+    except ValueError as e:
         raise ApiError(400, f"could not parse the JSON body of the request ({e})", None, "invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", None, "invalid_json")
@@ -170,7 +173,8 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         if not isinstance(bias, dict) or len(bias) > 300:
             raise ApiError(400, "'logit_bias' must be an object of at most 300 token ids", "logit_bias", "invalid_type")
         for k, v in bias.items():
-            if not str(k).isdigit() or isinstance(v, bool) or not isinstance(v, (int, float)) or not -100 <= v <= 100:
+            if (not (str(k).isascii() and str(k).isdigit()) or len(str(k)) > 12 or isinstance(v, bool) or not isinstance(v, (int, float))
+                    or not -100 <= v <= 100):
                 raise ApiError(400, f"'logit_bias' maps token ids to numbers in [-100, 100], got {k!r}: {v!r}",
                                "logit_bias", "invalid_value")
             req.logit_bias[int(k)] = float(v)

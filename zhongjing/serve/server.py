@@ -10,8 +10,10 @@ does. Patient text is never logged.
 
 import argparse
 import asyncio
+import hmac
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -41,6 +43,19 @@ class ServeState:
     api_key: str | None = None
     created: int = 0
     allow_origins: tuple[str, ...] = ()  # browser pages on other origins allowed to call the API (CORS)
+    max_body: int = 1 << 20  # bytes; a larger request body is refused before it is read in full (413)
+    token_chars: int = 0  # longest token of the vocabulary in characters (0 = unknown): bounds prompt length cheaply
+
+    def check_length(self, req: ChatRequest) -> None:
+        """Refuse a prompt that cannot fit before tokenising it: n tokens cover at most n × the longest token's
+        characters, so more characters than that can never fit the context."""
+        if not self.token_chars:
+            return
+        chars = sum(len(m["content"]) for m in req.messages)
+        if chars > self.context * self.token_chars and not self.truncate_history:
+            raise ApiError(400, f"This model's maximum context length is {self.context} tokens; the messages have "
+                           f"{chars} characters, more than that many tokens can hold. Please reduce the length of "
+                           "the messages.", "messages", "context_length_exceeded")
 
     def prompt_for(self, req: ChatRequest) -> tuple[list[int], int]:
         """(prompt ids, max new tokens) or an OpenAI-style context_length_exceeded error."""
@@ -86,8 +101,10 @@ def create_app(state: ServeState):
         return JSONResponse(ApiError(e.status_code, str(e.detail), code="not_found" if e.status_code == 404 else None)
                             .body(), status_code=e.status_code)
 
+    expected = f"Bearer {state.api_key}".encode() if state.api_key else None
+
     def check_key(request: Request) -> None:
-        if state.api_key and request.headers.get("authorization", "") != f"Bearer {state.api_key}":
+        if expected and not hmac.compare_digest(request.headers.get("authorization", "").encode(), expected):
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 
     def model_card() -> dict:
@@ -96,7 +113,11 @@ def create_app(state: ServeState):
 
     @app.get("/")
     async def index():
-        return FileResponse(STATIC / "index.html", media_type="text/html")
+        return FileResponse(STATIC / "index.html", media_type="text/html", headers=PAGE_HEADERS)
+
+    @app.get("/chat.css")
+    async def style():
+        return FileResponse(STATIC / "chat.css", media_type="text/css")
 
     @app.get("/chat.js")
     async def script():
@@ -127,7 +148,8 @@ def create_app(state: ServeState):
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         check_key(request)
-        req = parse_chat_request(await request.body())
+        req = parse_chat_request(await _read_body(request, state.max_body))
+        state.check_length(req)
         if req.model != state.model_id:
             raise ApiError(404, f"The model '{req.model}' does not exist (this server has '{state.model_id}')",
                            "model", "model_not_found")
@@ -148,7 +170,7 @@ def create_app(state: ServeState):
             return StreamingResponse(_stream(state, req, handle, events, cid), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
-            rows = await _collect(handle, events, req.n)
+            rows = await _collect_unless_gone(request, handle, events, req.n)
         finally:
             state.engine.cancel(handle)  # no-op when finished; frees the batch if the client went away
         choices = [{"index": r.sample_index, "message": {"role": "assistant", "content": r.text},
@@ -188,6 +210,43 @@ class EventPipe:
                     return out
             self.ready.clear()
             await self.ready.wait()
+
+
+PAGE_HEADERS = {  # the chat page: only its own script and style run, whatever text a model or user puts in it
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+                               "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+                               "form-action 'none'",
+    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
+
+
+async def _read_body(request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed `limit` (Content-Length or while streaming)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"the request body is {int(declared)} bytes; this server accepts at most {limit}",
+                       None, "request_too_large")
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise ApiError(413, f"the request body is larger than {limit} bytes, the most this server accepts",
+                           None, "request_too_large")
+        parts.append(part)
+    return b"".join(parts)
+
+
+async def _collect_unless_gone(request, handle, events: EventPipe, n: int, poll_s: float = 0.25) -> list:
+    """Wait for the answers; stop waiting (and so stop generating, see the caller) when the client hangs up."""
+    task = asyncio.ensure_future(_collect(handle, events, n))
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll_s)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise ApiError(499, "the client closed the connection", None, "client_closed")
+    finally:
+        task.cancel()
 
 
 async def _collect(handle, events: EventPipe, n: int) -> list:
@@ -248,11 +307,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-context", type=int, default=None, help="lower the model's context length")
     p.add_argument("--truncate-history", action="store_true",
                    help="drop the oldest turns of a too-long conversation instead of refusing it")
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
+    p.add_argument("--api-key", default=None,
+                   help=f"require 'Authorization: Bearer KEY' on /v1 routes (visible in `ps`: prefer ${API_KEY_ENV} "
+                        "or --api-key-file)")
+    p.add_argument("--api-key-file", default=None, help="read the API key from this file (first line)")
+    p.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (default 1 MiB)")
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="let web pages from ORIGIN call the API (CORS); repeatable, '*' for any")
     p.add_argument("--log-level", default="info")
     return p
+
+
+API_KEY_ENV = "ZHONGJING_API_KEY"
+
+
+def api_key_from(args) -> str | None:
+    """--api-key, else --api-key-file, else $ZHONGJING_API_KEY; an empty or unreadable key is an error."""
+    if args.api_key_file:
+        try:
+            key = Path(args.api_key_file).read_text(encoding="utf-8").strip().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ZhongjingError(f"--api-key-file {args.api_key_file}: cannot read it ({e})") from None
+        if not key or not key[0].strip():
+            raise ZhongjingError(f"--api-key-file {args.api_key_file}: the file is empty")
+        return key[0].strip()
+    key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    if key is not None and not key.strip():
+        raise ZhongjingError(f"the API key ({'--api-key' if args.api_key is not None else API_KEY_ENV}) is empty")
+    return key.strip() if key else None
+
+
+def longest_token(tokenizer) -> int:
+    """Characters in the longest vocabulary entry (what one token can cover at most), 0 if unknown."""
+    try:  # a vocabulary entry is never shorter than its text (byte-level BPE: one char per byte; "▁" / "##")
+        return max(map(len, tokenizer.get_vocab()), default=0) + 1
+    except Exception:  # noqa: BLE001  (an unusual tokenizer: fall back to tokenising everything)
+        return 0
 
 
 def check_port(host: str, port: int) -> None:
@@ -279,14 +369,17 @@ def main(argv: list[str]) -> int:
         raise ZhongjingError("--max-tokens must be at least 1 and --max-context at least 2")
     if args.max_batch < 1 or args.queue < 1:
         raise ZhongjingError("--max-batch and --queue must be at least 1")
+    if args.max_body < 1024:
+        raise ZhongjingError("--max-body must be at least 1024 bytes")
+    api_key = api_key_from(args)
     check_port(args.host, args.port)  # before loading: a 13B model takes minutes to load
     model, tokenizer, ctx = load_chat_model(args.model, dtype=args.dtype, threads=args.threads)
     if args.max_context:
         ctx = min(ctx, args.max_context)
     engine = Engine(model, tokenizer, max_batch=args.max_batch, queue_size=args.queue).start()
     state = ServeState(engine, tokenizer, args.model_name or model_id(args.model), ctx, args.max_tokens,
-                       system_prompt_from(args), args.truncate_history, args.api_key, int(time.time()),
-                       tuple(args.allow_origin))
+                       system_prompt_from(args), args.truncate_history, api_key, int(time.time()),
+                       tuple(args.allow_origin), args.max_body, longest_token(tokenizer))
     app = create_app(state)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     print(f"zhongjing serve: '{state.model_id}' on http://{args.host}:{args.port} (context {ctx} tokens, "
