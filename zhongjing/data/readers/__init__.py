@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from zhongjing.data.readers import aux, chat, consult, exam, instruct, kg, text  # noqa: F401  (register formats)
+from zhongjing.data.readers import aux, benchmarks, chat, consult, exam, instruct, kg, text  # noqa: F401  (register formats)
 from zhongjing.data.readers.aux import AUX_WHAT, count_entries
 from zhongjing.data.readers.base import FORMATS, Source
 from zhongjing.data.readers.detect import detect_format

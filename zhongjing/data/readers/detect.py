@@ -52,6 +52,14 @@ def _record_format(r: Any) -> str | None:
         return "dialogue" if k & {"id", "meta"} else "openai"
     if has("question", "response_chosen", "response_rejected"):
         return "reward_pairs"
+    if has("question", "options", "answer_idx"):
+        return "medqa_mcmle"
+    if has("question", "option") and k & {"exam_type", "exam_class", "question_type"}:
+        return "cmb_exam"
+    if has("description", "QA_pairs"):
+        return "cmb_clin"
+    if has("qtext", "options"):
+        return "mlecqa"
     if has("question", "options", "answer"):
         return "exam"
     if has("question", "opa", "opb", "answer"):
@@ -95,8 +103,9 @@ def _object_format(obj: dict) -> str | None:
     return None
 
 
-def _first_json(text: str) -> tuple[Any, str]:
-    """(first record, container) without parsing the whole file: 'list', 'jsonl', 'keyed' or 'object'."""
+def _first_json(text: str, partial: bool = True) -> tuple[Any, str]:
+    """(first record, container) without parsing the whole file: 'list', 'jsonl', 'keyed' or 'object'.
+    `partial`: `text` is a cut prefix of a larger file (a big keyed object may then be cut mid-record)."""
     s = text.lstrip("\ufeff").lstrip()
     dec = json.JSONDecoder()
     if s.startswith("["):
@@ -113,14 +122,14 @@ def _first_json(text: str) -> tuple[Any, str]:
                 return json.loads(lines[1]), "jsonl"
             except json.JSONDecodeError:
                 pass
-        m = re.match(r'\{\s*"(?:[^"\\]|\\.)*"\s*:\s*', s)
+        m = re.match(r'\{\s*"(?:[^"\\]|\\.)*"\s*:\s*', s) if partial else None
         if m:  # a large object of records {"0": {...}, ...}: decode just the first value
             try:
                 value = dec.raw_decode(s, m.end())[0]
                 return value, "keyed" if isinstance(value, dict) else "object"
             except json.JSONDecodeError:
                 pass
-        raise DataError(f"invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", where=f"line {e.lineno}") from None
     if s[end:].strip():
         return obj, "jsonl"
     if isinstance(obj, dict) and len(obj) > 1 and all(isinstance(v, dict) for v in obj.values()):
@@ -128,8 +137,8 @@ def _first_json(text: str) -> tuple[Any, str]:
     return obj, "object"
 
 
-def _json_format(text: str) -> str | None:
-    first, container = _first_json(text)
+def _json_format(text: str, partial: bool = True) -> str | None:
+    first, container = _first_json(text, partial)
     if container == "object" and isinstance(first, dict):
         return _record_format(first) or _object_format(first)
     if container == "keyed" and _record_format(first) is None and all(isinstance(x, (int, float)) for x in first.values()):
@@ -141,6 +150,8 @@ def _csv_format(text: str) -> str | None:
     header = {h.strip() for h in next(csv.reader([text.lstrip("\ufeff").splitlines()[0]]))}
     if header >= {"department", "title", "ask", "answer"}:
         return "toyhom_csv"
+    if header >= {"Question", "Options", "Answer"}:
+        return "cmexam"
     if header >= {"Question", "A", "B", "Answer"}:
         return "cmmlu"
     if header >= {"药品", "医学专家标注的适应病症", "instruction"}:
@@ -206,8 +217,8 @@ def detect_format(path: str | Path, *, encoding: str | None = None) -> str:
             fmt = _csv_format(text)
             what = "CSV columns " + text.splitlines()[0][:120]
         elif text.lstrip("\ufeff").lstrip()[:1] in ("[", "{"):
-            fmt = _json_format(text)
-            first, _ = _first_json(text)
+            fmt = _json_format(text, partial)
+            first, _ = _first_json(text, partial)
             what = ("first record's fields: " + ", ".join(map(str, first))[:160]) if isinstance(first, dict) \
                 else f"first record is a {type(first).__name__}"
         else:
