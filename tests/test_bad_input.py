@@ -151,7 +151,7 @@ def test_skip_bad_default_reject_path_and_fatal_errors(tmp_path, capsys):
     allbad = tmp_path / "c.jsonl"
     allbad.write_text(jl(msgs(("user", "a"), ("user", "b"))), encoding="utf-8")
     assert cli(["data", "convert", str(allbad), "-o", str(tmp_path / "q.jsonl"), "--skip-bad"]) == 2
-    assert "no dialogue records were read (1 rejected)" in capsys.readouterr().err
+    assert "no dialogue records were read (1 rejected, see " in capsys.readouterr().err
     assert not (tmp_path / "q.jsonl").exists()
 
 

@@ -121,8 +121,10 @@ def main(argv: list[str]) -> int:
             f.write(json.dumps(unit.to_dict(), ensure_ascii=False) + "\n")
             n += 1
         if n == 0:
+            if args.skip_bad and rejects:  # every record was bad: the rejects file is what says why
+                write_jsonl(rejects_path, (reject_row(e) for e in rejects))
             raise ZhongjingError(f"nothing to write: no {kind} records were read"
-                                 + (f" ({len(rejects)} rejected)" if rejects else ""))
+                                 + (f" ({len(rejects)} rejected, see {rejects_path})" if rejects else ""))
     if args.skip_bad:
         write_jsonl(rejects_path, (reject_row(e) for e in rejects))
 

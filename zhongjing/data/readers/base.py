@@ -49,7 +49,8 @@ def _decode(data: bytes, path: Any, encoding: str | None, partial: bool) -> tupl
         elif data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
             encoding = "utf-16"
         elif b"\x00" in data[:8192]:
-            raise DataError("binary file (NUL bytes), not text", str(path))
+            line = data[: data.index(b"\x00")].count(b"\n") + 1
+            raise DataError("NUL byte: a binary file, not text (or a damaged line)", str(path), f"line {line}")
     tried = [encoding] if encoding else ["utf-8", "gb18030"]
     errors = []
     for enc in tried:
