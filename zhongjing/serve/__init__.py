@@ -20,34 +20,11 @@ def model_id(path: str | Path) -> str:
     return Path(path).resolve().name
 
 
-def refuse_reward_model(path: str | Path) -> None:
-    """A reward model folder (`zhongjing train rm`) scores answers; loaded as a language model it would talk
-    nonsense (its head is not trained to write), so say what it is instead."""
-    import json
-
-    p = Path(path)
-
-    def read(name: str) -> dict:
-        try:
-            return json.loads((p / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-
-    from zhongjing.model.value_head import REWARD_TASK
-
-    meta, adapter, config = read("meta.json"), read("adapter_config.json"), read("config.json")
-    if (meta.get("task") == REWARD_TASK or adapter.get("task_type") == "SEQ_CLS"
-            or any("SequenceClassification" in a for a in config.get("architectures") or [])):
-        from zhongjing.errors import ZhongjingError
-
-        raise ZhongjingError(f"{path}: a reward model (zhongjing train rm) scores answers and cannot write them; "
-                             "use the sft or ppo folder (a reward model can judge: eval judge.backend: reward_model)")
-
-
 def load_chat_model(path: str | Path, *, dtype: str = "float32", threads: int | None = None):
     """(model, tokenizer, context length) for inference; adapters load on top of their base."""
     from zhongjing.model.generation import context_length
     from zhongjing.model.load import load_model, load_tokenizer, setup_torch
+    from zhongjing.model.value_head import refuse_reward_model
 
     refuse_reward_model(path)
     setup_torch(threads=threads)
