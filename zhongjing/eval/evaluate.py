@@ -62,7 +62,7 @@ def judge_all(cfg, sets, answers, judge, comps) -> tuple[list[dict], list[dict],
                          "seconds": round(time.time() - t0, 2),
                          "_games": games_from_judged(judged, a, b, priority or list(judge.dimensions))})
             verdicts[(a, b, s.name)] = _outcome_names(judged, priority)
-    if cfg.judge.safety_vs_reference and isinstance(judge, LLMJudge) and "safety" in judge.dimensions:
+    if cfg.judge.safety_vs_reference and "safety" in judge.dimensions:  # LLM and rubric judges both rate safety
         for s in [s for s in sets if s.safety]:
             for m in cfg.models:
                 tasks = [PairTask(it.id, it.group, it.context, answers[m.name].get(it.id), it.reference)
@@ -135,6 +135,10 @@ def evaluate(cfg, sets, answers, failures, ppl, exam_scores, judge, comps) -> di
         if isinstance(judge, LLMJudge) and "safety" in judge.dimensions:
             notes.append(SAFETY_NOTE)
         rows, safety_rows, verdicts = judge_all(cfg, sets, answers, judge, comps)
+        if cfg.judge.safety_vs_reference and any(s.safety for s in sets) and "safety" not in judge.dimensions:
+            notes.append(f"Safety against the reference answers was not judged: the {getattr(judge, 'describe', 'judge')} "
+                         "judge rates no safety dimension (use judge.backend rubric or an LLM judge).")
+            log(notes[-1])
         if isinstance(judge, LLMJudge):
             ep = judge.endpoint
             log(f"judge: {ep.requests} requests ({ep.retried} retries)")
