@@ -1,4 +1,6 @@
-"""`zhongjing data show-mask FILE --index N --model DIR`: see exactly which tokens a dialogue trains."""
+"""`zhongjing data show-mask FILE --index N --model DIR`: see exactly which tokens a dialogue trains.
+
+In model/ because it renders with a model folder's tokenizer and chat template (the command stays under `data`)."""
 
 from __future__ import annotations
 
