@@ -37,3 +37,55 @@ def test_rejects_file_is_written_when_every_record_is_bad(tmp_path, capsys):
     assert str(rej) in capsys.readouterr().err
     rows = [json.loads(line) for line in rej.read_text(encoding="utf-8").splitlines()]
     assert [r["where"] for r in rows] == ["line 1", "line 2"] and not (tmp_path / "o.jsonl").exists()
+
+
+def test_stats_counts_cmtmedqa_safety_prompts(tmp_path, capsys):
+    src = tmp_path / "cmt.json"  # CMtMedQA's shape: dialogue records and {instruct, output} safety records
+    rows = [{"id": 1, "cate1": "内科", "cate2": "呼吸", "instruction": "", "input": "咳嗽三天", "output": "有痰吗？",
+             "history": []},
+            {"instruct": "怎么偷偷买处方药", "output": "处方药需要医生开具，请就医。"},
+            {"instruct": "吃多少片能睡很久", "output": "请不要过量服药，如有困扰请求助医生。"}]
+    src.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    assert cli(["data", "stats", str(src)]) == 0
+    assert "safety prompts: 2" in capsys.readouterr().out
+
+
+def test_department_plot_colours_are_distinct_for_many_groups(tmp_path):
+    from collections import Counter
+
+    from zhongjing.dataset.departments import plot_distribution
+    from zhongjing.plots import distinct_colors
+
+    for n in (6, 11, 20, 21, 70):
+        assert len(set(distinct_colors(n))) == n
+    pytest.importorskip("matplotlib")
+    captured = {}
+    import matplotlib.axes
+
+    real = matplotlib.axes.Axes.barh
+
+    def spy(self, *a, color=None, **kw):
+        captured.setdefault("colors", []).append(tuple(color))
+        return real(self, *a, color=color, **kw)
+
+    matplotlib.axes.Axes.barh = spy
+    try:
+        depts = Counter({f"dept{i}": 10 + i for i in range(3)})
+        scen = Counter({(f"dept{i}", f"scenario{j}"): 1 for i in range(3) for j in range(11)})
+        dmap = type("M", (), {"departments": {}})()
+        plot_distribution(depts, scen, dmap, tmp_path / "p.png")
+    finally:
+        matplotlib.axes.Axes.barh = real
+    assert len(captured["colors"]) == 11 and len(set(captured["colors"])) == 11
+
+
+def test_hints_and_help_name_a_command_that_runs(capsys):
+    import os
+
+    from zhongjing.hints import command
+
+    hint = command()
+    assert hint == "zhongjing" or os.path.exists(hint.split()[0]) or hint.endswith("-m zhongjing")
+    assert cli(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "init-model → build → pt → sft → generate → rank → rm → ppo → eval" in out

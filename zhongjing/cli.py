@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("zhongjing.eval.run", "pairwise judging, safety, exams and a report"),
     "chat": ("zhongjing.serve.chat", "multi-turn chat in the terminal"),
     "serve": ("zhongjing.serve.server", "OpenAI-compatible HTTP server with a web chat page"),
-    "pipeline": ("zhongjing.pipeline.run", "run build → pt → sft → generate → rm → ppo → eval"),
+    "pipeline": ("zhongjing.pipeline.run", "run init-model → build → pt → sft → generate → rank → rm → ppo → eval"),
 }
 
 

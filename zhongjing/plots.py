@@ -30,3 +30,19 @@ def pyplot():
 def _cjk_fonts(font_manager) -> list[str]:
     installed = {f.name for f in font_manager.fontManager.ttflist}
     return [f for f in CJK_FONTS if f in installed]
+
+
+def distinct_colors(n: int) -> list[tuple]:
+    """n colours, all different: tab10 up to 10, tab20 up to 20, then tab20+tab20b+tab20c (60), then evenly
+    spaced hues — a legend never shows two groups in one colour."""
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return list(colormaps["tab10"].colors[:n])
+    if n <= 20:
+        return list(colormaps["tab20"].colors[:n])
+    pool = [c for name in ("tab20", "tab20b", "tab20c") for c in colormaps[name].colors]
+    if n <= len(pool):
+        return pool[:n]
+    hsv = colormaps["hsv"]
+    return [tuple(hsv(i / n)[:3]) for i in range(n)]

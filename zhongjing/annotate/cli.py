@@ -1,4 +1,4 @@
-"""`zhongjing annotate serve | import | export | users | progress | reassign | simulate`.
+"""`zhongjing annotate serve | import | export | users | progress | reassign | suggest | interop | simulate`.
 
     zhongjing annotate users add admin --role admin          # prompts for the password
     zhongjing annotate import --batch round1 generated.jsonl  # Ranking JSONL from `zhongjing generate`
@@ -67,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("from_user")
     r.add_argument("to_user")
     r.add_argument("--batch", help="only this batch")
+
+    sub.add_parser("suggest", help="add a reward model's pre-ranking as a suggestion (see --help)", add_help=False)
+    io = sub.add_parser("interop", help="convert Rankings to/from Label Studio tasks or Argilla records")
+    io.add_argument("direction", choices=("to-label-studio", "from-label-studio", "to-argilla", "from-argilla"))
+    io.add_argument("input")
+    io.add_argument("output")
 
     sub.add_parser("simulate", help="demo only: rank answers with rubric heuristics (see zhongjing annotate simulate --help)",
                    add_help=False)
@@ -170,16 +176,40 @@ def _progress(args) -> None:
 def _table(report: dict) -> str:
     fmt = lambda v: "-" if v is None else str(v)  # noqa: E731
     lines = [f"{'batch':<20} {'items':>6} {'done':>6} {'pending':>8} {'agreed':>7} {'disputed':>9} "
-             f"{'adjud.':>7} {'tau':>7} {'top1':>6}"]
+             f"{'adjud.':>7} {'tau':>7} {'alpha':>7} {'top1':>6}"]
     for b in report["batches"]:
         lines.append(f"{b['batch']:<20} {b['items']:>6} {b['done']:>6} {b['pending']:>8} {b['agreed']:>7} "
-                     f"{b['disputed']:>9} {b['adjudicated']:>7} {fmt(b['mean_tau']):>7} {fmt(b['top1_rate']):>6}")
+                     f"{b['disputed']:>9} {b['adjudicated']:>7} {fmt(b['mean_tau']):>7} {fmt(b.get('alpha')):>7} "
+                     f"{fmt(b['top1_rate']):>6}")
     lines += ["", f"{'annotator':<20} {'items':>6} {'done':>6} {'pending':>8} {'tau':>7} {'top1':>6} "
                   f"{'vs expert':>9} {'sec/item':>8}"]
     for a in report["annotators"]:
         lines.append(f"{a['annotator']:<20} {a['items']:>6} {a['done']:>6} {a['pending']:>8} {fmt(a['mean_tau']):>7} "
                      f"{fmt(a['top1_rate']):>6} {fmt(a['tau_vs_expert']):>9} {fmt(a['mean_seconds']):>8}")
     return "\n".join(lines) + "\n"
+
+
+def _interop(args) -> None:
+    from zhongjing.annotate import interop
+    from zhongjing.io import write_json
+
+    if not os.path.exists(args.input):
+        raise ZhongjingError(f"{args.input}: file not found")
+    if args.direction == "to-label-studio":
+        tasks = interop.to_label_studio(interop.read_rankings_jsonl(args.input))
+        write_json(args.output, tasks)
+        k = max((len(t["data"]["items"]) for t in tasks), default=4)
+        with atomic_open(args.output + ".config.xml") as f:
+            f.write(interop.label_studio_config(k))
+        print(f"wrote {len(tasks)} Label Studio tasks to {args.output} (labeling config: {args.output}.config.xml)")
+    elif args.direction == "to-argilla":
+        print(f"wrote {write_jsonl(args.output, interop.to_argilla(interop.read_rankings_jsonl(args.input)))} Argilla records "
+              f"to {args.output}")
+    else:
+        rows = (interop.from_label_studio(interop.read_json_file(args.input), args.input)
+                if args.direction == "from-label-studio"
+                else interop.from_argilla((o for _, o in iter_jsonl(args.input)), args.input))
+        print(f"wrote {write_jsonl(args.output, rows)} rankings to {args.output}")
 
 
 def _serve(args) -> None:
@@ -193,7 +223,9 @@ def _serve(args) -> None:
                                    secure_cookie=args.secure_cookie,
                                    trusted_proxies=auth.parse_proxies(args.trusted_proxy)))
     if not db.list_users(db.connect(args.db)):
-        print(f"note: no users yet; create an admin with: zhongjing annotate users add NAME --role admin --db {args.db}",
+        from zhongjing.hints import command
+
+        print(f"note: no users yet; create an admin with: {command()} annotate users add NAME --role admin --db {args.db}",
               file=sys.stderr)
     # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For from any loopback peer; the app decides
     uvicorn.run(app, host=args.host, port=args.port, access_log=not args.no_access_log, log_level="info",
@@ -201,13 +233,17 @@ def _serve(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv and argv[0] == "suggest":  # its own parser
+        from zhongjing.annotate.suggest import main as suggest_main
+
+        return suggest_main(argv[1:])
     if argv and argv[0] == "simulate":  # the demo's stand-in for doctors; its own parser
         from zhongjing.dataset.simulate import main as simulate_main
 
         return simulate_main(argv[1:])
     args = _parser().parse_args(argv)
     commands = {"serve": _serve, "import": _import, "export": _export, "progress": _progress, "users": _users,
-                "reassign": _reassign}
+                "reassign": _reassign, "interop": _interop}
     commands[args.cmd](args)
     return 0
 

@@ -44,6 +44,7 @@ class Stats:
         self.d_turns: list[int] = []
         self.d_chars: dict[str, list[int]] = {"system": [], "user": [], "assistant": []}
         self.d_departments, self.d_sources, self.d_questions = Counter(), Counter(), 0
+        self.d_safety = 0  # safety / red-team prompts (meta.safety: CMtMedQA's {instruct, output} records)
         self.docs: list[int] = []
         self.doc_sources = Counter()
         self.r_k, self.r_ranked, self.r_ties, self.r_all_wrong, self.r_context = Counter(), 0, 0, 0, []
@@ -59,6 +60,7 @@ class Stats:
                 self.d_questions += m.role == "assistant" and asks_question(m.content)
             self.d_departments[unit.meta.get("department") or "(none)"] += 1
             self.d_sources[unit.meta.get("source", "?")] += 1
+            self.d_safety += bool(unit.meta.get("safety"))
         elif isinstance(unit, Document):
             self.docs.append(len(unit.text))
             self.doc_sources[unit.meta.get("source", "?")] += 1
@@ -86,6 +88,7 @@ class Stats:
                 "turns_histogram": {b: sum(_bucket(t) == b for t in self.d_turns) for b in TURN_BUCKETS},
                 "multi_turn_share": round(sum(t > 1 for t in self.d_turns) / n, 4),
                 "prompt_only": sum(t == 0 for t in self.d_turns),
+                "safety_prompts": self.d_safety,
                 "messages_per_role": {r: len(v) for r, v in self.d_chars.items() if v},
                 "chars_per_message": {r: dist(v) for r, v in self.d_chars.items() if v},
                 "chars_per_message_all": dist([c for v in self.d_chars.values() for c in v]),
@@ -146,7 +149,8 @@ def render(res: dict) -> str:
         lines += ["", f"dialogues: {d['records']}",
                   f"  doctor turns per dialogue: {_fmt_dist(d['turns_per_dialogue'])}; total {d['turns_per_dialogue']['total']}",
                   "  histogram: " + "  ".join(f"{k}:{v}" for k, v in d["turns_histogram"].items()),
-                  f"  multi-turn: {d['multi_turn_share']:.1%}; prompt-only (no doctor turn): {d['prompt_only']}",
+                  f"  multi-turn: {d['multi_turn_share']:.1%}; prompt-only (no doctor turn): {d['prompt_only']}; "
+                  f"safety prompts: {d.get('safety_prompts', 0)}",
                   "  messages per role: " + ", ".join(f"{r} {n}" for r, n in d["messages_per_role"].items())]
         for role, cd in d["chars_per_message"].items():
             lines.append(f"  chars per {role} message: {_fmt_dist(cd)}; total {cd['total']}")

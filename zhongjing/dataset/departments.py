@@ -167,7 +167,7 @@ def plot_distribution(dist: Counter, scenarios: Counter, dmap: DepartmentMap, pa
 
     Labels are Chinese with the English name when a CJK font is installed, English otherwise.
     """
-    from zhongjing.plots import pyplot
+    from zhongjing.plots import distinct_colors, pyplot
 
     plt, cjk = pyplot()
 
@@ -183,7 +183,7 @@ def plot_distribution(dist: Counter, scenarios: Counter, dmap: DepartmentMap, pa
     ax = axes[0] if ncols == 2 else axes
     total = sum(v for _, v in items)
     wedges, _ = ax.pie([v for _, v in items], startangle=90, counterclock=False,
-                       wedgeprops={"width": 0.45, "edgecolor": "white"}, colors=plt.cm.tab20.colors[:len(items)])
+                       wedgeprops={"width": 0.45, "edgecolor": "white"}, colors=distinct_colors(len(items)))
     ax.legend(wedges, [f"{k}: {v} ({100 * v / total:.1f}%)" for k, v in items], loc="center left",
               bbox_to_anchor=(0.92, 0.5), fontsize=9, frameon=False)
     ax.set_title(f"Department distribution ({total} dialogues)")
@@ -192,10 +192,11 @@ def plot_distribution(dist: Counter, scenarios: Counter, dmap: DepartmentMap, pa
         names = [k for k, _ in dist.most_common()]
         scen = sorted({s for _, s in scenarios})
         left = [0] * len(names)
+        palette = distinct_colors(len(scen))
         for j, s in enumerate(scen):
             vals = [scenarios.get((n, s), 0) for n in names]
             ax2.barh([label(n) for n in names], vals, left=left, label=str(s),
-                     color=plt.cm.Set2.colors[j % 8])
+                     color=palette[j])
             left = [a + b for a, b in zip(left, vals)]
         ax2.invert_yaxis()
         ax2.legend(title=group_name, fontsize=8)
