@@ -9,6 +9,7 @@ model and the base. Written to WORK/summary.md and WORK/summary.json.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 from zhongjing.io import atomic_open, iter_jsonl, write_json
@@ -59,13 +60,20 @@ def stage_summary(stage: str, w, cfg) -> dict:
         sim = any("simulated" in (r.get("annotators") or []) for r in rows)
         wrong = sum(bool(r.get("all_wrong")) for r in rows)
         who = "SIMULATED annotator (heuristics, not doctors)" if sim else "real annotators"
-        return {"rankings": len(rows), "all_wrong": wrong, "simulated": sim,
-                "text": f"{len(rows)} rankings by {who}; {wrong} all-wrong"}
+        sources = Counter(((r.get("meta") or {}).get("source") or "simulated") for r in rows)
+        neg = sum(bool((r.get("meta") or {}).get("mismatched")) for r in rows)
+        src = ", ".join(f"{k} {v}" for k, v in sources.most_common()) + (f"; {neg} with mismatched negatives" if neg else "")
+        return {"rankings": len(rows), "all_wrong": wrong, "simulated": sim, "sources": dict(sources),
+                "mismatched": neg, "text": f"{len(rows)} rankings by {who}; {wrong} all-wrong; sources: {src}"}
     if stage == "rm":
         m = (_meta(out).get("metrics") or {})
         acc = m.get("val_accuracy")
-        return {"val_accuracy": acc, "val_margin": m.get("val_margin"),
-                "text": f"held-out pairwise accuracy {_fmt(acc)} (chance 0.5), margin {_fmt(m.get('val_margin'))}"}
+        rel = {k: m.get(k) for k in ("val_relevance", "data_relevance")}
+        on = ", ".join((_meta(out).get("relevance") or {}).get("data_files") or []) or "data"
+        return {"val_accuracy": acc, "val_margin": m.get("val_margin"), **rel,
+                "text": f"held-out pairwise accuracy {_fmt(acc)} (chance 0.5), margin {_fmt(m.get('val_margin'))}; "
+                        f"relevance (own reply vs another dialogue's, chance 0.5): {_fmt(rel['val_relevance'])} held-out "
+                        f"rankings, {_fmt(rel['data_relevance'])} on {on}"}
     if stage == "ppo":
         return _ppo_summary(_meta(out))
     if stage == "eval":

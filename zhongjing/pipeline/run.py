@@ -63,7 +63,9 @@ class SplitUse:
 class PipelineConfig:
     work_dir: str = "runs/demo"  # every stage's output lives under it
     base_model: str = ""  # a local Hugging Face folder (7B–13B for the paper); empty = init-model builds a tiny one
-    rankings: str = "simulated"  # "simulated" (demo) or a Ranking JSONL from `zhongjing annotate export`
+    # "simulated" (demo), "gold-anchored" (real reply first, samples below: dataset/sources.py) or a Ranking JSONL
+    # from `zhongjing annotate export`
+    rankings: str = "simulated"
     stages: list[str] = field(default_factory=lambda: list(STAGES))  # the stages this config includes
     launch: str = ""  # command prefix for training stages, e.g. "accelerate launch --config_file X.yaml"
     python: str = ""  # interpreter for stage processes; empty = this one
@@ -86,7 +88,7 @@ class PipelineConfig:
 
     @property
     def simulated(self) -> bool:
-        return self.rankings == "simulated"
+        return self.rankings in ("simulated", "gold-anchored")  # both order model samples by the heuristics
 
     def active(self) -> list[str]:
         """Stages in order, without init when a base model is given."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from zhongjing.config import from_dict
@@ -48,10 +48,12 @@ SIMULATED_NOTE = ("The rankings the reward model learned from were made by a SIM
 
 @dataclass
 class RankSettings:
-    """The rank stage with simulated rankings (rankings: simulated): the demo's stand-in for doctors."""
+    """The rank stage with simulated or gold-anchored rankings: the stand-ins for doctors (dataset/sources.py)."""
 
     kg: str = ""  # knowledge graph (xywy layout) for the drug check; empty = no graph
     tie: float = 0.02  # score differences below this in every dimension are ties
+    mismatched: int = 0  # real replies to other patients ranked last in each ranking (teaches relevance)
+    extra: list[str] = field(default_factory=list)  # more ranking files: preference pairs, annotator exports
 
 
 @dataclass
@@ -61,6 +63,8 @@ class RankJob:
     rankings: str
     kg: str
     tie: float
+    mismatched: int = 0
+    extra: list[str] = field(default_factory=list)
 
 
 def config_class(stage: str):
@@ -158,7 +162,7 @@ def _reject_wired(stage: str, section: dict) -> None:
 def stage_config(stage: str, cfg, w: Wiring):
     """The stage's dataclass config: the section's keys plus the wiring, validated by the stage's own class."""
     if stage == "rank":
-        return RankJob(cfg.rankings, cfg.rank.kg, cfg.rank.tie)
+        return RankJob(cfg.rankings, cfg.rank.kg, cfg.rank.tie, cfg.rank.mismatched, list(cfg.rank.extra))
     section = dict(getattr(cfg, stage) or {})
     _reject_wired(stage, section)
     out = str(w.output(stage))
@@ -179,6 +183,8 @@ def stage_config(stage: str, cfg, w: Wiring):
         section |= {"model": str(w.output("sft")), "input": [str(w.prompts_file("generate"))], "output": out}
     elif stage == "rm":
         section |= {"model": str(w.lm_base()), "data": [str(w.output("rank"))], "output": out}
+        if "build" in w.stages:  # relevance measured once on the real test split (own reply vs another's)
+            section.setdefault("relevance_data", [str(w.built("test"))])
     elif stage == "ppo":
         section |= {"model": str(w.output("sft")), "prompts": [str(w.prompts_file("ppo"))], "output": out,
                     "reward": dict(section.get("reward") or {}) | {"rm": str(w.output("rm"))}}
@@ -243,15 +249,18 @@ def run_rank(cfg, w: Wiring, job: RankJob) -> dict:
 
     out = w.output("rank")
     if cfg.simulated:
-        from zhongjing.dataset.simulate import load_annotator, simulate
+        from zhongjing.dataset.simulate import load_annotator
+        from zhongjing.dataset.sources import make_rankings
 
         annotator = load_annotator(job.kg or None, job.tie)
-        ranked = list(simulate(read_rankings(str(w.output("generate"))), annotator))
+        ranked, counts = make_rankings(cfg.rankings, read_rankings(str(w.output("generate"))), annotator,
+                                       mismatched=job.mismatched, extra=job.extra, seed=cfg.splits.seed)
         write_jsonl(out, ranked)
         wrong = sum(r.all_wrong for r in ranked)
-        print(f"rank: simulated annotator ranked {len(ranked)} prompts ({wrong} with every answer unsafe) → {out}\n"
-              "rank: these are heuristic rankings (rubric rules), NOT doctors' judgements", flush=True)
-        return {"rankings": len(ranked), "all_wrong": wrong, "simulated": True}
+        print(f"rank: {cfg.rankings} rankings of {len(ranked)} prompts ({wrong} with every answer unsafe) → {out}; "
+              f"sources {dict(counts)}\nrank: the samples' order comes from heuristics (rubric rules), NOT from "
+              "doctors", flush=True)
+        return {"rankings": len(ranked), "all_wrong": wrong, "simulated": True, "sources": dict(counts)}
     if not Path(cfg.rankings).exists():  # the human step: the chain stops here until doctors have ranked
         raise ZhongjingError(
             f"rankings: {cfg.rankings} not found. The stages before 'rank' are finished: import "

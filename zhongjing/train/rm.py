@@ -129,7 +129,7 @@ def main(argv: list[str]) -> int:
 
     m = read_meta(out).get("metrics", {})
     acc = m.get("val_accuracy")
-    rel = "".join(f", {k.replace('_', ' ')} {m[k]:.3f}" for k in ("val_relevance", "test_relevance") if k in m)
+    rel = "".join(f", {k.replace('_', ' ')} {m[k]:.3f}" for k in ("val_relevance", "data_relevance") if k in m)
     print_once(f"reward model → {out}" + (f" (val pairwise accuracy {acc:.3f}, margin {m.get('val_margin'):.3f}{rel})"
                                       if acc is not None else ""))
     return 0

@@ -1,0 +1,139 @@
+"""Ranking sources without doctors (gold-anchored, mismatched negatives, preference-pair files), the reward model's
+relevance accuracy on a planted case, and configs/real.yaml pointing at the shared data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, SHARED_DATA
+from zhongjing.dataset.simulate import SimulatedAnnotator
+from zhongjing.dataset.sources import add_mismatched, gold_anchored, make_rankings
+from zhongjing.data.schema import Dialogue, Message, Ranking
+from zhongjing.train import relevance
+
+
+def generated(i: int, reference: str | None = "请问发热几天了？最高多少度？建议先测体温，必要时去医院就诊。") -> Ranking:
+    meta = {"source_id": f"d{i}", "turn": 1} | ({"reference": reference} if reference else {})
+    return Ranking(f"d{i}#1", [Message("user", f"孩子发烧第{i}天，怎么办？")],
+                   ["多喝水。", "建议去医院就诊，先测体温。", "偏方可以治好，不用去医院。", "发热要注意观察体温变化。"],
+                   meta=meta)
+
+
+def test_gold_anchored_puts_the_real_reply_first_and_keeps_the_simulated_order():
+    ann = SimulatedAnnotator(tie=0.0)
+    r = gold_anchored(generated(1), ann)
+    assert r.responses[0] == generated(1).meta["reference"] and r.ranking[0] == [0]
+    sim = ann.rank(generated(1)).ranking  # the samples' own order, shifted by one
+    assert r.ranking[1:] == [[i + 1 for i in g] for g in sim]
+    unsafe = r.responses.index("偏方可以治好，不用去医院。")
+    assert unsafe in r.ranking[-1] and not r.all_wrong
+    assert gold_anchored(generated(2, reference=None), ann) is None  # no real reply: no anchor
+
+
+def test_mismatched_negative_is_another_dialogues_reply_and_ranks_last():
+    ann = SimulatedAnnotator(tie=0.0)
+    rs = [gold_anchored(generated(i, reference=f"第{i}位患者：请补充病史。"), ann) for i in range(5)]
+    out = add_mismatched(rs, 1, seed=0)
+    for r, before in zip(out, rs):
+        neg = r.responses[r.ranking[-1][0]]
+        assert r.ranking[-1] == [len(before.responses)] and neg not in before.responses
+        assert neg != before.responses[0] and neg.startswith("第")  # a real reply, but to someone else
+        assert r.meta["mismatched"] == 1 and r.ranking[:-1] == before.ranking
+
+
+def test_make_rankings_reads_preference_pairs_and_counts_sources(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"question": "头痛怎么办？", "response_chosen": "先休息，持续加重请就医。", "response_rejected": "忍着。"}]
+    pairs.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    ranked, counts = make_rankings("gold-anchored", [generated(i) for i in range(3)] + [generated(9, None)],
+                                   SimulatedAnnotator(tie=0.0), mismatched=1, extra=[str(pairs)])
+    assert counts["gold-anchored"] == 3 and counts["no_reference"] == 1 and counts["extra:pairs"] == 1
+    pair = ranked[-1]
+    assert pair.responses[pair.ranking[0][0]] == "先休息，持续加重请就医。" and pair.meta["source"] == "pairs"
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"shared data not found at {SHARED_DATA}")
+def test_medicalgpt_medical_pairs_read_as_rankings():
+    from zhongjing.dataset.sources import read_extra
+
+    rs = read_extra([str(SHARED_DATA / "medicalgpt_samples" / "reward_medical_test.json")])
+    assert len(rs) >= 90 and all(r.k == 2 and r.ranking == [[0], [1]] for r in rs)
+    assert {r.meta["source"] for r in rs} == {"reward_medical_test"}
+
+
+# ------------------------------------------------------------------------------------------- relevance
+
+class Planted(torch.nn.Module):
+    """Scores an answer by how well its count of 'Q' matches the patient turn's before it: a perfectly
+    relevance-aware 'RM' (sign=+1) or a perfectly wrong one (sign=-1). `score` is where train rm reads the head."""
+
+    def __init__(self, q: int, start: int, sign: float):
+        super().__init__()
+        self.q, self.start, self.sign = q, start, sign
+        self.score = torch.nn.Identity()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, use_cache=False, position_ids=None):
+        turn = (input_ids == self.start).long().cumsum(-1)
+        last = turn.max(-1, keepdim=True).values
+        q = input_ids == self.q  # answer: after the last <|im_start|>; the patient's turn: the segment before
+        diff = ((q & (turn == last)).sum(-1) - (q & (turn == last - 1)).sum(-1)).abs().float()
+        return self.score((-self.sign * diff)[:, None, None].expand(*input_ids.shape, 1))
+
+
+def test_relevance_accuracy_on_a_planted_case(tiny_tokenizer):
+    from types import SimpleNamespace
+
+    from zhongjing.train.rm import RMConfig, rm_loss
+
+    tok = tiny_tokenizer
+    q, start = tok.convert_tokens_to_ids("Q"), tok.convert_tokens_to_ids("<|im_start|>")
+    dialogues = [Dialogue(f"d{n}", [Message("user", "Q。" * n + "哪里不舒服"), Message("assistant", "Q。" * n + "请说明"),
+                                    Message("user", "Q。" * n + "好的"), Message("assistant", "Q。" * n + "多休息")])
+                 for n in range(1, 7)]
+    pairs = relevance.from_dialogues(dialogues, seed=0)
+    assert len(pairs) == 12  # every doctor turn, each against a reply from ANOTHER dialogue
+    for p in pairs:
+        assert p.ranking == [[0], [1]] and p.responses[0] != p.responses[1]
+        assert p.responses[1].count("Q") != p.responses[0].count("Q")
+    cfg = RMConfig(max_length=256, pack=False)
+    data = SimpleNamespace(pad_id=tok.pad_token_id)
+    b = relevance.batches(cfg, tok, data, pairs)
+    good = Planted(q, start, +1.0)
+    assert relevance.accuracy(good, b, rm_loss) == (1.0, 12)
+    assert relevance.accuracy(Planted(q, start, -1.0), b, rm_loss) == (0.0, 12)
+    assert good.training  # mode restored
+
+
+# ------------------------------------------------------------------------------------------- configs/real.yaml
+
+def _paths(cfg) -> list[str]:
+    out = list(cfg.init.get("corpus", [])) + [i["path"] for i in cfg.build["inputs"]]
+    out += [cfg.build["kg"]["path"], cfg.rank.kg] + list(cfg.rank.extra)
+    out += [d["path"] for d in cfg.pt["data"]] + [d["path"] for d in cfg.sft.get("data", [])]
+    out += [t["path"] for t in cfg.eval.get("testsets", [])] + [e["path"] for e in cfg.eval.get("exams", [])]
+    out.append(cfg.eval["judge"].get("rubric_kg", ""))
+    return [p for p in out if p]
+
+
+@pytest.mark.parametrize("name", ["real.yaml", "real-gpu.yaml"])
+def test_real_configs_parse_and_point_at_the_shared_data(name):
+    from zhongjing.pipeline.run import build_configs, load_pipeline_config
+
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}: cannot check the paths configs/{name} reads")
+    cfg = load_pipeline_config(str(REPO / "configs" / name), [])
+    assert cfg.rankings == "gold-anchored" and cfg.rank.mismatched >= 1
+    paths = _paths(cfg)
+    shared = [p for p in paths if p.startswith("../shared/data/")]
+    assert len(shared) >= 10
+    for p in paths:
+        real = SHARED_DATA / p.removeprefix("../shared/data/") if p.startswith("../shared/data/") else REPO / p
+        assert real.exists(), f"configs/{name} reads {p}, which does not exist"
+    _, configs = build_configs(cfg)  # every stage section validates against its stage's dataclass
+    assert {"build", "pt", "sft", "rm", "ppo", "eval"} <= set(configs)
+    assert configs["rm"].relevance_data and configs["rm"].relevance_data[0].endswith("test.jsonl")

@@ -1,0 +1,32 @@
+"""Real replies to OTHER patients: the mismatched negatives of the ranking sources and the relevance check.
+
+A reply written by a real doctor is fluent, safe and on-topic for *some* patient; scored against a different
+patient it should lose to that patient's own reply. Both the `mismatched` ranking source (dataset/sources.py) and
+the reward model's relevance accuracy (train/relevance.py) draw such replies here, so they agree on what "another
+dialogue" means: a different `group` (the dialogue id), never just another turn of the same dialogue.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+
+def draw(groups: Sequence[str], mine: str, n: int, rnd: random.Random) -> list[int]:
+    """n distinct indices j with groups[j] != mine (fewer when too few exist), drawn with `rnd`."""
+    picks: list[int] = []
+    for _ in range(20 * (n + 1)):  # rejection sampling: almost every draw is another dialogue
+        if len(picks) == n or not groups:
+            break
+        j = rnd.randrange(len(groups))
+        if groups[j] != mine and j not in picks:
+            picks.append(j)
+    if len(picks) < n:  # tiny inputs: a scan, so the result never depends on luck
+        picks += [j for j in range(len(groups)) if groups[j] != mine and j not in picks][: n - len(picks)]
+    return picks
+
+
+def others(groups: Sequence[str], n: int = 1, seed: int | str = 0) -> list[list[int]]:
+    """For each item i, n distinct indices j (seeded) with groups[j] != groups[i]."""
+    rnd = random.Random(f"mismatch:{seed}")
+    return [draw(groups, g, n, rnd) for g in groups]

@@ -1,0 +1,112 @@
+"""Ranking sources: where the reward model's preferences come from when no doctor has ranked anything.
+
+Each source makes `Ranking`s (best → worst) and states what it assumes; the rank stage writes their union and
+the pipeline report says which ones trained the reward model.
+
+- `simulated`: the model's K samples ordered by the rubric heuristics of dataset/simulate.py. Assumes the
+  heuristics (safety patterns, overlap with the real reply, fluency checks) order answers the way a doctor would;
+  with a barely trained model every sample is poor, so the order is mostly noise around length and style.
+- `gold-anchored`: the real doctor's reply to the turn ranks FIRST, the K samples below it in the simulated order.
+  Assumes the real reply is better than anything the model wrote — true for a small model, and the one
+  preference here no heuristic decided. A turn without a real reply is left out (counted).
+- `mismatched` (added to either): `n` real doctor replies to OTHER patients (another dialogue, data/mismatch.py)
+  ranked LAST. Assumes an answer to someone else is worse than any attempt at this patient, however rough; it
+  is what teaches relevance, since style and length alone cannot tell the two real replies apart.
+- `extra` files: rankings read as they are (any ranking format): the MedicalGPT medical preference pairs
+  (chosen > rejected, written by its authors: mostly a full answer over a short or unhelpful one), or real
+  annotator exports from `zhongjing annotate export` (doctors' judgements: the only source that needs no
+  assumption). Each keeps its file name in `meta.source`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterable
+
+from zhongjing.data.mismatch import draw
+from zhongjing.data.schema import Ranking
+
+KINDS = ("simulated", "gold-anchored")  # how the generated answers become rankings
+
+
+def gold_anchored(r: Ranking, annotator) -> Ranking | None:
+    """The real reply first, then the samples as the simulated annotator orders them; None without a real reply."""
+    ref = (r.meta.get("reference") or "").strip()
+    if not ref:
+        return None
+    keep = [i for i, a in enumerate(r.responses) if a.strip() != ref]  # a sample that copied the reply is no sample
+    samples = replace(r, responses=[r.responses[i] for i in keep])
+    groups: list[list[int]] = [[0]]
+    meta = dict(r.meta)
+    if len(keep) >= 2:
+        ranked = annotator.rank(samples)
+        groups += [[i + 1 for i in g] for g in ranked.ranking]
+        meta = ranked.meta
+    elif keep:
+        groups.append([1])
+    else:
+        return None
+    # the real reply is the safe best answer, so the ranking is never all-wrong
+    return Ranking(r.id, r.messages, [ref] + samples.responses, groups, ["gold-anchored", "simulated"],
+                   meta | {"source": "gold-anchored", "simulated": True}, all_wrong=False)
+
+
+def add_mismatched(rankings: list[Ranking], n: int, seed: int | str = 0) -> list[Ranking]:
+    """Each ranking gains n real replies to other dialogues' patients, ranked below all its answers."""
+    pool = [(r.meta.get("source_id") or r.id, (r.meta.get("reference") or "").strip()) for r in rankings]
+    pool = [(g, ref) for g, ref in pool if ref]
+    if n <= 0 or len({g for g, _ in pool}) < 2:
+        return rankings
+    groups = [g for g, _ in pool]
+    rnd = random.Random(f"mismatched:{seed}")
+    out = []
+    for r in rankings:
+        picks = draw(groups, r.meta.get("source_id") or r.id, n, rnd)
+        extra = [pool[j][1] for j in picks if pool[j][1] not in r.responses]
+        if not extra or not r.ranking:
+            out.append(r)
+            continue
+        k = len(r.responses)
+        ranking = [list(g) for g in r.ranking] + [list(range(k, k + len(extra)))]
+        out.append(replace(r, responses=r.responses + extra, ranking=ranking,
+                           meta=r.meta | {"mismatched": len(extra)}))
+    return out
+
+
+def read_extra(paths: Iterable[str]) -> list[Ranking]:
+    """Ranked items from other files (pairs, annotator exports), each tagged with its file's name."""
+    from zhongjing.data.readers import read_rankings
+
+    out = []
+    for p in paths:
+        name = Path(p).stem
+        for r in read_rankings(p):
+            if r.ranking or r.all_wrong:
+                out.append(replace(r, meta=r.meta | {"source": name}))
+    return out
+
+
+def make_rankings(kind: str, generated: Iterable[Ranking], annotator, *, mismatched: int = 0,
+                  extra: Iterable[str] = (), seed: int | str = 0) -> tuple[list[Ranking], Counter]:
+    """The rank stage's rankings from the generated answers (+ mismatched negatives) and extra files."""
+    if kind not in KINDS:
+        raise ValueError(f"ranking kind {kind!r} (one of {', '.join(KINDS)})")
+    counts: Counter = Counter()
+    ranked = []
+    for r in generated:
+        out = gold_anchored(r, annotator) if kind == "gold-anchored" else annotator.rank(r)
+        if out is None:
+            counts["no_reference"] += 1
+            continue
+        ranked.append(out)
+    counts[kind] = len(ranked)
+    if mismatched:
+        ranked = add_mismatched(ranked, mismatched, seed)
+        counts["with_mismatched"] = sum(1 for r in ranked if r.meta.get("mismatched"))
+    for r in read_extra(extra):
+        counts[f"extra:{r.meta['source']}"] += 1
+        ranked.append(r)
+    return ranked, counts
