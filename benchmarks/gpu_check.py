@@ -29,6 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 ROWS: list[tuple[str, str]] = []
+OUT_FILE: list[Path] = []  # the table file, rewritten after every row (a run stopped at its limit keeps what it had)
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 SYMPTOMS = ["头痛", "咳嗽", "发热", "腹痛", "腰痛", "失眠", "咽痛", "皮疹", "胸闷", "乏力"]
@@ -40,6 +41,9 @@ ADVICE = ["多喝水注意休息", "清淡饮食按时复诊", "先做血常规�
 def row(name: str, value: str) -> None:
     ROWS.append((name, value))
     print(f"| {name} | {value} |", flush=True)
+    for f in OUT_FILE:
+        f.write_text("| check | result |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in ROWS),
+                     encoding="utf-8")
 
 
 def section(name: str):
@@ -167,7 +171,7 @@ def sft(base: Path, data: Path, work: Path, dry: bool, peak: float) -> None:
 
     from zhongjing.model.kernels import installed
 
-    pack, batch, steps = (128, 2, 4) if dry else (2048, 8, 14)
+    pack, batch, steps = (128, 2, 4) if dry else (2048, 8, 12)
     fpt, n = flops_per_token(base, pack)
     row("model", f"Qwen2-shaped, {n / 1e6:.0f}M matmul parameters, packed rows of {pack} tokens × {batch}")
     variants = [("plain PyTorch (SDPA)", "none")]
@@ -180,7 +184,11 @@ def sft(base: Path, data: Path, work: Path, dry: bool, peak: float) -> None:
     else:
         row("SFT with FlashAttention-2", "skipped: flash-attn not installed")
     for label, kernels in variants:
+        import gc
+
+        gc.collect()
         if torch.cuda.is_available():
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         out = run_sft(sft_config(base, data, work / f"sft-{kernels}", steps, pack, batch), kernels)
         recs = train_logs(out)
@@ -196,6 +204,24 @@ def _gpu_kind() -> str:
 
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
     return next((k for k in PEAK_BF16 if k in name), "")
+
+
+@section("QLoRA SFT")
+def qlora(base: Path, data: Path, work: Path, dry: bool) -> None:
+    import torch
+
+    from zhongjing.model.kernels import installed
+
+    if not installed("bitsandbytes"):
+        return row("QLoRA SFT (4-bit base)", "skipped: bitsandbytes not installed")
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    pack, batch, steps = (128, 2, 3) if dry else (2048, 8, 8)
+    out = run_sft(sft_config(base, data, work / "qlora", steps, pack, batch, finetune="lora")
+                  + ["lora.quantize=4bit", "train.lr=1e-4"], "none")
+    recs = train_logs(out)
+    row("QLoRA SFT (4-bit NF4 base, LoRA r=16, bf16)", f"{steady([r['tokens_per_s'] for r in recs], 2):,.0f} tokens/s, "
+        f"loss {recs[0]['loss']:.2f}→{recs[-1]['loss']:.2f}, peak {peak_mem(reset=True)}")
 
 
 @section("RM")
@@ -302,25 +328,26 @@ def launch(kind: str, base: Path, data: Path, work: Path, dry: bool) -> None:
                    + f"machine_rank: 0\nuse_cpu: {'false' if gpu else 'true'}\n")
     pack, batch = (128, 2) if dry else (2048, 4)
     out = work / f"launch-{kind}"
-    base_args = sft_config(base, data, out, 0, pack, batch)
+    base_args = sft_config(base, data, out, 0, pack, batch, finetune="lora")
     base_args = [a for a in base_args if not a.startswith(("train.max_steps", "train.save_every",
                                                            "train.mixed_precision", "train.overwrite"))]
     env = dict(os.environ, ZHONGJING_KERNELS="none", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    times = []
+    times, said = [], ""
     for steps, extra in ((2, ["train.overwrite=true"]), (4, ["train.resume=true"])):
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(cfg), "-m", "zhongjing",
                "train", "sft", *base_args, f"train.max_steps={steps}", "train.save_every=2", *extra]
         t = time.perf_counter()
         p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
         times.append(time.perf_counter() - t)
+        said = p.stdout + p.stderr
         if p.returncode != 0:
             tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
             return row(name, f"error (exit {p.returncode}, steps {steps}): {' / '.join(tail)[:300]}")
     recs = train_logs(out)
-    resumed = "resumed from" in (out / "logs" / "run.log").read_text() if (out / "logs" / "run.log").exists() else None
+    resumed = "resumed from" in said
     meta = json.loads((out / "meta.json").read_text())
     row(name, f"ok: 2 steps + save, then resume to step {meta.get('step')} "
-        f"({'resumed' if resumed else 'resume line not found'}; {len(recs)} step records; "
+        f"({'resumed' if resumed else 'resume line not found'}; steps logged {[r['step'] for r in recs]}; "
         f"{times[0]:.0f} s + {times[1]:.0f} s)")
 
 
@@ -329,21 +356,23 @@ def main() -> int:
     p.add_argument("--dry", action="store_true", help="CPU, tiny shapes, seconds")
     p.add_argument("--out", default=None, help="also write the table here")
     p.add_argument("--work", default=None)
-    p.add_argument("--skip", nargs="*", default=[], help="sections to leave out: sft rm ppo gen zero2 fsdp")
+    p.add_argument("--skip", nargs="*", default=[], help="sections to leave out: sft qlora rm ppo gen zero2 fsdp")
     a = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from zhongjing.model.families import QWEN2_05B, TINY, build_family
 
+    if a.out:
+        OUT_FILE.append(Path(a.out))
     work = Path(a.work or tempfile.mkdtemp(prefix="gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     print("| check | result |\n|---|---|", flush=True)
     peak = matmul_peak(a.dry) or float("nan")
     packages()
-    dlg = dialogues(200 if a.dry else 2400, 4 if a.dry else 8)
+    dlg = dialogues(120 if a.dry else 900, 2 if a.dry else 8)
     data = write_jsonl(work / "dialogues.jsonl", dlg)
-    texts = [m["content"] for d in dlg[:400] for m in d["messages"]]
+    texts = [m["content"] for d in dlg[:100] for m in d["messages"]]
     shape = TINY if a.dry else QWEN2_05B
     base = build_family("qwen2", work / "base", texts, shape=shape, vocab_size=600 if a.dry else 3000,
                         model_vocab=None if a.dry else QWEN2_05B["vocab_size"])
@@ -359,10 +388,9 @@ def main() -> int:
     for kind in ("zero2", "fsdp"):
         if kind not in a.skip:
             launch(kind, base, data, work, a.dry)
+    if "qlora" not in a.skip:
+        qlora(base, data, work, a.dry)
     row("total", f"{time.time() - t0:.0f} s")
-    if a.out:
-        Path(a.out).write_text("| check | result |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in ROWS),
-                               encoding="utf-8")
     return 1 if any(v.startswith("error") for _, v in ROWS) else 0
 
 
