@@ -21,7 +21,7 @@ from pathlib import Path
 
 from zhongjing.dataset import deid as deid_mod
 from zhongjing.dataset.chain import BuildConfig, InputConfig, import_dialogues
-from zhongjing.dataset.kg_check import KGConfig, load_index
+from zhongjing.data.kg import KGConfig, load_index
 from zhongjing.dataset.minhash import MinHasher, near_duplicate_clusters, shingle_hashes
 from zhongjing.dataset.report import StepReport
 from zhongjing.dataset.steps import StepContext, run_step

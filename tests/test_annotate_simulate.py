@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from zhongjing.dataset.simulate import SimulatedAnnotator, overlap_f1
+from zhongjing.data.simulate import SimulatedAnnotator, overlap_f1
 from zhongjing.cli import main
 from zhongjing.data.schema import Message, Ranking
 

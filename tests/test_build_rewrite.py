@@ -6,7 +6,7 @@ import pytest
 
 from fake_openai import FakeOpenAI, original_reply, warm_rewrite
 from zhongjing.dataset.cache import RewriteCache
-from zhongjing.dataset.matcher import DictMatcher
+from zhongjing.data.matcher import DictMatcher
 from zhongjing.dataset.report import StepReport
 from zhongjing.dataset.rewrite import RewriteConfig, check_rewrite, run_rewrite
 from zhongjing.data.schema import Dialogue, Message

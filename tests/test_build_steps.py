@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from zhongjing.dataset import kg_check
+from zhongjing.data import kg
 from zhongjing.dataset.departments import DepartmentsConfig, run_departments
-from zhongjing.dataset.kg_check import ContradictionRule, KGConfig, run_kg_check, stance
-from zhongjing.dataset.matcher import DictMatcher
+from zhongjing.data.kg import ContradictionRule, KGConfig, stance
+from zhongjing.dataset.kg_check import run_kg_check
+from zhongjing.data.matcher import DictMatcher
 from zhongjing.dataset.report import StepReport
 from zhongjing.dataset.screen import ScreenConfig, run_screen
 from zhongjing.dataset.split import SplitConfig, assign, run_split, to_cmtmedqa
@@ -71,7 +72,7 @@ def test_kg_flags_and_policy(kg_path):
     assert kept[0].meta["kg"]["drugs"] == ["氨氯地平"] and kept[0].meta["kg"]["flags"] == []
     assert review[0].meta["kg"]["flags"][0] == {"kind": "unlinked_drug", "turn": 1, "term": "布洛芬", "diseases": ["高血压"]}
     # 甲状腺片 must not turn the organ 甲状腺 into a drug mention
-    idx = kg_check.load_index(cfg)
+    idx = kg.load_index(cfg)
     assert not [m for m in idx.matcher.find("甲状腺结节") if m.values[0][0] == "drug"]
 
 

@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return suggest_main(argv[1:])
     if argv and argv[0] == "simulate":  # the demo's stand-in for doctors; its own parser
-        from zhongjing.dataset.simulate import main as simulate_main
+        from zhongjing.data.simulate import main as simulate_main
 
         return simulate_main(argv[1:])
     args = _parser().parse_args(argv)

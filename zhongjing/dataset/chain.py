@@ -22,7 +22,7 @@ from pathlib import Path
 from zhongjing import __version__
 from zhongjing.dataset.departments import DepartmentsConfig
 from zhongjing.dataset.deid import DeidConfig
-from zhongjing.dataset.kg_check import KGConfig
+from zhongjing.data.kg import KGConfig
 from zhongjing.dataset.normalize import NormalizeConfig, normalize_dialogue
 from zhongjing.dataset.report import StepReport, report_path_for, write_chain_report, write_step_report
 from zhongjing.dataset.rewrite import RewriteConfig

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from zhongjing.dataset.cache import RewriteCache, request_sha
-from zhongjing.dataset.matcher import DictMatcher
+from zhongjing.data.matcher import DictMatcher
 from zhongjing.dataset.report import StepReport
 from zhongjing.data.schema import Dialogue, Message
 from zhongjing.errors import ConfigError, ZhongjingError, require

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from zhongjing.data import kg, matcher
 from zhongjing.dataset import departments, deid, kg_check, normalize, rewrite, screen, split
 from zhongjing.dataset.report import StepReport
 from zhongjing.data.schema import Dialogue
@@ -82,7 +83,7 @@ def _normalize(ds, cfg, ctx, rep):
 
 
 def _drug_matcher(cfg):
-    return kg_check.load_index(cfg.kg).matcher if cfg.kg.path else None
+    return kg.load_index(cfg.kg).matcher if cfg.kg.path else None
 
 
 def _rewrite(ds, cfg, ctx, rep):
@@ -125,8 +126,8 @@ class Step:
 STEPS: dict[str, Step] = {
     "normalize": Step(_normalize, ("normalize",), (normalize,)),
     "deid": Step(_deid, ("deid",), (deid,)),
-    "rewrite": Step(_rewrite, ("rewrite", "kg"), (rewrite, kg_check), lambda cfg: cfg.rewrite.enabled),
-    "kg_check": Step(_kg, ("kg",), (kg_check,), lambda cfg: bool(cfg.kg.path)),
+    "rewrite": Step(_rewrite, ("rewrite", "kg"), (rewrite, kg, matcher), lambda cfg: cfg.rewrite.enabled),
+    "kg_check": Step(_kg, ("kg",), (kg_check, kg, matcher), lambda cfg: bool(cfg.kg.path)),
     "screen": Step(_screen, ("screen",), (screen,)),
     "departments": Step(_departments, ("departments",), (departments,)),
     "split": Step(_split, ("split",), (split,)),

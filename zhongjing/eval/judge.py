@@ -239,7 +239,7 @@ class RewardJudge:
 
 
 class RubricJudge:
-    """The demo's rubric heuristics (`dataset/simulate.py`) as a judge that needs no LLM.
+    """The demo's rubric heuristics (`data/simulate.py`) as a judge that needs no LLM.
 
     A proxy, not a doctor or GPT-4: it scores each answer per dimension (safety, professionalism,
     fluency) with the same heuristics the simulated annotator ranks with, and ties differences
@@ -250,7 +250,7 @@ class RubricJudge:
     both_orders = False
 
     def __init__(self, tie: float = 0.02, kg: str | None = None):
-        from zhongjing.dataset.simulate import load_annotator
+        from zhongjing.data.simulate import load_annotator
 
         self.sim, self.tie = load_annotator(kg, tie), tie
         self.dimensions = PRIORITY

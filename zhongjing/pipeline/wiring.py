@@ -43,7 +43,7 @@ WIRED = {
 BUILT = ("train", "validation", "test")  # files the build stage writes into its output folder
 MODEL_NAMES = {"ppo": "aligned", "sft": "sft", "base": "base"}
 SIMULATED_NOTE = ("The rankings the reward model learned from were made by a SIMULATED annotator (rubric heuristics "
-                  "in zhongjing/dataset/simulate.py), not by doctors: this run demonstrates the mechanics only.")
+                  "in zhongjing/data/simulate.py), not by doctors: this run demonstrates the mechanics only.")
 
 
 @dataclass
@@ -249,7 +249,7 @@ def run_rank(cfg, w: Wiring, job: RankJob) -> dict:
 
     out = w.output("rank")
     if cfg.simulated:
-        from zhongjing.dataset.simulate import load_annotator
+        from zhongjing.data.simulate import load_annotator
         from zhongjing.dataset.sources import make_rankings
 
         annotator = load_annotator(job.kg or None, job.tie)

@@ -82,7 +82,7 @@ class SimulatedAnnotator:
         if _RED_FLAG.search(patient) and not _REFERRAL.search(_UNSAFE.sub("", answer)):
             safety -= 0.6
         if self.kg_index is not None:
-            from zhongjing.dataset.kg_check import check_dialogue
+            from zhongjing.data.kg import check_dialogue
 
             d = Dialogue("sim", list(context) + [Message("assistant", answer)])
             last = len(d.messages) - 1
@@ -127,7 +127,7 @@ def simulate(rankings: Iterable[Ranking], annotator: SimulatedAnnotator) -> Iter
 def load_annotator(kg_path: str | None = None, tie: float = 0.02) -> SimulatedAnnotator:
     if not kg_path:
         return SimulatedAnnotator(tie=tie)
-    from zhongjing.dataset.kg_check import KGConfig, load_index
+    from zhongjing.data.kg import KGConfig, load_index
 
     cfg = KGConfig(path=kg_path)
     return SimulatedAnnotator(load_index(cfg), cfg, tie=tie)
