@@ -113,3 +113,53 @@ def summarize(taus: list[float | None], top1s: list[bool], disputed: list[bool])
         "top1_rate": round(sum(top1s) / n, 4) if n else None,
         "dispute_rate": round(sum(disputed) / n, 4) if n else None,
     }
+
+
+def krippendorff_alpha(units: list[list[float]], level: str = "ordinal") -> float | None:
+    """Krippendorff's α over units, each the values the coders who rated it gave (missing ones left out).
+
+    α = 1 − D_o / D_e from the coincidence matrix (Krippendorff 2011, "Computing Krippendorff's alpha-reliability"):
+    units rated by fewer than two coders are not pairable and are dropped. `level`: "nominal" (δ = 0 if equal else 1),
+    "ordinal" (δ²_ck = (Σ_{g=c..k} n_g − (n_c + n_k)/2)², n_g the marginal counts) or "interval" ((c − k)²).
+    None when undefined (fewer than two pairable values, or only one value in use).
+    """
+    units = [list(u) for u in units if len(u) >= 2]
+    values = sorted({v for u in units for v in u})
+    if len(values) < 2:
+        return None
+    idx = {v: i for i, v in enumerate(values)}
+    o = [[0.0] * len(values) for _ in values]
+    for u in units:
+        m = len(u)
+        for a in range(m):
+            for b in range(m):
+                if a != b:
+                    o[idx[u[a]]][idx[u[b]]] += 1 / (m - 1)
+    n_c = [sum(row) for row in o]
+    n = sum(n_c)
+
+    def delta2(c: int, k: int) -> float:
+        if level == "nominal":
+            return float(c != k)
+        if level == "interval":
+            return float(values[c] - values[k]) ** 2
+        if level == "ordinal":
+            lo, hi = min(c, k), max(c, k)
+            return (sum(n_c[lo:hi + 1]) - (n_c[c] + n_c[k]) / 2) ** 2
+        raise ValueError(f"unknown level {level!r} (nominal, ordinal, interval)")
+
+    d_o = sum(o[c][k] * delta2(c, k) for c in range(len(values)) for k in range(len(values)))
+    d_e = sum(n_c[c] * n_c[k] * delta2(c, k) for c in range(len(values)) for k in range(len(values)))
+    return None if d_e == 0 else 1 - (n - 1) * d_o / d_e
+
+
+def rankings_alpha(judgements: list[list[Groups]], level: str = "ordinal") -> float | None:
+    """Ordinal α of several annotators' rankings: one unit per (item, answer), its value the answer's tier.
+
+    `judgements[i]` holds every annotator's tie groups for item i (two or more to count)."""
+    units = []
+    for rankings in judgements:
+        maps = [tiers(r) for r in rankings]
+        for ans in sorted(set().union(*maps)) if maps else []:
+            units.append([m[ans] for m in maps if ans in m])
+    return krippendorff_alpha(units, level)

@@ -10,6 +10,7 @@ import json
 import sqlite3
 
 from zhongjing.annotate import admin, auth, db, store
+from zhongjing.annotate.suggest import suggestion_text
 from zhongjing.annotate.web import (HERE, SECURITY_HEADERS, Forbidden, LoginRequired, ServeSettings, check_csrf,
                                     error_response, get_conn, redirect, render, role, wants_json)
 from zhongjing.errors import DataError, ZhongjingError
@@ -233,7 +234,8 @@ def _view(item: dict, user_id: int) -> dict:
     rec = item["record"]
     order = store.display_order(item["id"], user_id, item["k"])
     return {"history": rec["messages"][:-1], "question": rec["messages"][-1]["content"], "order": order,
-            "answers": [rec["responses"][i] for i in order], "k": item["k"]}
+            "answers": [rec["responses"][i] for i in order], "k": item["k"],
+            "suggestion": suggestion_text(rec, order)}  # a model's pre-ranking, only for batches imported with one
 
 
 def _set_cookie(request: Request, resp, name: str, value: str, max_age: int) -> None:

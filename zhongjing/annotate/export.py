@@ -53,6 +53,11 @@ def rankings(conn: sqlite3.Connection, batch: str | None = None) -> Iterator[dic
                             "seconds": a["seconds"]} for a in anns],
             "edited": [{"annotator": a["username"], **a["edited"]} for a in anns if a["edited"]],
         }
+        sug = (rec.get("meta") or {}).get("suggestion")
+        ann_meta["suggestion_shown"] = bool(sug)  # agreement can be compared with and without suggestions
+        if sug:
+            for j in ann_meta["judgements"]:
+                j["tau_vs_suggestion"] = agreement.kendall_tau_b(j["ranking"], sug["ranking"])
         if item["reason"]:
             ann_meta["dispute"] = item["reason"]
         if adj:
@@ -104,7 +109,18 @@ def pairs(ranking_rows: Iterator[dict]) -> Iterator[dict]:
 # ---- progress ----------------------------------------------------------------------------------
 
 PROGRESS_FIELDS = ["scope", "batch", "annotator", "items", "done", "pending", "open", "agreed", "disputed",
-                   "adjudicated", "pairs", "mean_tau", "top1_rate", "dispute_rate", "mean_seconds", "tau_vs_expert"]
+                   "adjudicated", "pairs", "mean_tau", "alpha", "top1_rate", "dispute_rate", "mean_seconds", "tau_vs_expert"]
+
+
+def batch_alpha(conn: sqlite3.Connection, batch_id: int) -> float | None:
+    """Krippendorff's ordinal α over the items of a batch that two or more annotators ranked (latest submissions)."""
+    judgements = []
+    for (iid,) in conn.execute("SELECT id FROM items WHERE batch_id = ?", (batch_id,)).fetchall():
+        anns = store.latest_annotations(conn, iid)
+        if len(anns) >= 2:
+            judgements.append([a["ranking"] for a in anns])
+    a = agreement.rankings_alpha(judgements)
+    return None if a is None else round(a, 4)
 
 
 def progress(conn: sqlite3.Connection, batch: str | None = None) -> dict:
@@ -122,6 +138,7 @@ def progress(conn: sqlite3.Connection, batch: str | None = None) -> dict:
             "ON i.id = a.item_id WHERE i.batch_id = ?)", (b["id"], b["id"])).fetchone()
         stats = agreement.summarize([r["tau"] for r in rows], [bool(r["top1"]) for r in rows],
                                     [r["status"] in ("disputed", "adjudicated") for r in rows])
+        stats["alpha"] = batch_alpha(conn, b["id"])
         batches.append({"scope": "batch", "batch": b["name"], "items": sum(st.values()), "done": done,
                         "pending": total - done, **{s: st.get(s, 0) for s in ("open", "agreed", "disputed",
                                                                                "adjudicated")}, **stats})
