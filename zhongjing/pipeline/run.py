@@ -345,9 +345,3 @@ def main(argv: list[str]) -> int:
     cfg = load_pipeline_config(a.config, a.overrides)
     run_pipeline(cfg, start=a.start, only=only, dry_run=a.plan)
     return 0
-
-
-if __name__ == "__main__":
-    from zhongjing.cli import main as cli_main
-
-    raise SystemExit(cli_main(["pipeline", *sys.argv[1:]]))
