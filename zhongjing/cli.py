@@ -13,6 +13,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "data convert": ("zhongjing.data.convert", "convert files of any supported format to Dialogue/Document/Ranking JSONL"),
     "data stats": ("zhongjing.data.stats", "records, turns, characters, departments and roles of a file"),
+    "data criteria": ("zhongjing.data.criteria", "draft per-case rubric criteria (KG check + rubric) for doctors to review"),
     "data show-mask": ("zhongjing.model.show_mask", "print a rendered dialogue with the trained spans marked"),
     "init-model": ("zhongjing.model.init_model", "train a tokenizer and build a tiny LLaMA from scratch"),
     "build": ("zhongjing.dataset.chain", "build a clean CMtMedQA-style training set from raw dialogues"),
