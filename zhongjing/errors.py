@@ -15,6 +15,8 @@ class DataError(ZhongjingError):
     """Bad input record. `where` is 'line 12' or 'record 3'; `path` the file."""
 
     def __init__(self, reason: str, path: str | None = None, where: str | None = None):
+        # one line whatever the data held: a key or value quoted into the reason may contain line breaks
+        reason = str(reason).replace("\r", "\\r").replace("\n", "\\n")
         self.reason, self.path, self.where = reason, path, where
         loc = ":".join(str(x) for x in (path, where) if x)
         super().__init__(f"{loc}: {reason}" if loc else reason)

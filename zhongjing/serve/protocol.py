@@ -27,6 +27,7 @@ KNOWN |= IGNORED | set(NEUTRAL)
 class ApiError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
                  type_: str = "invalid_request_error"):
+        message = message.replace("\r", "\\r").replace("\n", "\\n")  # client text quoted into it stays one line
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type_
 

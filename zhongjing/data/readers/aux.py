@@ -29,9 +29,15 @@ def count_entries(src: Source) -> int:
     """How many entries an aux file holds (lines, goals or diseases) — for `data stats`."""
     if src.format in ("entity_list", "entity_synonyms", "number_matrix"):
         return len(_lines(src))
-    obj = json.loads(src.text)
+    try:
+        obj = json.loads(src.text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", src.name, f"line {e.lineno}") from None
     if src.format == "dxy_goals" and isinstance(obj, dict):
-        return len(obj.get("all") or [v for vs in obj.values() if isinstance(vs, list) for v in vs])
+        found = obj.get("all")
+        return len(found) if isinstance(found, list) else sum(len(vs) for vs in obj.values() if isinstance(vs, list))
+    if not isinstance(obj, (dict, list)):
+        raise DataError(f"expected {AUX_WHAT[src.format]} (a JSON object or list), got {type(obj).__name__}", src.name)
     return len(obj)
 
 

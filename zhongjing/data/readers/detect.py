@@ -112,7 +112,10 @@ def _first_json(text: str, partial: bool = True) -> tuple[Any, str]:
         i = len(s) - len(s[1:].lstrip())
         if s[i:i + 1] == "]":
             raise DataError("empty JSON list")
-        return dec.raw_decode(s, i)[0], "list"
+        try:
+            return dec.raw_decode(s, i)[0], "list"
+        except json.JSONDecodeError as e:  # a list whose first record is already broken
+            raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", where=f"line {e.lineno}") from None
     try:
         obj, end = dec.raw_decode(s)
     except json.JSONDecodeError as e:
