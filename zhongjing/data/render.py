@@ -45,6 +45,14 @@ def _as_dicts(messages: Sequence) -> list[dict]:
     return [m.to_dict() if isinstance(m, Message) else {"role": m["role"], "content": m["content"]} for m in messages]
 
 
+def fold_system(msgs: list[dict]) -> list[dict]:
+    """A system turn moved into the first patient turn, for templates without a system role."""
+    system, rest = msgs[0]["content"], msgs[1:]
+    if rest and rest[0]["role"] == "user":
+        return [{"role": "user", "content": f"{system}\n\n{rest[0]['content']}"}] + rest[1:]
+    return rest
+
+
 @dataclass
 class Renderer:
     tokenizer: object
@@ -62,7 +70,21 @@ class Renderer:
 
     # -- template pieces -------------------------------------------------------------
     def _template(self, msgs: list[dict], gen: bool) -> str:
+        if msgs and msgs[0]["role"] == "system" and not self.takes_system():
+            msgs = fold_system(msgs)
         return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+
+    def takes_system(self) -> bool:
+        """Whether the template renders a system turn (Mistral's [INST] template refuses one: the system prompt
+        then opens the first patient turn, as Mistral's own tooling does)."""
+        if "_system_ok" not in self.__dict__:
+            try:
+                self.tokenizer.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+                                                   tokenize=False, add_generation_prompt=True)
+                self._system_ok = True
+            except Exception:  # jinja2's TemplateError from the template's raise_exception
+                self._system_ok = False
+        return self._system_ok
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
