@@ -65,3 +65,36 @@ def test_llm_judge_with_a_position_bias_is_caught(tmp_path):
     assert r["position_consistency"] == 0.0 and r["judge_ties"] == 1.0 and r["agreement"] == 0.0
     assert r["ci"]["position_consistency"] == [0.0, 0.0]
     assert rows[1] == {"file": str(tmp_path / "absent.jsonl"), "missing": True} and again[0]["n"] == r["n"]
+
+
+def test_eval_report_shows_validation_beside_the_pairwise_results_and_a_leaderboard(tmp_path):
+    """`zhongjing eval` with the demo's rubric judge and its hand-written pairs, three endpoint models."""
+    import yaml
+
+    from zhongjing.eval.run import main
+
+    styles = {"careful": SAFE, "terse": UNSAFE, "middle": "多喝水，注意休息，如果发烧超过三天请去医院。"}
+    dialogues = tmp_path / "d.jsonl"
+    dialogues.write_text("".join(json.dumps({"id": f"d{i}", "messages": [
+        {"role": "user", "content": f"我咳嗽第{i}天了，怎么办？"}, {"role": "assistant", "content": "请问有没有发烧？"}]},
+        ensure_ascii=False) + "\n" for i in range(4)), encoding="utf-8")
+    with FakeOpenAI(reply=lambda body: styles[body["model"]]) as srv:
+        ep = lambda m: {"base_url": srv.url, "model": m, "backoff": 0.01}  # noqa: E731
+        cfg = {"output": str(tmp_path / "out"), "models": [{"name": m, "endpoint": ep(m)} for m in styles],
+               "testsets": [{"name": "t", "path": str(dialogues), "format": "dialogue"}],
+               "judge": {"backend": "rubric", "rubric_kg": "zhongjing/demo/kg.jsonl"},
+               "judge_validation": {"files": ["zhongjing/demo/preference_pairs.jsonl"],
+                                    "if_present": [str(tmp_path / "absent.json")]},
+               "report": {"bootstrap": 100, "examples": 0}}
+        (tmp_path / "e.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+        assert main(["--config", str(tmp_path / "e.yaml")]) == 0
+    res = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
+    demo = res["judge_validation"][0]
+    assert demo["n"] == 16 and 0 <= demo["agreement"] <= 1 and res["judge_validation"][1]["missing"]
+    board = res["leaderboard"]
+    assert {r["model"] for r in board["rows"]} == set(styles) and board["games"] == 8  # 2 baselines × 4 questions
+    assert [r["rating"] for r in board["rows"]] == sorted((r["rating"] for r in board["rows"]), reverse=True)
+    md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "## Judge validation" in md and "| n/a (order-free judge) |" in md and "not present" in md
+    table_end = md.index("| t | careful vs terse |")
+    assert "How far to trust these verdicts" in md[table_end:] and "## Leaderboard (Bradley–Terry, Elo scale)" in md
