@@ -199,7 +199,7 @@ def test_a_partial_run_points_only_at_what_exists(tmp_path):
 
 
 def test_demo_and_paper_configs_wire_every_stage(tmp_path):
-    from zhongjing.pipeline.wiring import CLASSES
+    from zhongjing.pipeline.stages import STAGES
 
     w, configs = _load([f"work_dir={tmp_path}"])
     assert set(configs) == {"init", "build", "pt", "sft", "generate", "rank", "rm", "ppo", "eval"}
@@ -211,8 +211,8 @@ def test_demo_and_paper_configs_wire_every_stage(tmp_path):
                        REPO / "configs" / "paper" / "pipeline.yaml")
     assert "init" not in configs and configs["pt"].model == str(base.resolve())
     for stage, cfg in configs.items():
-        if stage in CLASSES:
-            assert type(cfg).__name__ == CLASSES[stage][1]
+        if stage in STAGES:
+            assert type(cfg).__name__ == STAGES[stage].config_class
 
 
 @pytest.mark.parametrize("override, message", [

@@ -1,7 +1,8 @@
 """The one-command chain `zhongjing pipeline` (init-model → build → pt → sft → generate → rank → rm → ppo → eval).
 
+    stages.py   one Stage record per stage (adding a stage = one row) and how the stages connect (Wiring)
     run.py      planning and running the stages (the CLI entry point)
-    wiring.py   how the stages connect: outputs, what each reads, each stage's config
-    state.py    what the pipeline remembers between runs (keys, fingerprints)
-    report.py   the end-of-run summary
+    rank.py     the rank stage, which runs inside the pipeline
+    state.py    what the pipeline remembers between runs (a key per stage; identity in zhongjing.model.identity)
+    report.py   each stage's summary and the end-of-run table
 """

@@ -13,7 +13,9 @@ from collections import Counter
 from pathlib import Path
 
 from zhongjing.io import atomic_open, iter_jsonl, write_json
-from zhongjing.pipeline.wiring import SIMULATED_NOTE
+
+SIMULATED_NOTE = ("The rankings the reward model learned from were made by a SIMULATED annotator (rubric heuristics "
+                  "in zhongjing/data/simulate.py), not by doctors: this run demonstrates the mechanics only.")
 
 
 def _meta(path: Path) -> dict:
@@ -33,52 +35,69 @@ def _fmt(x, nd: int = 3) -> str:
     return "–" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
 
 
-def stage_summary(stage: str, w, cfg) -> dict:
-    """A few numbers per stage, and a one-line `text` for the table."""
-    out = w.output(stage)
-    if stage == "init":
-        m = _meta(out)
-        return {"params": m.get("params"), "vocab": m.get("vocab_size"),
-                "text": f"tiny LLaMA from scratch: {m.get('params', 0):,} parameters, vocab {m.get('vocab_size')}"}
-    if stage == "build":
-        n = {s: _count(w.built(s)) for s in ("train", "validation", "test")}
-        return {**n, "text": f"dialogues: {n['train']} train / {n['validation']} validation / {n['test']} test"}
-    if stage in ("pt", "sft"):
-        h = _history(_meta(out))
-        key = "val_ppl" if stage == "pt" else "val_loss"
-        first, best = (h[0].get(key), min(x.get(key) for x in h)) if h else (None, None)
-        init = _initial(stage, w)
-        s = {"first_eval": first, "best": best, "initial": init, "metric": key}
-        start = f"{_fmt(init, 2)} before training → " if init is not None else ""
-        return {**s, "text": f"validation {key.replace('val_', '')}: {start}{_fmt(first, 2)} after the first "
-                             f"evaluation → {_fmt(best, 2)} best"}
-    if stage == "generate":
-        n = _count(out)
-        return {"items": n, "text": f"{n} prompts × K answers from the SFT model"}
-    if stage == "rank":
-        rows = [r for _, r in iter_jsonl(out)]
-        sim = any("simulated" in (r.get("annotators") or []) for r in rows)
-        wrong = sum(bool(r.get("all_wrong")) for r in rows)
-        who = "SIMULATED annotator (heuristics, not doctors)" if sim else "real annotators"
-        sources = Counter(((r.get("meta") or {}).get("source") or "simulated") for r in rows)
-        neg = sum(bool((r.get("meta") or {}).get("mismatched")) for r in rows)
-        src = ", ".join(f"{k} {v}" for k, v in sources.most_common()) + (f"; {neg} with mismatched negatives" if neg else "")
-        return {"rankings": len(rows), "all_wrong": wrong, "simulated": sim, "sources": dict(sources),
-                "mismatched": neg, "text": f"{len(rows)} rankings by {who}; {wrong} all-wrong; sources: {src}"}
-    if stage == "rm":
-        m = (_meta(out).get("metrics") or {})
-        acc = m.get("val_accuracy")
-        rel = {k: m.get(k) for k in ("val_relevance", "data_relevance")}
-        on = ", ".join((_meta(out).get("relevance") or {}).get("data_files") or []) or "data"
-        return {"val_accuracy": acc, "val_margin": m.get("val_margin"), **rel,
-                "text": f"held-out pairwise accuracy {_fmt(acc)} (chance 0.5), margin {_fmt(m.get('val_margin'))}; "
-                        f"relevance (own reply vs another dialogue's, chance 0.5): {_fmt(rel['val_relevance'])} held-out "
-                        f"rankings, {_fmt(rel['data_relevance'])} on {on}"}
-    if stage == "ppo":
-        return _ppo_summary(_meta(out))
-    if stage == "eval":
-        return _eval_summary(out)
-    return {"text": ""}
+def stage_summary(stage, w, cfg) -> dict:
+    """A few numbers for a stage (a pipeline.stages.Stage), and a one-line `text` for the table."""
+    return stage.summary(stage.name, w, cfg) if stage.summary else {"text": ""}
+
+
+def init_summary(stage: str, w, cfg) -> dict:
+    m = _meta(w.output(stage))
+    return {"params": m.get("params"), "vocab": m.get("vocab_size"),
+            "text": f"tiny LLaMA from scratch: {m.get('params', 0):,} parameters, vocab {m.get('vocab_size')}"}
+
+
+def build_summary(stage: str, w, cfg) -> dict:
+    n = {s: _count(w.built(s)) for s in ("train", "validation", "test")}
+    return {**n, "text": f"dialogues: {n['train']} train / {n['validation']} validation / {n['test']} test"}
+
+
+def lm_summary(stage: str, w, cfg) -> dict:
+    """pt: validation perplexity; sft: validation loss — before training, at the first evaluation, best."""
+    h = _history(_meta(w.output(stage)))
+    key = "val_ppl" if stage == "pt" else "val_loss"
+    first, best = (h[0].get(key), min(x.get(key) for x in h)) if h else (None, None)
+    init = _initial(stage, w)
+    s = {"first_eval": first, "best": best, "initial": init, "metric": key}
+    start = f"{_fmt(init, 2)} before training → " if init is not None else ""
+    return {**s, "text": f"validation {key.replace('val_', '')}: {start}{_fmt(first, 2)} after the first "
+                         f"evaluation → {_fmt(best, 2)} best"}
+
+
+def generate_summary(stage: str, w, cfg) -> dict:
+    n = _count(w.output(stage))
+    return {"items": n, "text": f"{n} prompts × K answers from the SFT model"}
+
+
+def rank_summary(stage: str, w, cfg) -> dict:
+    rows = [r for _, r in iter_jsonl(w.output(stage))]
+    sim = any("simulated" in (r.get("annotators") or []) for r in rows)
+    wrong = sum(bool(r.get("all_wrong")) for r in rows)
+    who = "SIMULATED annotator (heuristics, not doctors)" if sim else "real annotators"
+    sources = Counter(((r.get("meta") or {}).get("source") or "simulated") for r in rows)
+    neg = sum(bool((r.get("meta") or {}).get("mismatched")) for r in rows)
+    src = ", ".join(f"{k} {v}" for k, v in sources.most_common()) + (f"; {neg} with mismatched negatives" if neg else "")
+    return {"rankings": len(rows), "all_wrong": wrong, "simulated": sim, "sources": dict(sources),
+            "mismatched": neg, "text": f"{len(rows)} rankings by {who}; {wrong} all-wrong; sources: {src}"}
+
+
+def rm_summary(stage: str, w, cfg) -> dict:
+    meta = _meta(w.output(stage))
+    m = meta.get("metrics") or {}
+    acc = m.get("val_accuracy")
+    rel = {k: m.get(k) for k in ("val_relevance", "data_relevance")}
+    on = ", ".join((meta.get("relevance") or {}).get("data_files") or []) or "data"
+    return {"val_accuracy": acc, "val_margin": m.get("val_margin"), **rel,
+            "text": f"held-out pairwise accuracy {_fmt(acc)} (chance 0.5), margin {_fmt(m.get('val_margin'))}; "
+                    f"relevance (own reply vs another dialogue's, chance 0.5): {_fmt(rel['val_relevance'])} held-out "
+                    f"rankings, {_fmt(rel['data_relevance'])} on {on}"}
+
+
+def ppo_summary(stage: str, w, cfg) -> dict:
+    return _ppo_summary(_meta(w.output(stage)))
+
+
+def eval_summary(stage: str, w, cfg) -> dict:
+    return _eval_summary(w.output(stage))
 
 
 def _initial(stage: str, w) -> float | None:

@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,13 @@ import yaml
 from zhongjing.config import describe, load_config, to_dict
 from zhongjing.errors import ConfigError, ZhongjingError
 from zhongjing.io import atomic_open
-from zhongjing.model.identity import external_inputs
+from zhongjing.model.identity import code_hash, external_inputs
 from zhongjing.model.identity import output_fingerprint as fingerprint
-from zhongjing.pipeline.state import State, code_hash, lock
-from zhongjing.pipeline.wiring import (COMMANDS, LAUNCHED, SIMULATED_NOTE, RankSettings, Wiring, check_stages, run_rank,
-                                      stage_config)
+from zhongjing.pipeline import report
+from zhongjing.pipeline.stages import STAGES, Wiring, check_stages, stage_config
+from zhongjing.pipeline.state import State, lock
 
-STAGES = ("init", "build", "pt", "sft", "generate", "rank", "rm", "ppo", "eval")
+NAMES = tuple(STAGES)  # the chain, in order
 
 
 @dataclass
@@ -60,31 +60,22 @@ class SplitUse:
 
 
 @dataclass
-class PipelineConfig:
+class PipelineKeys:
     work_dir: str = "runs/demo"  # every stage's output lives under it
     base_model: str = ""  # a local Hugging Face folder (7B–13B for the paper); empty = init-model builds a tiny one
     # "simulated" (demo), "gold-anchored" (real reply first, samples below: dataset/sources.py) or a Ranking JSONL
     # from `zhongjing annotate export`
     rankings: str = "simulated"
-    stages: list[str] = field(default_factory=lambda: list(STAGES))  # the stages this config includes
+    stages: list[str] = field(default_factory=lambda: list(NAMES))  # the stages this config includes
     launch: str = ""  # command prefix for training stages, e.g. "accelerate launch --config_file X.yaml"
     python: str = ""  # interpreter for stage processes; empty = this one
     threads: int = 0  # CPU threads per stage process (OMP_NUM_THREADS); 0 = torch's default (all cores)
     splits: SplitUse = field(default_factory=SplitUse)
-    init: dict[str, Any] = field(default_factory=dict)
-    build: dict[str, Any] = field(default_factory=dict)
-    pt: dict[str, Any] = field(default_factory=dict)
-    sft: dict[str, Any] = field(default_factory=dict)
-    generate: dict[str, Any] = field(default_factory=dict)
-    rank: RankSettings = field(default_factory=RankSettings)
-    rm: dict[str, Any] = field(default_factory=dict)
-    ppo: dict[str, Any] = field(default_factory=dict)
-    eval: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         bad = [s for s in self.stages if s not in STAGES]
         if bad:
-            raise ConfigError(f"stages: unknown stage {bad[0]!r} (valid: {', '.join(STAGES)})")
+            raise ConfigError(f"stages: unknown stage {bad[0]!r} (valid: {', '.join(NAMES)})")
 
     @property
     def simulated(self) -> bool:
@@ -92,7 +83,13 @@ class PipelineConfig:
 
     def active(self) -> list[str]:
         """Stages in order, without init when a base model is given."""
-        return [s for s in STAGES if s in self.stages and not (s == "init" and self.base_model)]
+        return [s for s in NAMES if s in self.stages and not (s == "init" and self.base_model)]
+
+
+# The pipeline keys plus one section per stage (a stage's own keys, checked by its config class in build_configs).
+PipelineConfig = make_dataclass("PipelineConfig", [(s.name, s.section, field(default_factory=s.section))
+                                                   for s in STAGES.values()], bases=(PipelineKeys,))
+PipelineConfig.__module__ = __name__
 
 
 # ----------------------------------------------------------------------------------------------- planning
@@ -118,7 +115,8 @@ def stage_key(state: State, w: Wiring, stage: str, config, fps: dict) -> tuple[s
     """The stage's identity now: config, code, user files, pipeline settings it uses, upstream fingerprints
     (`fps` holds those of stages (re)run in this invocation)."""
     deps = {d: fps.get(d) or state.fingerprint(d) for d in w.deps(stage)}
-    return state.key_for(stage, config, code_hash(stage), external_inputs(config, w.work), deps, w.settings(stage))
+    return state.key_for(stage, config, code_hash(list(STAGES[stage].code)), external_inputs(config, w.work), deps,
+                         w.settings(stage))
 
 
 def plan(cfg: PipelineConfig, state: State, *, start: str | None = None, only: list[str] | None = None) -> list[Plan]:
@@ -131,9 +129,9 @@ def plan(cfg: PipelineConfig, state: State, *, start: str | None = None, only: l
     for s in [start] if start else only or []:
         if s not in active:
             raise ConfigError(f"stage {s!r} is not part of this chain (stages: {', '.join(active)})")
-    forced = set(only or []) | ({s for s in active if STAGES.index(s) >= STAGES.index(start)} if start else set())
+    forced = set(only or []) | ({s for s in active if NAMES.index(s) >= NAMES.index(start)} if start else set())
     plans, fps = [], {}  # fps: the fingerprint each upstream output will have when the stage runs
-    for s in STAGES:
+    for s in NAMES:
         if s not in active:
             plans.append(Plan(s, "off", "base_model is given" if s == "init" and s in cfg.stages else "not in stages"))
             continue
@@ -165,7 +163,7 @@ def plan(cfg: PipelineConfig, state: State, *, start: str | None = None, only: l
                    else f"changed: {', '.join(changed)}" if changed else "inputs, code or config changed")
             plans.append(Plan(s, "run", why, key, configs[s], parts))
             fps[s] = f"pending:{key}"
-    if cfg.launch and any(p.stage in LAUNCHED and p.action in ("run", "resume") for p in plans):
+    if cfg.launch and any(STAGES[p.stage].launched and p.action in ("run", "resume") for p in plans):
         launch_argv(cfg.launch)  # a missing launcher is named now, not after build and hours of other stages
     return plans
 
@@ -244,14 +242,8 @@ def drop_resume_points(stage: str, w: Wiring) -> None:
     would, on rerun, "resume" the earlier run's checkpoints (or partial answers) made with another config
     and record that result under the new key.
     """
-    out = w.output(stage)
-    if stage in LAUNCHED:  # the training stages; "checkpoints" is zhongjing.train.checkpoint.CKPT (no torch here)
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    elif stage == "generate":
-        from zhongjing.generate import partial_paths
-
-        for p in (out, *partial_paths(out)):
-            p.unlink(missing_ok=True)
+    for p in STAGES[stage].resume_points(w.output(stage)):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def run_stage(p: Plan, cfg: PipelineConfig, w: Wiring) -> None:
@@ -261,26 +253,23 @@ def run_stage(p: Plan, cfg: PipelineConfig, w: Wiring) -> None:
         scfg.train.resume, scfg.train.overwrite = resume, not resume
     elif hasattr(scfg, "overwrite"):  # generate: its partial file is the resume point
         scfg.overwrite = not resume
-    if s == "generate":
-        w.write_prompts("generate")
-    if s == "ppo":
-        w.write_prompts("ppo")
-    if s == "rank":
-        run_rank(cfg, w, scfg)
+    stage = STAGES[s]
+    if stage.prompts:
+        w.write_prompts(s)
+    if stage.run:  # runs in this process (rank)
+        stage.run(cfg, w, scfg)
         return
     cfg_file = w.work / "configs" / f"{s}.yaml"  # what the stage ran with, for the user too
     with atomic_open(cfg_file) as f:
         yaml.safe_dump(to_dict(scfg), f, allow_unicode=True, sort_keys=False)
     python = cfg.python or sys.executable
-    prefix = launch_argv(cfg.launch) if cfg.launch and s in LAUNCHED else [python]
-    run_child([*prefix, "-m", "zhongjing", *COMMANDS[s], "--config", str(cfg_file)], w.work / "logs" / f"{s}.log",
+    prefix = launch_argv(cfg.launch) if cfg.launch and stage.launched else [python]
+    run_child([*prefix, "-m", "zhongjing", *stage.command, "--config", str(cfg_file)], w.work / "logs" / f"{s}.log",
               cfg.threads)
 
 
 def run_pipeline(cfg: PipelineConfig, *, start: str | None = None, only: list[str] | None = None,
                  dry_run: bool = False, out=print) -> dict:
-    from zhongjing.pipeline.report import stage_summary, write_summary
-
     work = Path(cfg.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     with lock(work):
@@ -291,7 +280,7 @@ def run_pipeline(cfg: PipelineConfig, *, start: str | None = None, only: list[st
             if p.action != "off":
                 out(f"  {p.stage:<9} {p.action:<7} {p.why}")
         if cfg.simulated and any(p.stage in ("rank", "rm") and p.action != "off" for p in plans):
-            out(f"pipeline: NOTE: {SIMULATED_NOTE}")
+            out(f"pipeline: NOTE: {report.SIMULATED_NOTE}")
         if dry_run:
             return {"plans": plans}
         w, _ = build_configs(cfg)
@@ -310,9 +299,9 @@ def run_pipeline(cfg: PipelineConfig, *, start: str | None = None, only: list[st
             run_stage(p, cfg, w)
             times[p.stage] = time.time() - t0
             fps[p.stage] = fingerprint(w.output(p.stage))
-            summary = stage_summary(p.stage, w, cfg) | {"cpu_seconds": round(child_cpu_seconds() - c0, 1)}
+            summary = report.stage_summary(STAGES[p.stage], w, cfg) | {"cpu_seconds": round(child_cpu_seconds() - c0, 1)}
             state.finish(p.stage, p.key, fps[p.stage], times[p.stage], summary)
-        summary = write_summary(cfg, w, state, plans, times)
+        summary = report.write_summary(cfg, w, state, plans, times)
     out("")
     out(summary["text"])
     return summary
@@ -331,7 +320,7 @@ def main(argv: list[str]) -> int:
         epilog="pipeline keys (stage sections take that stage's keys, see `zhongjing <stage> --help`):\n"
                + "\n".join(describe(PipelineConfig)))
     p.add_argument("--config", help="pipeline YAML (configs/demo.yaml, configs/paper/pipeline.yaml)")
-    p.add_argument("--from", dest="start", choices=STAGES, help="re-run this stage and every stage after it")
+    p.add_argument("--from", dest="start", choices=NAMES, help="re-run this stage and every stage after it")
     p.add_argument("--only", help="run just these stages (comma-separated); the others must be finished")
     p.add_argument("--plan", action="store_true", help="print what would run or be skipped, and why; run nothing")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. work_dir=runs/x sft.train.lr=1e-4")
@@ -341,7 +330,7 @@ def main(argv: list[str]) -> int:
     only = [s.strip() for s in a.only.split(",") if s.strip()] if a.only else None
     for s in only or []:
         if s not in STAGES:
-            raise ConfigError(f"--only: unknown stage {s!r} (valid: {', '.join(STAGES)})")
+            raise ConfigError(f"--only: unknown stage {s!r} (valid: {', '.join(NAMES)})")
     cfg = load_pipeline_config(a.config, a.overrides)
     run_pipeline(cfg, start=a.start, only=only, dry_run=a.plan)
     return 0

@@ -5,7 +5,7 @@ and a summary. A stage is up to date when its status is done, its recorded key e
 its output still has the recorded fingerprint. The key hashes:
   - the stage's resolved config, without run-only keys (resume, progress, ...) and with WORK written as $WORK,
     so a moved work dir stays valid (zhongjing.model.identity, which the training stages' meta.json uses too);
-  - the source of the modules that make up the stage (CODE below) and the package version;
+  - the source of the modules that make up the stage (its `code` in stages.py) and the package version;
   - the content of every file or folder the config names outside WORK (data, corpus, a user base model);
   - the fingerprints of the upstream outputs it reads.
 """
@@ -23,30 +23,7 @@ from zhongjing.errors import ZhongjingError
 from zhongjing.io import sha256_json, write_json
 from zhongjing.model import identity
 
-_TRAIN = ["zhongjing.train.loop", "zhongjing.train.batching", "zhongjing.train.checkpoint", "zhongjing.train.common",
-          "zhongjing.train.optim", "zhongjing.train.mix", "zhongjing.train.logs", "zhongjing.model.lora",
-          "zhongjing.model.load", "zhongjing.model.wrappers", "zhongjing.model.identity", "zhongjing.data"]
-# The modules whose source is a stage's "code version": editing one of them re-runs that stage (and what follows).
-CODE: dict[str, list[str]] = {
-    "init": ["zhongjing.model.init_model", "zhongjing.data.readers"],
-    "build": ["zhongjing.dataset", "zhongjing.data"],
-    "pt": ["zhongjing.train.pt", "zhongjing.train.lm", *_TRAIN],
-    "sft": ["zhongjing.train.sft", "zhongjing.train.lm", *_TRAIN],
-    "generate": ["zhongjing.generate", "zhongjing.model.generation", "zhongjing.model.load", "zhongjing.data"],
-    "rank": ["zhongjing.data.simulate", "zhongjing.dataset.sources", "zhongjing.data.mismatch",
-             "zhongjing.data.rubric", "zhongjing.data.kg", "zhongjing.data.matcher", "zhongjing.data", "zhongjing.pipeline.wiring"],
-    "rm": ["zhongjing.train.rm", "zhongjing.train.relevance", "zhongjing.train.prefs", "zhongjing.model.reward",
-           "zhongjing.train.losses", "zhongjing.model.value_head", *_TRAIN],
-    "ppo": ["zhongjing.train.ppo", "zhongjing.train.rollout", "zhongjing.train.rewards", "zhongjing.model.reward",
-            "zhongjing.train.losses", "zhongjing.model.value_head", "zhongjing.model.generation", *_TRAIN],
-    "eval": ["zhongjing.eval", "zhongjing.model.generation", "zhongjing.model.reward", "zhongjing.model.value_head",
-             "zhongjing.model.load", "zhongjing.model.wrappers", "zhongjing.model.identity", "zhongjing.data"],
-}
 STATE_FILE = "pipeline-state.json"
-
-
-def code_hash(stage: str) -> str:
-    return identity.code_hash(CODE[stage])
 
 
 class State:

@@ -1,0 +1,63 @@
+"""The rank stage, run inside the pipeline: simulated or gold-anchored rankings of the generated answers (the
+demo's stand-in for doctors), or the doctors' exported rankings checked and copied in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zhongjing.errors import ZhongjingError
+
+
+@dataclass
+class RankSettings:
+    """The rank stage with simulated or gold-anchored rankings: the stand-ins for doctors (dataset/sources.py)."""
+
+    kg: str = ""  # knowledge graph (xywy layout) for the drug check; empty = no graph
+    tie: float = 0.02  # score differences below this in every dimension are ties
+    mismatched: int = 0  # real replies to other patients ranked last in each ranking (teaches relevance)
+    extra: list[str] = field(default_factory=list)  # more ranking files: preference pairs, annotator exports
+
+
+@dataclass
+class RankJob:
+    """What the rank stage does (and what its key hashes): the rankings source plus the simulator's settings."""
+
+    rankings: str
+    kg: str
+    tie: float
+    mismatched: int = 0
+    extra: list[str] = field(default_factory=list)
+
+
+def run_rank(cfg, w, job: RankJob) -> dict:
+    """Simulated rankings of the generated answers, or the real rankings file checked and copied in."""
+    from zhongjing.data.readers import read_rankings
+    from zhongjing.io import write_jsonl
+
+    out = w.output("rank")
+    if cfg.simulated:
+        from zhongjing.data.simulate import load_annotator
+        from zhongjing.dataset.sources import make_rankings
+
+        annotator = load_annotator(job.kg or None, job.tie)
+        ranked, counts = make_rankings(cfg.rankings, read_rankings(str(w.output("generate"))), annotator,
+                                       mismatched=job.mismatched, extra=job.extra, seed=cfg.splits.seed)
+        write_jsonl(out, ranked)
+        wrong = sum(r.all_wrong for r in ranked)
+        print(f"rank: {cfg.rankings} rankings of {len(ranked)} prompts ({wrong} with every answer unsafe) → {out}; "
+              f"sources {dict(counts)}\nrank: the samples' order comes from heuristics (rubric rules), NOT from "
+              "doctors", flush=True)
+        return {"rankings": len(ranked), "all_wrong": wrong, "simulated": True, "sources": dict(counts)}
+    if not Path(cfg.rankings).exists():  # the human step: the chain stops here until doctors have ranked
+        raise ZhongjingError(
+            f"rankings: {cfg.rankings} not found. The stages before 'rank' are finished: import "
+            f"{w.output('generate')} into `zhongjing annotate`, have doctors rank it, export the rankings to "
+            f"{cfg.rankings} and run the pipeline again")
+    rows = list(read_rankings(cfg.rankings))
+    ranked = [r for r in rows if r.ranking or r.all_wrong]
+    if not ranked:
+        raise ZhongjingError(f"{cfg.rankings}: no ranked items (export finished rankings with `zhongjing annotate export`)")
+    write_jsonl(out, ranked)
+    print(f"rank: {len(ranked)} ranked items from {cfg.rankings} ({len(rows) - len(ranked)} unranked left out)")
+    return {"rankings": len(ranked), "unranked": len(rows) - len(ranked), "simulated": False}
