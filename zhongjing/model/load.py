@@ -62,6 +62,14 @@ def base_of(adapter_dir: str | Path) -> Path:
     return _check_dir(base_path)
 
 
+def base_root(path: str | Path) -> Path:
+    """The full model folder at the bottom of an adapter chain (the folder itself when it is a full model)."""
+    p = Path(path)
+    while is_adapter_dir(p):
+        p = base_of(p)
+    return p
+
+
 def context_of(path: str | Path) -> int | None:
     """The model's context length (max_position_embeddings …) from config.json, following adapters to their base.
     Prompt budgets are capped by it: a prompt longer than the context cannot be answered at all."""
@@ -82,10 +90,46 @@ def context_from(config) -> int | None:
     return None
 
 
+def cap_to_context(max_length: int, context: int | None) -> int:
+    """The one context-length rule: max_length, or the model's context if that is smaller — positions the model
+    has no embedding for would train, score or generate silently wrong (older exchanges are dropped to fit)."""
+    return min(max_length, context) if context else max_length
+
+
 def prompt_budget(max_length: int, model_path: str | Path) -> int:
-    """max_length, or the model's context if that is smaller (older exchanges are then dropped to fit)."""
-    ctx = context_of(model_path)
-    return min(max_length, ctx) if ctx else max_length
+    """cap_to_context for a model folder (read from its config.json, no weights loaded)."""
+    return cap_to_context(max_length, context_of(model_path))
+
+
+def cap_config_length(cfg, context: int | None, say) -> None:
+    """A training stage's `max_length` capped by cap_to_context, in its config (meta.json records what was used),
+    and said once through `say`."""
+    capped = cap_to_context(cfg.max_length, context)
+    if capped < cfg.max_length:
+        say(f"max_length {cfg.max_length} > the model's {context} positions; using {capped}")
+        cfg.max_length = capped
+
+
+def remote_code(path: str | Path) -> bool:
+    """Whether transformers may run the Python files a model folder ships (Baichuan2, InternLM2, older ChatGLM):
+    only when the user says so with ZHONGJING_TRUST_REMOTE_CODE=1; such a folder is refused otherwise, by name."""
+    p = Path(path)
+    try:
+        cfg = json.loads((p / "config.json").read_text(encoding="utf-8")) if (p / "config.json").exists() else {}
+    except ValueError:
+        return False
+    auto_map = cfg.get("auto_map") or {}
+    if not auto_map:
+        return False
+    from transformers import CONFIG_MAPPING
+
+    if cfg.get("model_type") in CONFIG_MAPPING and os.environ.get("ZHONGJING_TRUST_REMOTE_CODE") != "1":
+        return False  # transformers has this architecture built in: its own code is used
+    if os.environ.get("ZHONGJING_TRUST_REMOTE_CODE") == "1":
+        return True
+    files = sorted({str(v).split(".")[0] + ".py" for v in auto_map.values() if isinstance(v, str)})
+    raise ZhongjingError(f"{p}: this model's code ships in the folder ({', '.join(files)}) and runs only if you trust "
+                         "it: read those files, then set ZHONGJING_TRUST_REMOTE_CODE=1 (docs/training.md)")
 
 
 def load_tokenizer(path: str | Path):
@@ -99,7 +143,8 @@ def load_tokenizer(path: str | Path):
     if src is None:
         raise ZhongjingError(f"{p}: no tokenizer files in this folder")
     with explained(src, "tokenizer"):
-        tok = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(str(src), local_files_only=True,
+                                        trust_remote_code=remote_code(base_root(src)))
     if not getattr(tok, "chat_template", None):
         raise ZhongjingError(f"{src}: tokenizer has no chat template; dialogues cannot be rendered")
     if tok.pad_token_id is None:
@@ -151,7 +196,7 @@ def load_model(path: str | Path, *, dtype: str = "float32", trainable: bool = Fa
     cls = model_cls or AutoModelForCausalLM
     torch_dtype = resolve_dtype(dtype)
     kw = {"dtype": torch_dtype, "local_files_only": True, "attn_implementation": attn_implementation(torch_dtype),
-          **quantization_kwargs(quantize, torch_dtype)}
+          "trust_remote_code": remote_code(base_root(p)), **quantization_kwargs(quantize, torch_dtype)}
     if is_adapter_dir(p):
         from peft import PeftModel
 

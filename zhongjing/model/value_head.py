@@ -106,7 +106,7 @@ def _classifier(parent: str | Path, dtype: str, quantize: str = "none"):
     adapter parent is merged as a causal LM and its transformer body copied over."""
     from transformers import AutoModelForSequenceClassification
 
-    from zhongjing.model.load import _check_dir, is_adapter_dir, quantization_kwargs, resolve_dtype
+    from zhongjing.model.load import _check_dir, is_adapter_dir, quantization_kwargs, remote_code, resolve_dtype
 
     torch_dtype = resolve_dtype(dtype)
     if quantize != "none" and is_adapter_dir(parent):
@@ -123,7 +123,8 @@ def _classifier(parent: str | Path, dtype: str, quantize: str = "none"):
         try:
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 str(_check_dir(parent)), num_labels=1, dtype=torch_dtype, local_files_only=True,
-                output_loading_info=True, **quantization_kwargs(quantize, torch_dtype))
+                output_loading_info=True, trust_remote_code=remote_code(parent),
+                **quantization_kwargs(quantize, torch_dtype))
         finally:
             hf_logging.set_verbosity(level)
         missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("score."))

@@ -82,6 +82,10 @@ def make_accelerator(settings: TrainSettings):
             from accelerate.utils import InitProcessGroupKwargs
 
             cpu, kwargs["kwargs_handlers"] = False, [InitProcessGroupKwargs(backend="gloo")]
+    if "WORLD_SIZE" not in os.environ:  # stages run one after another in one process (tests, gpu_check, notebooks):
+        from accelerate.state import AcceleratorState  # each gets its own precision, not the first one's
+
+        AcceleratorState._reset_state(reset_partial_state=True)
     acc = Accelerator(cpu=cpu, mixed_precision=mp, gradient_accumulation_steps=settings.grad_accum, **kwargs)
     plugin = kwargs.get("deepspeed_plugin")
     if plugin is not None and plugin.zero_stage == 3 and not plugin.zero3_init_flag:
