@@ -28,11 +28,13 @@ class RewardConfig:
     length_target: int = 0  # answers longer than this many tokens are penalised (0 = no length penalty)
     length_penalty: float = 0.0  # − this per token beyond length_target
     missing_eos_penalty: float = 0.0  # − this when the answer was cut at max_new_tokens instead of ending
+    length_bonus: float = 0.0  # + this per answer token: a PLANTED length hack (tests of the hacking monitor only)
     clip: float | None = 10.0  # final reward clipped to ±clip (None = no clipping)
     rm_batch_size: int = 16
 
     def check(self) -> None:
-        if not self.rm and not (self.ask_question or self.length_penalty or self.missing_eos_penalty):
+        if not self.rm and not (self.ask_question or self.length_penalty or self.missing_eos_penalty
+                                or self.length_bonus):
             raise ConfigError("reward: set 'reward.rm' (a reward-model folder) or at least one rule weight "
                               "(reward.ask_question, reward.length_penalty, reward.missing_eos_penalty)")
 
@@ -64,6 +66,8 @@ class Rewards:
         if cfg.length_penalty and cfg.length_target:
             over = (lengths.float() - cfg.length_target).clamp(min=0)
             total -= cfg.length_penalty * over
+        if cfg.length_bonus:
+            total += cfg.length_bonus * lengths.float()
         if cfg.missing_eos_penalty:
             total -= cfg.missing_eos_penalty * (~finished.bool()).float()
         if cfg.clip is not None:

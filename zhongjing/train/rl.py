@@ -23,6 +23,7 @@ from torch import nn
 from zhongjing.errors import ConfigError, ZhongjingError
 from zhongjing.model.lora import LoraSettings, TrainedIO
 from zhongjing.train.common import TrainSettings
+from zhongjing.train.monitor import MonitorSettings
 from zhongjing.train.rewards import RewardConfig
 
 
@@ -50,6 +51,9 @@ class RLConfig:
     update_epochs: int = 2  # passes over each rollout ("several PPO epochs per batch")
     dtype: str = "float32"
     reward: RewardConfig = field(default_factory=RewardConfig)
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)  # independent judges of the held-out answers
+    select: str = "best"  # the output: "best" = the evaluated policy with the highest held-out reward among those
+    # not flagged for reward hacking (the starting policy included), "last" = the final one
     generation: GenSettings = field(default_factory=GenSettings)
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(dropout=0.0))  # ratios need a deterministic policy
     train: TrainSettings = field(default_factory=lambda: TrainSettings(lr=5e-5, epochs=2, batch_size=8,
@@ -60,6 +64,8 @@ class RLConfig:
             raise ConfigError(f"config key 'turn': 'last', 'all' or a patient-turn number, got {self.turn!r}")
         if self.update_epochs < 1:
             raise ConfigError(f"config key 'update_epochs': must be ≥ 1, got {self.update_epochs}")
+        if self.select not in ("best", "last"):
+            raise ConfigError(f"config key 'select': 'best' or 'last', got {self.select!r}")
 
 
 # ----------------------------------------------------------------------------- the trained modules
@@ -204,7 +210,14 @@ def summarize(scores: torch.Tensor, parts: dict, scored: dict, gather=None) -> d
         cols = {k: torch.tensor(gather(v.tolist()), dtype=torch.float32) for k, v in cols.items()}
     r = cols["reward"]
     out = {"answers": len(r), "reward": r.mean().item(), "reward_std": r.std().item() if len(r) > 1 else 0.0}
-    return out | {k: v.mean().item() for k, v in cols.items() if k != "reward"}
+    out |= {k: v.mean().item() for k, v in cols.items() if k != "reward"}
+    # does the reward pay for answers cut at the limit? (NaN when every answer ended, or none did)
+    done = cols["finished"] > 0.5
+    for name, sel in (("finished", done), ("unfinished", ~done)):
+        for k in ("reward", "reward_rm"):
+            if k in cols:
+                out[f"{k}_{name}"] = cols[k][sel].mean().item() if sel.any() else float("nan")
+    return out
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -224,6 +237,7 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
     from zhongjing.train.loop import train_step
     from zhongjing.train.mix import rng
     from zhongjing.train.optim import Guard, build_optimizer, build_scheduler
+    from zhongjing.train.monitor import Monitor, hacking_flags
     from zhongjing.train.rewards import Rewards
     from zhongjing.train.rollout import sample_answers, score_sampled
 
@@ -257,6 +271,7 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
     model = ActorCritic(policy, ValueHead(hidden_size(policy)) if algo.critic else None)
     trainable, n_params = count_params(model)
     rewards = Rewards(cfg.reward, max_length=cfg.max_length)
+    monitor = Monitor(cfg.monitor, max_length=cfg.max_length)
     optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas, tc.eps)
     scheduler = build_scheduler(optimizer, total * steps_per_update, tc.warmup_steps, tc.warmup_ratio, tc.min_lr_ratio)
     model, optimizer = acc.prepare(model, optimizer)
@@ -273,7 +288,7 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
     if acc.is_main_process:
         ckpt.prepare_out(out, resume=tc.resume, overwrite=tc.overwrite)
     acc.wait_for_everyone()
-    step, epoch, in_epoch, history, stopped = 0, 0, 0, [], None
+    step, epoch, in_epoch, history, stopped, saved = 0, 0, 0, [], None, set()
     last = ckpt.latest_checkpoint(out) if tc.resume else None
     if last is not None:
         ckpt.check_resumable(last, meta)  # as every other stage: other prompts refused, other settings named
@@ -284,6 +299,7 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
         guard.load_state_dict(st["guard"])
         algo.load_state_dict(st["algorithm"])
         step, epoch, in_epoch, history, stopped = st["step"], st["epoch"], st["in_epoch"], st["history"], st["stopped"]
+        saved = set(st.get("saved", []))
     log = RunLogger(out / "logs", enabled=acc.is_main_process, total_steps=total, start_step=step,
                     tensorboard=tc.tensorboard, progress=tc.progress)
     log.info(f"{stage}: {len(train_p)} training prompts ({per_update} per update, {total} updates), "
@@ -302,25 +318,57 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
         scores, parts = rewards.score(contexts, sampled.texts, scored["response_len"].cpu(), scored["finished"].cpu())
         return sampled, scored, scores.to(scored["kl"].device), parts
 
+    def judged(prompts: list[Prompt], sampled, prefix: str) -> dict:
+        """Independent judges' means over the whole held-out set (every process's share)."""
+        per = monitor.judge([prompts[i].context for i in sampled.prompt_index], sampled.texts)
+        if gather:
+            per = {k: gather(v) for k, v in per.items()}
+        return {f"{prefix}{k}": sum(v) / len(v) for k, v in per.items() if v}
+
     def evaluate(step: int) -> None:
         if not eval_p:
             return
-        _, scored, scores, parts = rollout_for(eval_p[rank::world], derive_seed(tc.seed, 7), 1)
-        stats = summarize(scores, parts, scored, gather)
+        mine = eval_p[rank::world]
+        sampled, scored, scores, parts = rollout_for(mine, derive_seed(tc.seed, 7), 1)
+        stats = summarize(scores, parts, scored, gather) | judged(mine, sampled, "")
+        if cfg.monitor.greedy:  # as eval answers: a policy whose samples end may still loop when decoding greedily
+            g = sample_answers(unwrapped.policy, tok, [p.ids for p in mine], num_samples=1,
+                               max_new_tokens=gc.max_new_tokens, temperature=0.0, seed=0, batch_size=gc.batch_size,
+                               stop_ids=stop_ids)
+            cols = {"greedy_len": [float(len(a)) for a in g.answers],
+                    "greedy_finished": [float(bool(a) and a[-1] in stop_ids) for a in g.answers]}
+            if gather:
+                cols = {k: gather(v) for k, v in cols.items()}
+            stats |= {k: sum(v) / max(len(v), 1) for k, v in cols.items()} | judged(mine, g, "greedy_")
         rec = {"step": step, "epoch": epoch, **{f"eval_{k}": v for k, v in stats.items()}}
+        flags = hacking_flags(history[0], rec, cfg.monitor.tolerance) if history else []
+        if flags:
+            rec["hacking"] = "; ".join(flags)
+            log.info(f"{stage}: REWARD HACKING? at update {step}: " + "; ".join(flags))
         history.append(rec)
         log.eval(rec)
+
+    def best_step() -> int:
+        """The evaluated update the output keeps (select: best): highest held-out reward, hacking flags excluded."""
+        ok = [h for h in history if not h.get("hacking") and h["step"] in saved]
+        if cfg.select == "last" or not ok:
+            return step
+        return max(ok, key=lambda h: (h["eval_reward"], h["step"]))["step"]
 
     def save(step: int) -> None:
         state = {"step": step, "epoch": epoch, "in_epoch": in_epoch, "history": history, "stopped": stopped,
                  "scheduler": scheduler.state_dict(), "guard": guard.state_dict(), "algorithm": algo.state_dict(),
                  "world_size": world, "grad_accum": tc.grad_accum, "batch_size": tc.batch_size,
-                 "per_update": per_update, "best_step": step, "best_val": None}
+                 "per_update": per_update, "best_step": step, "best_val": None, "saved": sorted(saved | {step})}
+        saved.add(step)
+        best = best_step()
         ckpt.save_checkpoint(out, step, accelerator=acc, model=model, io=io, optimizer=optimizer, state=state,
-                             meta=meta | {"best_step": step}, keep=tc.keep_checkpoints, protect={step})
+                             meta=meta | {"best_step": best}, keep=tc.keep_checkpoints, protect={step, best})
 
     if step == 0 and not history:
         evaluate(0)  # the starting policy, for comparison
+        if cfg.select == "best" and eval_p:
+            save(0)  # selectable: if no update beats it on held-out reward, the output is the starting policy
     loss_fn = algo.loss
     algo.reduce_sum = (lambda t: acc.reduce(t, "sum")) if world > 1 else None
     while step < total and not stopped:
@@ -362,12 +410,17 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
         evaluate(step)
     if not ckpt.checkpoints(out) or ckpt.checkpoints(out)[-1][0] != step or stopped:
         save(step)
+    best = best_step()
+    hacking = [f"update {h['step']}: {h['hacking']}" for h in history if h.get("hacking")]
     if acc.is_main_process:
-        final = meta | {"best_step": step, "step": step, "stopped": stopped,
+        final = meta | {"best_step": best, "step": step, "stopped": stopped, "select": cfg.select,
+                        "hacking": hacking,
                         "metrics": {"history": history, "explosions": guard.explosions,
                                     "train_seconds": round(time.perf_counter() - t_start, 1)}}
-        ckpt.finalize(out, step, final)
+        ckpt.finalize(out, best, final)
     acc.wait_for_everyone()
-    log.info(f"{stage}: done, {step} updates → {out}")
+    log.info(f"{stage}: done, {step} updates → {out} (the policy of update {best}"
+             + (", the best held-out reward" if cfg.select == "best" else "") + ")"
+             + (f"; {len(hacking)} evaluation(s) flagged for reward hacking" if hacking else ""))
     log.close()
     return out

@@ -1,0 +1,51 @@
+"""The reward-hacking monitor: hand-worked flags, and a real PPO run on a 2-layer model whose planted reward is the
+answer length — the trained reward climbs, the independent rubric judge falls, and the run says so."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from align_helpers import keep_threads, medical_base, sft_policy  # noqa: F401
+from zhongjing.train.monitor import hacking_flags
+
+pytestmark = pytest.mark.usefixtures("keep_threads")
+
+
+def test_flags_need_a_rising_reward_and_a_falling_independent_judge():
+    first = {"eval_reward": 0.10, "eval_judge_safety": 0.90, "eval_judge_fluency": 0.60, "eval_judge_rm": 0.0}
+    # reward +0.30, fluency −0.20, the judge RM −0.10: two independent signals fell (tolerance 0.05)
+    now = {"eval_reward": 0.40, "eval_judge_safety": 0.90, "eval_judge_fluency": 0.40, "eval_judge_rm": -0.10}
+    flags = hacking_flags(first, now, 0.05)
+    assert len(flags) == 2 and "judge_rm" in flags[0] and "judge_fluency" in flags[1]
+    assert hacking_flags(first, now | {"eval_reward": 0.14}, 0.05) == []  # reward rose by only 0.04: noise
+    assert hacking_flags(first, now | {"eval_judge_fluency": 0.56, "eval_judge_rm": -0.04}, 0.05) == []
+    # the reward model's own part is what PPO climbs when there is one; rule penalties are not the RM
+    rm_first, rm_now = first | {"eval_reward_rm": 0.0}, now | {"eval_reward_rm": -0.2}
+    assert hacking_flags(rm_first, rm_now, 0.05) == []
+    greedy = hacking_flags(first | {"eval_greedy_judge_safety": 1.0}, {"eval_reward": 0.4,
+                                                                       "eval_greedy_judge_safety": 0.5})
+    assert len(greedy) == 1 and "greedy_judge_safety" in greedy[0]
+
+
+def test_planted_length_reward_is_flagged_and_not_selected(sft_policy, tmp_path):
+    from zhongjing.config import load_config
+    from zhongjing.train.ppo import PPOConfig, train_ppo
+
+    args = {"model": sft_policy, "prompts": sft_policy.parent / "short.jsonl", "output": tmp_path / "ppo",
+            "eval_prompts": 32, "max_length": 128, "generation.max_new_tokens": 32, "train.batch_size": 16,
+            "train.grad_accum": 1, "train.max_steps": 8, "train.lr": 3e-3, "train.eval_every": 4,
+            "train.progress": "false", "train.threads": 1, "reward.length_bonus": 0.1, "ppo.kl_coef": 0.0}
+    out = train_ppo(load_config(PPOConfig, overrides=[f"{k}={v}" for k, v in args.items()]))
+    ev = [json.loads(x) for x in (out / "logs" / "eval.jsonl").read_text(encoding="utf-8").splitlines()]
+    first, last = ev[0], ev[-1]
+    # the planted reward worked: answers grew (and with them the reward, which is their length)
+    assert last["eval_answer_len"] > first["eval_answer_len"] + 3, ev
+    assert {"eval_judge_safety", "eval_judge_fluency", "eval_greedy_finished", "eval_greedy_len"} <= set(last)
+    flagged = [e for e in ev if e.get("hacking")]
+    # ... and the monitor saw the rubric judge's fluency of the sampled answers fall while it climbed
+    assert "while judge_fluency" in last.get("hacking", ""), ev
+    assert last["eval_judge_fluency"] < first["eval_judge_fluency"] - 0.05
+    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    assert meta["hacking"] and all(e["step"] != meta["best_step"] for e in flagged)
