@@ -87,9 +87,9 @@ class LocalModel:
     def max_length(self, wanted: int) -> int:
         """`wanted`, capped at what the model's positions allow (a small model would refuse longer prompts)."""
         from zhongjing.model.generation import context_length
+        from zhongjing.model.load import cap_to_context
 
-        ctx = context_length(self.load()[0])
-        return min(wanted, ctx) if ctx else wanted
+        return cap_to_context(wanted, context_length(self.load()[0]))
 
 
 def log(msg: str) -> None:

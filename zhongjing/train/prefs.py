@@ -173,16 +173,16 @@ def pref_batches(cfg, tokenizer, *, per: str, with_targets: bool) -> tuple[Ranki
     prefs = load_prefs(cfg.data, cfg.format, val_paths=cfg.val_data, val_ratio=cfg.val_ratio, seed=cfg.train.seed,
                        idk_answer=cfg.idk_answer, skip_bad=cfg.skip_bad)
     counts = Counter(prefs.counts)
-    from zhongjing.model.load import context_of
+    import os
+    import sys
 
-    limit = context_of(cfg.model)
-    if limit and cfg.max_length > limit:  # as sft: positions the model never had would train (and score) silently
-        import os
-        import sys
+    from zhongjing.model.load import cap_config_length, context_of
 
+    def say(msg: str) -> None:  # once, not per launched process
         if os.environ.get("RANK", "0") == "0":
-            print(f"max_length {cfg.max_length} > the model's {limit} positions; using {limit}", file=sys.stderr)
-        cfg.max_length = limit
+            print(msg, file=sys.stderr)
+
+    cap_config_length(cfg, context_of(cfg.model), say)  # as sft
     renderer = Renderer(tokenizer, max_length=cfg.max_length, strategy="last")
     train = encode(prefs.train, renderer, counts, with_targets=with_targets)
     val = encode(prefs.val, renderer, counts, with_targets=with_targets)

@@ -197,14 +197,11 @@ def load_dialogues(cfg: SFTConfig, tokenizer, end_ids: set[int], log=print) -> t
 
 def run(cfg: SFTConfig):
     from zhongjing.model.decoder import context_length
-    from zhongjing.model.load import end_of_turn_ids
+    from zhongjing.model.load import cap_config_length, end_of_turn_ids
     from zhongjing.train.lm import start_lm, train_lm
 
     acc, log, tokenizer, model = start_lm("sft", cfg)
-    limit = context_length(model)
-    if limit and cfg.max_length > limit:
-        log(f"sft: max_length {cfg.max_length} > the model's {limit} positions; using {limit}")
-        cfg.max_length = limit
+    cap_config_length(cfg, context_length(model), lambda msg: log(f"sft: {msg}"))
     data, records, stats = load_dialogues(cfg, tokenizer, end_of_turn_ids(tokenizer, model), log)
     return train_lm("sft", cfg, accelerator=acc, model=model, tokenizer=tokenizer, data=data,
                     data_records=records, metrics=stats)
