@@ -16,9 +16,10 @@ ROOT = Path(zhongjing.__file__).resolve().parent
 # Top-level module or package of zhongjing → layer. Imports may only go to a lower layer, or within one unit.
 LAYERS = {
     "__init__": 0, "errors": 0, "io": 0, "config": 0, "hints": 0, "plots": 0,
-    "data": 1, "demo": 1,
+    "data": 1, "demo": 1, "llm": 1,
     "model": 2,
     "train": 3, "generate": 3, "dataset": 3, "score": 3,
+    "consult": 3.5,  # consultation episodes: use train/generate/dataset, used by eval's consultation kind
     "eval": 4, "serve": 4, "annotate": 4,
     "pipeline": 5,
     "cli": 6,
