@@ -167,7 +167,9 @@ def check_outputs(work: Path) -> None:
     assert any("SIMULATED" in n for n in results["meta"]["notes"])  # the report says where the rankings came from
     assert "SIMULATED" in (work / "eval" / "report.md").read_text()
     pairs = {(r["target"], r["baseline"]) for r in results["pairwise"]}
-    assert {("aligned", "sft"), ("aligned", "base")} <= pairs
+    assert {("aligned", "sft"), ("aligned", "pt"), ("aligned", "base")} <= pairs
+    assert {r["model"] for r in results["leaderboard"]["rows"]} == {"aligned", "sft", "pt", "base"}
+    assert results["judge_validation"][0]["file"] == "zhongjing/demo/preference_pairs.jsonl"
     summary = json.loads((work / "summary.json").read_text())
     assert summary["model"] == str((work / "ppo").resolve())
     assert all(r["summary"].get("cpu_seconds") is not None for r in summary["stages"])
@@ -205,6 +207,10 @@ def test_demo_and_paper_configs_wire_every_stage(tmp_path):
     assert set(configs) == {"init", "build", "pt", "sft", "generate", "rank", "rm", "ppo", "eval"}
     assert configs["sft"].model == str(tmp_path / "pt") and configs["rm"].model == str(tmp_path / "pt")
     assert configs["eval"].target == "aligned" and configs["eval"].ablation.before == "sft"
+    # every model of the chain is compared with the aligned one (one Bradley–Terry table ranks them all)
+    assert [(m.name, m.path) for m in configs["eval"].models] == [
+        ("aligned", str(tmp_path / "ppo")), ("sft", str(tmp_path / "sft")), ("pt", str(tmp_path / "pt")),
+        ("base", str(tmp_path / "base"))]
     base = tmp_path / "base-model"
     base.mkdir()
     w, configs = _load([f"work_dir={tmp_path}/paper", f"base_model={base}"],

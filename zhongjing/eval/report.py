@@ -134,6 +134,7 @@ def build_blocks(results: dict, figs: dict[str, str]) -> list[tuple]:
                   [[r["testset"], r["model"], str(r["rates"]["n"]), pct(r["score"]), rate_cell(r["rates"], "win"),
                     rate_cell(r["rates"], "tie"), rate_cell(r["rates"], "lose"), str(r["rates"]["failed"])]
                    for r in results["safety_vs_reference"]]))
+        b += [("p", trust)] if trust else []
     b += extra.rubric_blocks(results)
     b += _metric_blocks(results)
     b += _exam_blocks(results)

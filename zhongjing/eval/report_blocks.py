@@ -48,9 +48,10 @@ def validation_blocks(results: dict) -> list[tuple]:
                       else "n/a (order-free judge)"),
                      _pct(r.get("judge_ties")), str(r.get("failed", 0))])
     return [("h", 2, "Judge validation (agreement with human preference labels)"),
-            ("p", "Every two answers a human ranked become one labelled pair, shown in a seeded random order; the judge "
-                  "rates it as in the comparisons below (the first non-tied dimension in priority order decides; answer "
-                  "orders that disagree count as a tie). Agreement: the judge's label (first better / tie / second better) equals the human's. "
+            ("p", "Every two answers a human ranked become one labelled pair, shown in a seeded random order; the "
+                  "judge rates it as in the comparisons below (the first non-tied dimension in priority order decides; "
+                  "answer orders that disagree count as a tie). Agreement: the judge's label (first better / tie / "
+                  "second better) equals the human's. "
                   "Decisive: over pairs where both chose a side. κ: Cohen's kappa of the two three-way labels (0 = "
                   "chance). 95% intervals: bootstrap over rankings."),
             ("table", ["file", "pairs", "agreement [95% CI]", "decisive agreement (n)", "Cohen's κ [95% CI]",

@@ -120,9 +120,10 @@ def _wire_ppo(section, cfg, w):
 
 
 def _wire_eval(section, cfg, w):
-    """Aligned model vs the SFT model and the base, on the built test split unless test sets are given."""
-    models = [{"name": STAGES[s].model_name, "path": str(w.output(s))} for s in ("ppo", "sft") if s in w.stages]
-    models.append({"name": BASE_NAME, "path": str(w.lm_base())})
+    """Aligned model vs the SFT model, the pre-trained (pt) model and the base, on the built test split unless test sets
+    are given; every model is a baseline of the aligned one, so the Bradley–Terry leaderboard ranks them all."""
+    models = [{"name": STAGES[s].model_name, "path": str(w.output(s))} for s in ("ppo", "sft", "pt") if s in w.stages]
+    models.append({"name": BASE_NAME, "path": str(w.base())})  # the model the chain started from (before pt)
     section = section | {"output": str(w.output("eval").parent), "models": models, "target": models[0]["name"],
                          "baselines": [m["name"] for m in models[1:]]}
     if "ppo" in w.stages:
@@ -150,7 +151,7 @@ _ROWS = [
     Stage("pt", "zhongjing.train.pt", "PTConfig", ("train", "pt"), "pt",
           reads=lambda w: w.base_stage() + (["build"] if w.cfg.splits.pretrain else []),
           wired=frozenset({"model", "output"}), wire=_wire_pt, launched=True,
-          code=("zhongjing.train.pt", "zhongjing.train.lm", *_TRAIN), summary=report.lm_summary),
+          code=("zhongjing.train.pt", "zhongjing.train.lm", *_TRAIN), summary=report.lm_summary, model_name="pt"),
     Stage("sft", "zhongjing.train.sft", "SFTConfig", ("train", "sft"), "sft",
           reads=lambda w: w.lm_stage() + ["build"], needs=("build",),
           wired=frozenset({"model", "output"}), wire=_wire_sft, launched=True,
