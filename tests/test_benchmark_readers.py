@@ -119,3 +119,14 @@ def test_bad_cmexam_row(tmp_path):
     with pytest.raises(DataError) as e:
         list(read_exam(path))
     assert "Options" in str(e.value) and "bad.csv:line 7" in str(e.value)  # row 1 spans lines 2–6 (5 option lines)
+
+
+def test_report_has_a_per_subject_table():
+    from zhongjing.eval.report import to_markdown
+    from zhongjing.eval.report_blocks import subject_blocks
+
+    results = {"exams": {"m": {"cmb": {0: {"subjects": {"护士": {"n": 4, "accuracy": 0.5},
+                                                        "执业医师": {"n": 4, "accuracy": 1.0}}}}}}}
+    md = to_markdown(subject_blocks(results))
+    assert "### cmb: m, 0-shot, per subject" in md and "| 护士 | 4 | 50.0% |" in md
+    assert subject_blocks({"exams": {"m": {"x": {0: {"subjects": {"all": {"n": 1, "accuracy": 1.0}}}}}}}) == []
