@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from zhongjing.data.schema import group_pairs
 from zhongjing.errors import ZhongjingError
 
 
@@ -57,13 +58,10 @@ def score_file(rm: str, paths: list[str], fmt: str | None = None, *, batch_size:
             row["rewards"] = [None if x is None else round(x, 6) for x in r]
             if groups:
                 row["ranking"] = groups
-                for gi, hi in enumerate(groups):
-                    for lo in groups[gi + 1:]:
-                        for b in hi:
-                            for w in lo:
-                                if r[b] is not None and r[w] is not None:
-                                    pairs += 1
-                                    agree += r[b] > r[w]
+                for b, w in group_pairs(groups):
+                    if r[b] is not None and r[w] is not None:
+                        pairs += 1
+                        agree += r[b] > r[w]
         else:
             row |= {"turn": turn, "reward": None if r[0] is None else round(r[0], 6)}
         rows.append(row)

@@ -12,8 +12,7 @@ from typing import Iterator
 
 from zhongjing.annotate import agreement, store
 from zhongjing.data.rubric import FLAGS
-from zhongjing.data.schema import Ranking
-from zhongjing.data.schema import Ranking
+from zhongjing.data.schema import Ranking, group_pairs
 from zhongjing.errors import ZhongjingError
 
 RESOLVED = ("agreed", "adjudicated")
@@ -95,15 +94,12 @@ def pairs(ranking_rows: Iterator[dict]) -> Iterator[dict]:
         system = [m["content"] for m in r["messages"] if m["role"] == "system"]
         conv = [{"from": "human" if m["role"] == "user" else "gpt", "value": m["content"]}
                 for m in r["messages"] if m["role"] != "system"]
-        for gi, better in enumerate(groups):
-            for worse in groups[gi + 1:]:
-                for b in better:
-                    for w in worse:
-                        row = {"id": f"{r['id']}#{b}>{w}", "conversations": conv,
-                               "chosen": responses[b], "rejected": responses[w]}
-                        if system:
-                            row["system"] = system[0]
-                        yield row
+        for b, w in group_pairs(groups):
+            row = {"id": f"{r['id']}#{b}>{w}", "conversations": conv,
+                   "chosen": responses[b], "rejected": responses[w]}
+            if system:
+                row["system"] = system[0]
+            yield row
 
 
 # ---- progress ----------------------------------------------------------------------------------

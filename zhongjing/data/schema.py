@@ -204,8 +204,10 @@ class Ranking:
 
     def pairs(self) -> list[tuple[int, int]]:
         """Ordered (better, worse) index pairs implied by the ranking; tied answers give no pair."""
-        out = []
-        for gi, better in enumerate(self.ranking):
-            for worse in self.ranking[gi + 1 :]:
-                out += [(b, w) for b in better for w in worse]
-        return out
+        return group_pairs(self.ranking)
+
+
+def group_pairs(groups: list[list[int]]) -> list[tuple[int, int]]:
+    """(better, worse) for every two answers in different tie groups (groups listed best → worst); tied answers
+    give no pair. The one place rankings become pairs: the losses, exports, counts and scores all use it."""
+    return [(b, w) for gi, hi in enumerate(groups) for lo in groups[gi + 1:] for b in hi for w in lo]

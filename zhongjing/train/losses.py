@@ -12,6 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from zhongjing.data.schema import group_pairs
+
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -74,11 +76,8 @@ def ranking_pairs(rankings: list[list[list[int]]], offsets: list[int]) -> tuple[
     """
     better, worse, owner = [], [], []
     for r, (groups, off) in enumerate(zip(rankings, offsets)):
-        for gi, hi in enumerate(groups):
-            for lo in groups[gi + 1:]:
-                for b in hi:
-                    for w in lo:
-                        better.append(off + b), worse.append(off + w), owner.append(r)
+        for b, w in group_pairs(groups):
+            better.append(off + b), worse.append(off + w), owner.append(r)
     as_t = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
     return as_t(better), as_t(worse), as_t(owner)
 

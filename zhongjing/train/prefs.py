@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from zhongjing.data.rubric import IDK_TEMPLATES
-from zhongjing.data.schema import Ranking
+from zhongjing.data.schema import Ranking, group_pairs
 from zhongjing.io import sha256_json
 
 # Our default honest answer for all-wrong rankings: admit the limit, do not guess, send the patient to a doctor.
@@ -188,7 +188,7 @@ def pref_batches(cfg, tokenizer, *, per: str, with_targets: bool) -> tuple[Ranki
     val = encode(prefs.val, renderer, counts, with_targets=with_targets)
     # what is actually trained on: a ranking with an answer too long for max_length was just left out
     counts["train"], counts["val"] = len(train), len(val)
-    counts["train_pairs"] = sum(len(a) * len(b) for e in train for i, a in enumerate(e.groups) for b in e.groups[i + 1:])
+    counts["train_pairs"] = sum(len(group_pairs(e.groups)) for e in train)
     if not train:
         raise ZhongjingError(f"no usable rankings in {cfg.data} ({dict(counts)})")
     return RankingBatches(train, val, cfg.train.batch_size, seed=cfg.train.seed, group=cfg.length_group,
