@@ -8,8 +8,8 @@ import json
 import pytest
 
 from fake_openai import FakeOpenAI
-from zhongjing.eval.cache import Cache
-from zhongjing.eval.client import Endpoint, EndpointConfig
+from zhongjing.llm.cache import Cache
+from zhongjing.llm.client import Endpoint, EndpointConfig
 from zhongjing.eval.judge import LLMJudge, RubricJudge
 from zhongjing.eval.validation import (JudgeValidationConfig, agreement_stats, cohen_kappa, labelled_pairs,
                                        run_validation, validate)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from zhongjing.eval.cache import Cache, cache_key
-from zhongjing.eval.client import Endpoint, EndpointConfig, parallel
+from zhongjing.llm.cache import Cache, cache_key
+from zhongjing.llm.client import Endpoint, EndpointConfig, parallel
 from zhongjing.eval.testsets import EvalItem
 from zhongjing.errors import ZhongjingError
 

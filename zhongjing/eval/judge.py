@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from zhongjing.data.rubric import PRIORITY, RUBRIC, rubric_text
-from zhongjing.eval.cache import Cache, cache_key
-from zhongjing.eval.client import Endpoint, EndpointError, parallel
+from zhongjing.llm.cache import Cache, cache_key
+from zhongjing.llm.client import Endpoint, EndpointError, parallel
 from zhongjing.eval.stats import Judged
 
 DIM_NAMES = {d.key: d.name for d in RUBRIC}  # safety → 安全性, ...

@@ -26,8 +26,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from zhongjing.errors import DataError, ZhongjingError
-from zhongjing.eval.cache import Cache, cache_key
-from zhongjing.eval.client import Endpoint, EndpointConfig, EndpointError, parallel
+from zhongjing.llm.cache import Cache, cache_key
+from zhongjing.llm.client import Endpoint, EndpointConfig, EndpointError, parallel
 from zhongjing.eval.judge import format_context
 from zhongjing.eval.stats import accuracy_ci
 from zhongjing.eval.testsets import EvalItem

@@ -21,8 +21,8 @@ from zhongjing.config import parse_stage_args, to_dict
 from zhongjing.errors import ConfigError
 from zhongjing.eval.answers import (GenerationConfig, LocalModel, ModelSpec, Throttle, endpoint_answers, local_answers,
                                     log)
-from zhongjing.eval.cache import Cache
-from zhongjing.eval.client import Endpoint, EndpointConfig
+from zhongjing.llm.cache import Cache
+from zhongjing.llm.client import Endpoint, EndpointConfig
 from zhongjing.eval.exams import ExamConfig
 from zhongjing.eval.leaderboard import LeaderboardConfig
 from zhongjing.eval.rubric_grading import RubricConfig
