@@ -78,19 +78,23 @@ def test_eval_report_shows_validation_beside_the_pairwise_results_and_a_leaderbo
     dialogues.write_text("".join(json.dumps({"id": f"d{i}", "messages": [
         {"role": "user", "content": f"我咳嗽第{i}天了，怎么办？"}, {"role": "assistant", "content": "请问有没有发烧？"}]},
         ensure_ascii=False) + "\n" for i in range(4)), encoding="utf-8")
-    with FakeOpenAI(reply=lambda body: styles[body["model"]]) as srv:
+    always_a = json.dumps({"reason": "r", "safety": "A", "professionalism": "A", "fluency": "A"})
+    with FakeOpenAI(reply=lambda body: styles.get(body["model"], always_a)) as srv:
         ep = lambda m: {"base_url": srv.url, "model": m, "backoff": 0.01}  # noqa: E731
         cfg = {"output": str(tmp_path / "out"), "models": [{"name": m, "endpoint": ep(m)} for m in styles],
                "testsets": [{"name": "t", "path": str(dialogues), "format": "dialogue"}],
                "judge": {"backend": "rubric", "rubric_kg": "zhongjing/demo/kg.jsonl"},
                "judge_validation": {"files": ["zhongjing/demo/preference_pairs.jsonl"],
                                     "if_present": [str(tmp_path / "absent.json")]},
+               "validation_judges": [{"endpoint": ep("biased-judge")}],  # an LLM judge that always says "A"
                "report": {"bootstrap": 100, "examples": 0}}
         (tmp_path / "e.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
         assert main(["--config", str(tmp_path / "e.yaml")]) == 0
     res = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
     demo = res["judge_validation"][0]
     assert demo["n"] == 16 and 0 <= demo["agreement"] <= 1 and res["judge_validation"][1]["missing"]
+    (biased,) = [r for r in res["judge_validation"] if not r["primary"]]
+    assert biased["position_consistency"] == 0.0 and "biased-judge" in biased["judge"]
     board = res["leaderboard"]
     assert {r["model"] for r in board["rows"]} == set(styles) and board["games"] == 8  # 2 baselines × 4 questions
     assert [r["rating"] for r in board["rows"]] == sorted((r["rating"] for r in board["rows"]), reverse=True)
@@ -98,3 +102,4 @@ def test_eval_report_shows_validation_beside_the_pairwise_results_and_a_leaderbo
     assert "## Judge validation" in md and "| n/a (order-free judge) |" in md and "not present" in md
     table_end = md.index("| t | careful vs terse |")
     assert "How far to trust these verdicts" in md[table_end:] and "## Leaderboard (Bradley–Terry, Elo scale)" in md
+    assert "(validated only)" in md and "biased-judge" not in md[table_end:]  # only the judge that ran sits beside

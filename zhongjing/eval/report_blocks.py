@@ -23,7 +23,7 @@ def _ci(ci, fmt=_pct) -> str:
 
 def validation_summary(results: dict) -> str | None:
     """One sentence placed beside every pairwise result the judge produced."""
-    rows = [r for r in results.get("judge_validation") or [] if not r.get("missing")]
+    rows = [r for r in results.get("judge_validation") or [] if not r.get("missing") and r.get("primary", True)]
     if not rows:
         return None
     parts = [f"{r['file']}: agreement {_pct(r['agreement'])} {_ci(r['ci']['agreement'])}, "
@@ -38,10 +38,11 @@ def validation_blocks(results: dict) -> list[tuple]:
     body = []
     for r in rows:
         if r.get("missing"):
-            body.append([r["file"], "not present", "–", "–", "–", "–", "–", "–"])
+            body.append(["–", r["file"], "not present", "–", "–", "–", "–", "–", "–"])
             continue
         pc = r.get("position_consistency")
-        body.append([r["file"], str(r["n"]), f"{_pct(r['agreement'])} {_ci(r['ci']['agreement'])}",
+        who = r.get("judge", "") + ("" if r.get("primary", True) else " (validated only)")
+        body.append([who, r["file"], str(r["n"]), f"{_pct(r['agreement'])} {_ci(r['ci']['agreement'])}",
                      f"{_pct(r['agreement_decisive'])} ({r['n_decisive']})",
                      f"{_num(r['kappa'])} {_ci(r['ci']['kappa'], _num)}",
                      (f"{_pct(pc)} {_ci(r['ci']['position_consistency'])}" if pc is not None
@@ -54,7 +55,7 @@ def validation_blocks(results: dict) -> list[tuple]:
                   "second better) equals the human's. "
                   "Decisive: over pairs where both chose a side. κ: Cohen's kappa of the two three-way labels (0 = "
                   "chance). 95% intervals: bootstrap over rankings."),
-            ("table", ["file", "pairs", "agreement [95% CI]", "decisive agreement (n)", "Cohen's κ [95% CI]",
+            ("table", ["judge", "file", "pairs", "agreement [95% CI]", "decisive agreement (n)", "Cohen's κ [95% CI]",
                        "position consistency", "judge ties", "failed"], body)]
 
 

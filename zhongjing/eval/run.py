@@ -74,6 +74,7 @@ class EvalConfig:
     answers: bool = True  # generate answers and judge them; false: only perplexity and exams, nothing generated
     report: ReportConfig = field(default_factory=ReportConfig)
     judge_validation: JudgeValidationConfig = field(default_factory=JudgeValidationConfig)  # judge vs human labels
+    validation_judges: list[JudgeConfig] = field(default_factory=list)  # more judges checked on the same labels only
     leaderboard: LeaderboardConfig = field(default_factory=LeaderboardConfig)  # Bradley–Terry over all comparisons
     rubric: RubricConfig = field(default_factory=RubricConfig)  # per-case criteria graded by an LLM (HealthBench style)
     notes: list[str] = field(default_factory=list)  # extra lines for the report (e.g. where the RM's rankings came from)
@@ -110,6 +111,8 @@ def check(cfg: EvalConfig) -> None:
     bad = [d for d in cfg.judge.dimensions if d not in PRIORITY]
     if bad:
         raise ConfigError(f"judge.dimensions: unknown {bad[0]!r} (one of {', '.join(PRIORITY)})")
+    if cfg.validation_judges and not (cfg.judge_validation.files or cfg.judge_validation.if_present):
+        raise ConfigError("validation_judges: list the human-labelled files under judge_validation.files")
     if (cfg.judge_validation.files or cfg.judge_validation.if_present) and cfg.judge.backend == "none":
         raise ConfigError("judge_validation: there is no judge to validate (judge.backend: none)")
     if not cfg.testsets and not cfg.exams and not cfg.rubric.sets:
@@ -187,14 +190,21 @@ def collect_answers(cfg: EvalConfig, sets, cache: Cache) -> tuple[dict, dict, di
     return answers, failures, ppl, exam_scores
 
 
-def validate_judge(cfg: EvalConfig, judge) -> list[dict]:
-    """The judge's agreement with human preference labels (eval/validation.py), one row per file."""
+def validate_judge(cfg: EvalConfig, judge, cache: Cache) -> list[dict]:
+    """Agreement with human preference labels (eval/validation.py), one row per (judge, file): the configured judge
+    (`primary`, shown beside its comparisons) and each of `validation_judges` (validated only)."""
     from zhongjing.eval.judge import LLMJudge
     from zhongjing.eval.validation import run_validation
 
-    conc = judge.endpoint.cfg.concurrency if isinstance(judge, LLMJudge) else 1
-    return run_validation(cfg.judge_validation, judge, seed=cfg.seed, n_boot=cfg.report.bootstrap,
-                          concurrency=conc, log=log)
+    rows = []
+    for primary, j in [(True, judge)] + [(False, build_judge(jc, cache)) for jc in cfg.validation_judges]:
+        if j is None:
+            continue
+        conc = j.endpoint.cfg.concurrency if isinstance(j, LLMJudge) else 1
+        got = run_validation(cfg.judge_validation, j, seed=cfg.seed, n_boot=cfg.report.bootstrap, concurrency=conc,
+                             log=log)
+        rows += [{**r, "primary": primary} for r in got if primary or not r.get("missing")]
+    return rows
 
 
 def comparisons(cfg: EvalConfig) -> list[tuple[str, str, str]]:
@@ -231,7 +241,7 @@ def run(cfg: EvalConfig) -> dict[str, Path]:
     with Cache(cfg.cache or out / "cache.sqlite") as cache:
         validating = bool(cfg.judge_validation.files or cfg.judge_validation.if_present)
         judge = build_judge(cfg.judge, cache) if (sets and cfg.answers) or validating else None  # before generating: fail fast
-        validation = validate_judge(cfg, judge) if validating else []
+        validation = validate_judge(cfg, judge, cache) if validating else []
         rubric_sets = load_sets(cfg.rubric, cfg.seed)
         answers, failures, ppl, exam_scores = collect_answers(
             cfg, sets + [TestSet(n, "", [c.item(n) for c in cases]) for n, cases in rubric_sets], cache)
