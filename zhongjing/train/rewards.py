@@ -28,11 +28,15 @@ class RewardConfig:
     length_target: int = 0  # answers longer than this many tokens are penalised (0 = no length penalty)
     length_penalty: float = 0.0  # − this per token beyond length_target
     missing_eos_penalty: float = 0.0  # − this when the answer was cut at max_new_tokens instead of ending
+    missing_eos: str = "subtract"  # "subtract": a cut answer gets its score − the penalty; "replace": it gets
+    # −penalty alone — the RM scores a cut answer as if it had ended, so its score is no evidence about it
     length_bonus: float = 0.0  # + this per answer token: a PLANTED length hack (tests of the hacking monitor only)
     clip: float | None = 10.0  # final reward clipped to ±clip (None = no clipping)
     rm_batch_size: int = 16
 
     def check(self) -> None:
+        if self.missing_eos not in ("subtract", "replace"):
+            raise ConfigError(f"reward.missing_eos: 'subtract' or 'replace', got {self.missing_eos!r}")
         if not self.rm and not (self.ask_question or self.length_penalty or self.missing_eos_penalty
                                 or self.length_bonus):
             raise ConfigError("reward: set 'reward.rm' (a reward-model folder) or at least one rule weight "
@@ -69,10 +73,23 @@ class Rewards:
         if cfg.length_bonus:
             total += cfg.length_bonus * lengths.float()
         if cfg.missing_eos_penalty:
-            total -= cfg.missing_eos_penalty * (~finished.bool()).float()
+            total = cut_answer_reward(total, finished, cfg.missing_eos_penalty, cfg.missing_eos)
         if cfg.clip is not None:
             total = total.clamp(-cfg.clip, cfg.clip)
         return total, parts
+
+
+def cut_answer_reward(total: torch.Tensor, finished: torch.Tensor, penalty: float, mode: str = "subtract") -> torch.Tensor:
+    """The reward of answers cut at the length limit. (B,), (B,) bool → (B,)
+
+    subtract: total − penalty; replace: −penalty whatever the answer scored (the score of a text whose end was
+    never written rewards its beginning, and a policy can earn that by never ending)."""
+    cut = ~finished.bool()
+    if mode == "replace":
+        return torch.where(cut, torch.full_like(total, -penalty), total)
+    if mode == "subtract":
+        return total - penalty * cut.to(total.dtype)
+    raise ValueError(f"reward.missing_eos: 'subtract' or 'replace', got {mode!r}")
 
 
 def asks_question_reward(texts: Sequence[str]) -> torch.Tensor:

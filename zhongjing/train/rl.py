@@ -49,6 +49,8 @@ class RLConfig:
     stop_kl: float = 0.0  # stop the run when the mean KL(policy‖reference) per answer passes this (0 = never)
     rollout_prompts: int = 0  # prompts per update; 0 = batch_size × grad_accum answers' worth
     update_epochs: int = 2  # passes over each rollout ("several PPO epochs per batch")
+    update_kl: float = 0.0  # > 0: end a rollout's update passes early once the policy moved this far from the one
+    # that sampled it (mean approximate KL per answer token, old → new): later steps would train off-policy
     dtype: str = "float32"
     reward: RewardConfig = field(default_factory=RewardConfig)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)  # independent judges of the held-out answers
@@ -388,10 +390,16 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
             log.info(f"{stage}: {stopped}; keeping the policy from update {step}")
             break
         gen = torch.Generator().manual_seed(derive_seed(tc.seed, step, 1))
-        steps = [train_step(model, window, loss_fn, acc, optimizer, scheduler, guard, tc, log)
-                 for _ in range(cfg.update_epochs)
-                 for window in rollout_batches(rollout, tc.batch_size, tc.grad_accum, gen)]
-        last_epoch = steps[-len(steps) // cfg.update_epochs:]
+        windows = [w for _ in range(cfg.update_epochs) for w in rollout_batches(rollout, tc.batch_size, tc.grad_accum, gen)]
+        steps = []
+        for window in windows:
+            steps.append(train_step(model, window, loss_fn, acc, optimizer, scheduler, guard, tc, log))
+            if cfg.update_kl and steps[-1].get("approx_kl", 0.0) > cfg.update_kl:
+                break  # the same decision on every process: the step's numbers are reduced over them
+        rec["update_steps"] = len(steps)
+        for _ in range(len(windows) - len(steps)):
+            scheduler.step()  # the schedule stays the same length whether or not an update ended early
+        last_epoch = steps[-max(1, len(windows) // cfg.update_epochs):]
         train_keys = [k for k in last_epoch[0] if k not in rec and isinstance(last_epoch[0][k], (int, float))]
         rec |= {k: sum(s[k] for s in last_epoch if s[k] is not None) / len(last_epoch) for k in train_keys}
         rec |= {"lr": steps[0]["lr"], "t_train": time.perf_counter() - t0 - t_rollout,
