@@ -170,6 +170,7 @@ def check_outputs(work: Path) -> None:
     assert {("aligned", "sft"), ("aligned", "pt"), ("aligned", "base")} <= pairs
     assert {r["model"] for r in results["leaderboard"]["rows"]} == {"aligned", "sft", "pt", "base"}
     assert results["judge_validation"][0]["file"] == "zhongjing/demo/preference_pairs.jsonl"
+    assert any(not r["primary"] and "reward model" in r["judge"] for r in results["judge_validation"])
     summary = json.loads((work / "summary.json").read_text())
     assert summary["model"] == str((work / "ppo").resolve())
     assert all(r["summary"].get("cpu_seconds") is not None for r in summary["stages"])
@@ -211,6 +212,7 @@ def test_demo_and_paper_configs_wire_every_stage(tmp_path):
     assert [(m.name, m.path) for m in configs["eval"].models] == [
         ("aligned", str(tmp_path / "ppo")), ("sft", str(tmp_path / "sft")), ("pt", str(tmp_path / "pt")),
         ("base", str(tmp_path / "base"))]
+    assert [j.reward_model for j in configs["eval"].validation_judges] == [str(tmp_path / "rm")]
     base = tmp_path / "base-model"
     base.mkdir()
     w, configs = _load([f"work_dir={tmp_path}/paper", f"base_model={base}"],

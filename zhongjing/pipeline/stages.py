@@ -138,6 +138,14 @@ def _wire_eval(section, cfg, w):
             raise ConfigError("eval.judge.backend reward_model needs the rm stage (or eval.judge.reward_model)")
         judge["reward_model"] = str(w.output("rm"))
         section["judge"] = judge
+    extra = [dict(j) for j in section.get("validation_judges") or []]  # judges only checked against human labels
+    for j in extra:
+        if j.get("backend") == "reward_model" and not j.get("reward_model"):
+            if "rm" not in w.stages:
+                raise ConfigError("eval.validation_judges: a reward_model judge needs the rm stage (or its reward_model)")
+            j["reward_model"] = str(w.output("rm"))
+    if extra:
+        section["validation_judges"] = extra
     return section
 
 
@@ -171,13 +179,15 @@ _ROWS = [
     Stage("rm", "zhongjing.train.rm", "RMConfig", ("train", "rm"), "rm",
           reads=lambda w: w.lm_stage() + ["rank"], needs=("rank",),
           wired=frozenset({"model", "data", "output"}), wire=_wire_rm, launched=True,
-          code=("zhongjing.train.rm", "zhongjing.train.relevance", "zhongjing.train.prefs", "zhongjing.model.reward",
+          code=("zhongjing.train.rm", "zhongjing.train.relevance", "zhongjing.train.prefs", "zhongjing.train.pref_batches",
+                "zhongjing.train.pref_fit", "zhongjing.model.reward",
                 "zhongjing.train.losses", "zhongjing.model.value_head", *_TRAIN),
           summary=report.rm_summary),
     Stage("ppo", "zhongjing.train.ppo", "PPOConfig", ("train", "ppo"), "ppo",
           reads=lambda w: ["sft", "rm", "build"], needs=("sft", "rm", "build"),
           wired=frozenset({"model", "prompts", "output", "reward.rm"}), wire=_wire_ppo, launched=True, prompts=True,
-          code=("zhongjing.train.ppo", "zhongjing.train.rollout", "zhongjing.train.rewards", "zhongjing.model.reward",
+          code=("zhongjing.train.ppo", "zhongjing.train.rl", "zhongjing.train.rollout", "zhongjing.train.rewards",
+                "zhongjing.train.monitor", "zhongjing.dataset.simulate", "zhongjing.model.reward",
                 "zhongjing.train.losses", "zhongjing.model.value_head", "zhongjing.model.generation", *_TRAIN),
           summary=report.ppo_summary, model_name="aligned"),
     Stage("eval", "zhongjing.eval.run", "EvalConfig", ("eval",), "eval/results.json",
