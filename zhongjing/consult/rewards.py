@@ -23,6 +23,7 @@ RX_DRUG = re.compile(r"阿莫西林|头孢|青霉素|沙星|阿奇霉素|克拉�
 ALLERGY = re.compile(r"过敏")
 EMERGENCY = re.compile(r"急诊|120|立即就医|马上就医|尽快就医|立即就诊|马上去医院|立刻去医院|立即去医院|尽快去医院")
 ANSWER = re.compile(r"答案[：:]\s*([A-E])")
+FORMAT = re.compile(r"^\s*(答案[：:]\s*)?[A-E]\s*[。.]?\s*$")  # the letter alone, or "答案：X", nothing else
 LETTER = re.compile(r"[A-E]")
 
 
@@ -85,7 +86,7 @@ class ConsultRewards:
 
 
 def exam_prompt(question: str, options: dict[str, str]) -> str:
-    return question + "\n" + "\n".join(f"{k}. {v}" for k, v in sorted(options.items())) + "\n请只回答正确选项的字母，格式：答案：X"
+    return question + "\n" + "\n".join(f"{k}. {v}" for k, v in sorted(options.items())) + "\n请只回答正确选项的字母。"
 
 
 def answer_letter(text: str) -> str | None:
@@ -96,10 +97,10 @@ def answer_letter(text: str) -> str | None:
 @dataclass
 class ExamRewardSettings:
     correct: float = 1.0  # the letter equals the key (verifiable: no model judges it)
-    format: float = 0.2  # the reply states its letter as "答案：X"
+    format: float = 0.2  # the reply is the letter alone (or "答案：X"), no rambling
 
 
 def exam_scores(episodes, s: ExamRewardSettings) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     correct = torch.tensor([float(answer_letter(e.advice) == e.case.reference) for e in episodes])
-    fmt = torch.tensor([float(bool(ANSWER.search(e.advice))) for e in episodes])
+    fmt = torch.tensor([float(bool(FORMAT.match(e.advice))) for e in episodes])
     return s.correct * correct + s.format * fmt, {"correct": correct, "format": fmt}
