@@ -72,3 +72,17 @@ def test_plot_writes_a_png(tmp_path):
     board = leaderboard(games("A", "B", 3, 1, 1), n_boot=20)
     plot(board, tmp_path / "lb.png")
     assert (tmp_path / "lb.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_davidson_two_models_closed_form():
+    # two models: MLE of Davidson's model matches the frequencies: p_A/p_B = wins/losses, ν = ties/√(wins·losses)
+    from zhongjing.eval.leaderboard import fit_davidson
+
+    th, nu = fit_davidson(games("A", "B", 6, 4, 2), ["A", "B"], prior=0)
+    assert th[0] - th[1] == pytest.approx(math.log(3), abs=1e-6) and nu == pytest.approx(4 / math.sqrt(12), abs=1e-6)
+    th, nu = fit_davidson(games("A", "B", 2), ["A", "B"], prior=1.0)  # prior: half a virtual win each side
+    assert th[0] - th[1] == pytest.approx(math.log(5), abs=1e-6) and nu == 0.0
+    board = leaderboard(games("A", "B", 6, 4, 2) + games("B", "C", 3, 1, 1), ties="davidson", n_boot=30)
+    assert [r["model"] for r in board["rows"]] == ["A", "B", "C"] and board["ties"] == "davidson" and board["nu"] > 0
+    with pytest.raises(ValueError):
+        leaderboard(games("A", "B", 1), ties="thirds")

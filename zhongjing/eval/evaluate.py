@@ -124,7 +124,8 @@ def rank_models(cfg, rows: list[dict]) -> dict | None:
     if not games or (lb is not None and not lb.enabled):
         return None
     return leaderboard(games, [m.name for m in cfg.models if any(m.name in (g.a, g.b) for g in games)],
-                       prior=lb.prior if lb is not None else 1.0, n_boot=cfg.report.bootstrap, seed=cfg.seed)
+                       prior=lb.prior if lb is not None else 1.0, n_boot=cfg.report.bootstrap, seed=cfg.seed,
+                       ties=lb.ties if lb is not None else "half")
 
 
 def evaluate(cfg, sets, answers, failures, ppl, exam_scores, judge, comps) -> dict:

@@ -1,8 +1,8 @@
 """One ranking of every compared model: Bradley–Terry strengths from pairwise judgements, as Elo-style ratings.
 
-Model: P(i beats j) = p_i / (p_i + p_j). Ties count as half a win for each side (the "ties as half-wins"
-treatment; Davidson's extra tie parameter is not fitted — with judges that tie often it would change the
-spread of the ratings, not their order). Fitted by Hunter's (2004) MM iteration, which converges to the
+Model: P(i beats j) = p_i / (p_i + p_j). By default ties count as half a win for each side (the "ties as
+half-wins" treatment); `ties: davidson` fits Davidson's (1970) model instead, whose tie parameter ν absorbs a
+judge's taste for ties (P(tie) = ν·√(p_i p_j) / (p_i + p_j + ν·√(p_i p_j))). Fitted by Hunter's (2004) MM iteration, which converges to the
 maximum-likelihood strengths whenever the comparison graph is connected and no model wins or loses every game.
 `prior` adds that many virtual ties to every pair that met, so a model that won every game still gets a
 finite rating (0 = the plain maximum-likelihood fit; the report uses 1).
@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Literal, Sequence
 
 import numpy as np
 
@@ -90,16 +90,60 @@ def fit(games: Sequence[Game], models: Sequence[str], prior: float = 1.0, iters:
     return theta - np.nanmean(theta) if played.any() else theta
 
 
+def fit_davidson(games: Sequence[Game], models: Sequence[str], prior: float = 1.0, iters: int = 20000,
+                 tol: float = 1e-10) -> tuple[np.ndarray, float]:
+    """Davidson's (1970) model with an explicit tie parameter ν: P(i beats j) = p_i / D, P(tie) = ν·√(p_i p_j) / D,
+    D = p_i + p_j + ν·√(p_i p_j). Fixed-point maximum likelihood (stationary equations of the log-likelihood);
+    `prior` virtual games per pair that met, split as half a win for each side (virtual ties would not keep an
+    unbeaten model finite here: ν would grow instead). Returns (log-strengths with mean 0, ν)."""
+    w, n = _matrices(games, models)
+    ties = np.zeros_like(w)
+    idx = {m: k for k, m in enumerate(models)}
+    for g in games:
+        if g.score == 0.5:
+            i, j = idx[g.a], idx[g.b]
+            ties[i, j] += 1
+            ties[j, i] += 1
+    met = n > 0
+    n = n + prior * met
+    played = n.sum(1) > 0
+    p, nu = np.ones(len(models)), max(ties.sum() / max(n.sum(), 1), 1e-6)
+    score = (w + prior / 2 * met).sum(1)  # outright wins + half of every tie + the virtual half wins
+    for _ in range(iters):
+        root = np.sqrt(p[:, None] * p[None, :])
+        d = p[:, None] + p[None, :] + nu * root
+        denom = (n * (1 + nu / 2 * np.sqrt(p[None, :] / p[:, None])) / d).sum(1)
+        new = np.where(played, score / np.where(denom > 0, denom, 1), 1.0)
+        new = np.maximum(new, 1e-300)
+        new /= np.exp(np.log(new[played]).mean()) if played.any() else 1.0
+        root = np.sqrt(new[:, None] * new[None, :])
+        d = new[:, None] + new[None, :] + nu * root
+        t = np.triu(ties, 1).sum()
+        new_nu = t / max(np.triu(n * root / d, 1).sum(), 1e-300) if t > 0 else 0.0
+        done = np.max(np.abs(np.log(new) - np.log(p))) < tol and abs(new_nu - nu) < tol
+        p, nu = new, new_nu
+        if done:
+            break
+    theta = np.log(p)
+    theta[~played] = np.nan
+    return (theta - np.nanmean(theta) if played.any() else theta), float(nu)
+
+
 def elo(theta: np.ndarray) -> np.ndarray:
     return ELO_BASE + ELO_SCALE / math.log(10) * np.asarray(theta)
 
 
 def leaderboard(games: Sequence[Game], models: Sequence[str] | None = None, *, prior: float = 1.0,
-                n_boot: int = 1000, seed: int = 0) -> dict:
-    """Ratings with 95% bootstrap intervals, win/tie/loss counts and the number of games, best first."""
+                n_boot: int = 1000, seed: int = 0, ties: str = "half") -> dict:
+    """Ratings with 95% bootstrap intervals, win/tie/loss counts and the number of games, best first.
+    `ties`: "half" (a tie is half a win for each side) or "davidson" (a fitted tie parameter ν)."""
+    if ties not in ("half", "davidson"):
+        raise ValueError(f"ties must be 'half' or 'davidson', got {ties!r}")
     games = list(games)
     models = list(models or dict.fromkeys(m for g in games for m in (g.a, g.b)))
-    theta = fit(games, models, prior)
+    strengths = (lambda gs: fit(gs, models, prior)) if ties == "half" else (lambda gs: fit_davidson(gs, models, prior)[0])
+    theta = strengths(games)
+    nu = fit_davidson(games, models, prior)[1] if ties == "davidson" else None
     ratings = elo(theta)
     groups: dict[str, list[Game]] = {}
     for g in games:
@@ -109,7 +153,7 @@ def leaderboard(games: Sequence[Game], models: Sequence[str] | None = None, *, p
     boot = np.full((n_boot, len(models)), np.nan)
     for b in range(n_boot if keys else 0):
         pick = rng.integers(0, len(keys), size=len(keys))
-        boot[b] = elo(fit([g for k in pick for g in groups[keys[k]]], models, prior))
+        boot[b] = elo(strengths([g for k in pick for g in groups[keys[k]]]))
     rows = []
     for k, m in enumerate(models):
         mine = [g for g in games if m in (g.a, g.b)]
@@ -122,6 +166,7 @@ def leaderboard(games: Sequence[Game], models: Sequence[str] | None = None, *, p
     rows.sort(key=lambda r: -r["rating"] if r["rating"] == r["rating"] else math.inf)
     parts = components(models, games)
     return {"rows": rows, "games": len(games), "groups": len(keys), "prior": prior, "bootstrap": n_boot,
+            "ties": ties, "nu": nu,
             "connected": len([c for c in parts if any(g.a in c for g in games)]) <= 1,
             "components": parts}
 
@@ -164,3 +209,4 @@ def plot(board: dict, path: str | Path, title: str = "Bradley–Terry ratings (E
 class LeaderboardConfig:
     enabled: bool = True  # Bradley–Terry ratings of every model that took part in a judged comparison
     prior: float = 1.0  # virtual ties added to every pair that met (0 = plain maximum likelihood)
+    ties: Literal["half", "davidson"] = "half"  # half a win each side, or Davidson's model with a tie parameter

@@ -65,9 +65,11 @@ def leaderboard_blocks(results: dict, figs: dict) -> list[tuple]:
         return []
     unit = ("each answer order of each judged question is one game" if results["meta"].get("both_orders")
             else "each judged question is one game")
+    tie_text = ("ties count as half a win for each side" if board.get("ties", "half") == "half" else
+                f"ties fitted by Davidson's model, tie parameter ν = {_num(board.get('nu'))}")
     out = [("h", 2, "Leaderboard (Bradley–Terry, Elo scale)"),
            ("p", f"Strengths fitted to all {board['games']} judged games ({unit}; the first dimension in priority "
-                 f"order that is not tied decides a game; ties count as half a win for each side; "
+                 f"order that is not tied decides a game; {tie_text}; "
                  f"{board['prior']:g} virtual tie per compared pair). Rating = 1000 + 400·log10(strength / geometric "
                  f"mean): 400 points = 10:1 odds. 95% intervals: bootstrap over {board['groups']} dialogues, "
                  f"{board['bootstrap']} resamples.")]
