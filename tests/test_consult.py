@@ -130,3 +130,29 @@ def test_episode_against_tiny_model(tiny_model_dir, tiny_tokenizer, demo_cases):
         roles = [m["role"] for m in e.messages]
         assert roles[0] == "user" and roles[-1] == "assistant" and 1 <= e.turns <= 3
         assert all(a != b for a, b in zip(roles, roles[1:]))
+
+
+def test_endpoint_patient_persona_read_back_and_cache(tmp_path):
+    from fake_openai import FakeOpenAI
+
+    from zhongjing.consult.patients import make_patient
+    from zhongjing.llm.client import EndpointConfig
+
+    case = Case("c", "我咳嗽。", [Fact("duration", "咳了三天", ["天"]), Fact("medication", "吃了止咳糖浆", ["药"])])
+    seen = []
+
+    def reply(body):
+        seen.append(body["messages"])
+        return "嗯，咳了三天了"
+
+    with FakeOpenAI(reply=reply) as srv:
+        cfg = EndpointConfig(base_url=srv.url, model="fake", concurrency=2)
+        p = make_patient("endpoint", endpoint=cfg, cache=str(tmp_path / "c.sqlite"))
+        states = [State(case, [{"role": "user", "content": "我咳嗽。"}, {"role": "assistant", "content": "咳多久了？"}])]
+        (r,) = p.replies(states)
+        assert r.text == "嗯，咳了三天了" and r.facts == [0]  # the fact it stated is read back, the other is not
+        system, *turns = seen[0]
+        assert system["role"] == "system" and "咳了三天" in system["content"] and "不要编造" in system["content"]
+        assert turns == [{"role": "user", "content": "咳多久了？"}]  # the doctor speaks as the persona's user
+        p2 = make_patient("endpoint", endpoint=cfg, cache=str(tmp_path / "c.sqlite"))
+        assert p2.replies(states)[0].text == r.text and len(seen) == 1  # resumed from the cache, not asked again

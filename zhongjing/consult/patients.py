@@ -4,8 +4,8 @@
                or a cue of the fact's kind: "多久" asks for a duration), verbatim, at most `max_facts` per turn;
                otherwise "I don't know". It never invents (it only ever says fact texts or two fixed lines) and never
                reveals a fact no question asked about.
-    endpoint   any OpenAI-compatible LLM with a persona prompt written from the case (a `chat(messages) -> str`
-               function and a cache are passed in, so answers are cached and a stopped run resumes).
+    endpoint   any OpenAI-compatible LLM with a persona prompt written from the case (llm/client.py), its replies
+               cached (llm/cache.py) so a stopped run resumes without asking twice.
     model      a local model folder (e.g. trained with `train sft side=patient`), prompted with the same persona.
 
 Which facts a free-text patient (endpoint/model) revealed is read back from its reply (`mentioned`).
@@ -109,25 +109,34 @@ def patient_messages(s: State) -> list[dict]:
 
 
 class EndpointPatient:
+    """An OpenAI-compatible LLM as the patient (llm/client.py), every reply cached (llm/cache.py) by the persona,
+    the dialogue and the sampling parameters: a stopped run replays its finished replies without asking again."""
+
     name = "endpoint"
 
-    def __init__(self, chat, cache=None, model_name: str = "endpoint"):
-        self.chat, self.cache, self.model_name = chat, cache, model_name
+    def __init__(self, endpoint, cache=None):
+        self.endpoint, self.cache = endpoint, cache
+
+    def _one(self, s: State) -> str:
+        from zhongjing.llm.cache import cache_key
+
+        msgs = patient_messages(s)
+        key = cache_key(role="patient", params=self.endpoint.cfg.params(), messages=msgs)
+        text = self.cache.get("patient", key) if self.cache is not None else None
+        if text is None:
+            text = self.endpoint.chat(msgs)
+            if self.cache is not None:
+                self.cache.put("patient", key, text)
+        return text
 
     def replies(self, states: list[State]) -> list[Reply]:
-        from zhongjing.io import sha256_json
+        from zhongjing.llm.client import parallel
 
-        out = []
-        for s in states:
-            msgs = patient_messages(s)
-            key = sha256_json({"patient": self.model_name, "messages": msgs})
-            text = self.cache.get("patient", key) if self.cache is not None else None
-            if text is None:
-                text = self.chat(msgs)
-                if self.cache is not None:
-                    self.cache.put("patient", key, text)
-            out.append(read_back(s.case, text, s.revealed))
-        return out
+        got = dict((id(s), r) for s, r in parallel(self._one, states, self.endpoint.cfg.concurrency))
+        for r in got.values():
+            if isinstance(r, Exception):
+                raise r
+        return [read_back(s.case, got[id(s)], s.revealed) for s in states]
 
 
 class ModelPatient:
@@ -154,7 +163,8 @@ class ModelPatient:
         return [read_back(s.case, g.text.strip() or UNKNOWN, s.revealed) for s, g in zip(states, gens)]
 
 
-def make_patient(kind: str, *, path: str = "", max_facts: int = 2, chat=None, cache=None):
+def make_patient(kind: str, *, path: str = "", max_facts: int = 2, endpoint=None, cache: str = ""):
+    """`endpoint`: an llm.client.EndpointConfig (kind=endpoint); `cache`: its sqlite file (resume without re-asking)."""
     from zhongjing.errors import ConfigError
 
     if kind == "retrieval":
@@ -164,9 +174,12 @@ def make_patient(kind: str, *, path: str = "", max_facts: int = 2, chat=None, ca
             raise ConfigError("patient.kind=model needs patient.path=MODEL_DIR")
         return ModelPatient(path)
     if kind == "endpoint":
-        if chat is None:
-            raise ConfigError("patient.kind=endpoint needs an endpoint (eval's consultation kind passes its judge's)")
-        return EndpointPatient(chat, cache)
+        from zhongjing.llm.cache import Cache
+        from zhongjing.llm.client import Endpoint
+
+        if endpoint is None or not endpoint.base_url:
+            raise ConfigError("patient.kind=endpoint needs patient.endpoint.base_url and patient.endpoint.model")
+        return EndpointPatient(Endpoint(endpoint, "patient"), Cache(cache) if cache else None)
     raise ConfigError(f"unknown patient kind {kind!r} (retrieval, endpoint, model)")
 
 

@@ -18,7 +18,8 @@ import torch
 
 from zhongjing.consult.episodes import EpisodeSettings
 from zhongjing.consult.rewards import ConsultRewardSettings, ExamRewardSettings
-from zhongjing.errors import ConfigError, ZhongjingError
+from zhongjing.errors import ConfigError
+from zhongjing.llm.client import EndpointConfig
 from zhongjing.model.lora import LoraSettings
 from zhongjing.train.advantages import CRITIC, ESTIMATORS
 from zhongjing.train.common import TrainSettings
@@ -26,9 +27,11 @@ from zhongjing.train.common import TrainSettings
 
 @dataclass
 class PatientSettings:
-    kind: str = "retrieval"  # retrieval | model (endpoint: from eval's consultation kind, which holds the client)
+    kind: str = "retrieval"  # retrieval | endpoint | model
     path: str = ""  # model folder for kind=model
     max_facts: int = 2  # facts the retrieval patient reveals per question at most
+    endpoint: EndpointConfig = field(default_factory=lambda: EndpointConfig(temperature=0.0, max_tokens=128))
+    cache: str = ""  # kind=endpoint: sqlite cache of its replies (default OUTPUT/patient_cache.sqlite)
 
 
 @dataclass
@@ -98,8 +101,9 @@ class Environment:
         self.renderer = Renderer(tok, max_length=cfg.max_length, strategy="all")
         exam = cfg.env == "exam"
         self.episode = EpisodeSettings(**{**vars(cfg.episode), "max_turns": 1}) if exam else cfg.episode
-        self.patient = None if exam else make_patient(cfg.patient.kind, path=cfg.patient.path,
-                                                      max_facts=cfg.patient.max_facts)
+        p = cfg.patient
+        self.patient = None if exam else make_patient(p.kind, path=p.path, max_facts=p.max_facts, endpoint=p.endpoint,
+                                                      cache=p.cache or str(Path(cfg.output) / "patient_cache.sqlite"))
         self.rewards = None if exam else ConsultRewards(cfg.reward, cfg.max_length)
 
     def play(self, cases, k: int, seed: int, temperature: float | None = None):
