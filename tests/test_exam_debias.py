@@ -10,7 +10,7 @@ import torch
 
 from zhongjing.data.readers import ExamItem
 from zhongjing.eval.answers import LocalModel, ModelSpec
-from zhongjing.eval.cache import Cache
+from zhongjing.llm.cache import Cache
 from zhongjing.eval.exams import ExamConfig, load_exam, local_predictions, score, shift_item
 
 # answer keys skewed towards A (as real exams are skewed towards some letter): raw accuracy of "always A" is high
@@ -66,3 +66,31 @@ def test_a_tiny_model_that_always_picks_a_is_at_chance(tiny_model_dir, exam_file
     assert len(preds) == len(exam.asked()) and set(preds.values()) == {"A"}
     s = score(exam, preds, n_boot=50)
     assert s["accuracy"] == 4 / 5 and s["debiased"]["accuracy"] == CHANCE and s["letters"] == {"A": 1.0}
+
+
+def test_eval_without_generation_scores_perplexity_and_exams_only(tiny_model_dir, exam_file, tmp_path, monkeypatch):
+    """answers: false — the gold turns' perplexity and the exams need no generated answer, so none is generated
+    and nothing is judged."""
+    from zhongjing.config import from_dict
+    from zhongjing.eval import answers, run
+
+    dialogues = tmp_path / "test.jsonl"
+    dialogues.write_text(json.dumps({"id": "d1", "messages": [{"role": "user", "content": "头痛三天了怎么办？"},
+                                                              {"role": "assistant", "content": "先测血压，按时休息。"}]},
+                                    ensure_ascii=False) + "\n", encoding="utf-8")
+
+    def no_generation(*a, **k):
+        raise AssertionError("generated answers although eval.answers is false")
+
+    monkeypatch.setattr(run, "local_answers", no_generation)
+    monkeypatch.setattr(answers, "local_answers", no_generation)
+    cfg = from_dict(run.EvalConfig, {
+        "output": str(tmp_path / "eval"), "answers": False, "models": [{"name": "tiny", "path": str(tiny_model_dir)}],
+        "testsets": [{"name": "t", "path": str(dialogues), "format": "dialogue"}], "judge": {"backend": "rubric"},
+        "exams": [{"name": "skewed", "path": str(exam_file)}], "report": {"bootstrap": 50}})
+    paths = run.run(cfg)
+    res = json.loads(paths["json"].read_text(encoding="utf-8"))
+    assert res["exams"]["tiny"]["skewed"]["0"]["debiased"]["chance"] == pytest.approx(CHANCE)
+    assert res["metrics"]["tiny"]["t"]["perplexity"]["perplexity"] > 1 and not res.get("pairwise")
+    report = paths["markdown"].read_text(encoding="utf-8")
+    assert "debiased" in report and "letters picked" in report
