@@ -68,7 +68,7 @@ def main() -> int:
     args = ap.parse_args()
     from zhongjing.eval import exams as new
     from zhongjing.eval.answers import LocalModel, ModelSpec
-    from zhongjing.eval.cache import Cache
+    from zhongjing.llm.cache import Cache
     from zhongjing.model.init_model import InitModelConfig, init_model
     from zhongjing.model.load import setup_torch
 

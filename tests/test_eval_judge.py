@@ -11,8 +11,8 @@ import time
 import pytest
 
 from fake_openai import FakeOpenAI
-from zhongjing.eval.cache import Cache
-from zhongjing.eval.client import Endpoint, EndpointConfig
+from zhongjing.llm.cache import Cache
+from zhongjing.llm.client import Endpoint, EndpointConfig
 from zhongjing.eval.judge import LLMJudge, PairTask, RewardJudge, build_prompt, judge_pairs
 from zhongjing.eval.stats import summarize
 
@@ -194,7 +194,7 @@ def test_exam_requests_that_fail_are_skipped_not_wrong(tmp_path):
     from zhongjing.eval import exams as ex
 
     exam = ex.load_exam(ex.ExamConfig(name="e", path=str(REPO / "zhongjing" / "demo" / "exam.jsonl"), format="exam",
-                                      limit=4))
+                                      limit=4, debias="none"))  # 4 requests, not 4 × the cyclic option shifts
     cfg = dict(model="m", backoff=0.01, retries=0, timeout=5, concurrency=2)
     with Cache(tmp_path / "c.sqlite") as cache:
         with FakeOpenAI(lambda body: "答案：A", failure_rate=1.0, failures=("500",), max_failures=99) as down:

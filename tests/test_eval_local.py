@@ -12,7 +12,7 @@ import torch
 from conftest import SHARED_DATA
 from serve_tiny import chat_model_dir  # noqa: F401  (fixture)
 from zhongjing.eval.answers import LocalModel, ModelSpec
-from zhongjing.eval.cache import Cache
+from zhongjing.llm.cache import Cache
 from zhongjing.eval.exams import (ANSWER_PREFIX, ExamConfig, exam_messages, load_exam, local_predictions, score,
                                   subject_name)
 from zhongjing.eval import testsets

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Callable, Literal, Sequence
 
 from zhongjing.errors import ZhongjingError
-from zhongjing.eval.cache import Cache, cache_key
-from zhongjing.eval.client import Endpoint, parallel
+from zhongjing.llm.cache import Cache, cache_key
+from zhongjing.llm.client import Endpoint, parallel
 from zhongjing.eval.stats import accuracy_ci
 
 ANSWER_PREFIX = "答案："
