@@ -1,5 +1,10 @@
 """Continued pre-training throughput: `zhongjing train pt` against Hugging Face `Trainer`, same tiny model
-(~5M parameters), same packed 8 × 256-token blocks, CPU, fp32, full fine-tuning.
+(~5M parameters), same packed 8 × 256-token blocks in the same order, CPU, fp32 weights, full fine-tuning.
+
+zhongjing's pt runs with its default `train.fp32_matmul: fast` (torch float32 matmul precision "medium": fp32
+weights and activations, matmul inner products in bf16 on CPUs with AMX, TF32 on GPUs); HF Trainer with its
+default IEEE fp32. The loss curves are compared at equal steps (same blocks, same order, same schedule) and the
+largest difference is printed: the speed must not cost the curve.
 
     python benchmarks/bench_pt.py [--steps 20] [--rounds 3]
 
@@ -31,12 +36,12 @@ def pt_config(model: str, docs: str, out: str, steps: int):
     return PTConfig(model=model, output=out, data=[PTSource(docs)], block_size=BLOCK, val_fraction=0.0,
                     finetune="full", train=TrainSettings(batch_size=BATCH, max_steps=steps, lr=LR, warmup_steps=0,
                                                          progress=False, overwrite=True, mixed_precision="no",
-                                                         threads=THREADS))
+                                                         threads=THREADS, fp32_matmul="fast"))
 
 
-def result(clock: StepClock, tokens: list[int]) -> dict:
+def result(clock: StepClock, tokens: list[int], losses: list[float]) -> dict:
     wall, cpu, secs = clock.rates(tokens, SKIP)
-    return {"tokens_per_s": wall, "tokens_per_s_cpu": cpu, "seconds": secs, "peak_mib": peak_mib()}
+    return {"tokens_per_s": wall, "tokens_per_s_cpu": cpu, "seconds": secs, "peak_mib": peak_mib(), "losses": losses}
 
 
 def run_ours(model: str, docs: str, work: Path, steps: int) -> dict:
@@ -45,7 +50,8 @@ def run_ours(model: str, docs: str, work: Path, steps: int) -> dict:
     clock = clock_our_loop()
     cfg = pt_config(model, docs, str(work / "ours"), steps)
     run(cfg)
-    return result(clock, [r["tokens"] for r in our_records(Path(cfg.output))])
+    recs = our_records(Path(cfg.output))
+    return result(clock, [r["tokens"] for r in recs], [r["loss"] for r in recs])
 
 
 def run_hf(model_dir: str, docs: str, work: Path, steps: int) -> dict:
@@ -64,11 +70,15 @@ def run_hf(model_dir: str, docs: str, work: Path, steps: int) -> dict:
     clock = StepClock()
     args = TrainingArguments(output_dir=str(work / "hf"), per_device_train_batch_size=BATCH, max_steps=steps,
                              learning_rate=LR, lr_scheduler_type="cosine", warmup_steps=0, max_grad_norm=1.0,
-                             save_strategy="no", report_to=[], logging_steps=10**6, use_cpu=True, seed=42,
-                             dataloader_num_workers=0, disable_tqdm=True, bf16=False, fp16=False)
+                             save_strategy="no", report_to=[], logging_steps=1, use_cpu=True, seed=42,
+                             dataloader_num_workers=0, disable_tqdm=True, bf16=False, fp16=False,
+                             train_sampling_strategy="sequential", weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999,
+                             adam_epsilon=1e-8)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    Trainer(model=model, args=args, train_dataset=ds, callbacks=[hf_clock_callback(clock)]).train()
-    return result(clock, [BATCH * BLOCK] * steps)
+    trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[hf_clock_callback(clock)])
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return result(clock, [BATCH * BLOCK] * steps, losses)
 
 
 def main() -> None:
@@ -91,8 +101,15 @@ def main() -> None:
     systems = [(name, ["--steps", str(a.steps), "--child", system, str(model), str(docs), str(work / f"{system}-run")])
                for name, system in names]
     results = alternate(__file__, systems, a.rounds, "tokens_per_s")
-    print_table(f"pre-training, {a.steps} steps of {BATCH}×{BLOCK} tokens, full fine-tuning, fp32",
+    print_table(f"pre-training, {a.steps} steps of {BATCH}×{BLOCK} tokens, full fine-tuning, fp32 weights",
                 results, "tokens_per_s", "tokens/s", ["seconds"])
+    ours, hf = results[0][1], results[1][1]
+    diff = max(abs(x - y) for x, y in zip(ours["losses"], hf["losses"]))
+    print(f"\nloss curves at equal steps ({min(len(ours['losses']), len(hf['losses']))} steps): largest difference "
+          f"{diff:.4f} (first {ours['losses'][0]:.4f} vs {hf['losses'][0]:.4f}, last {ours['losses'][-1]:.4f} vs "
+          f"{hf['losses'][-1]:.4f}) — {'same curve' if diff <= 0.02 else 'CURVES DIFFER'} (tolerance 0.02)")
+    print(f"ratio zhongjing / HF Trainer: {ours['tokens_per_s'] / hf['tokens_per_s']:.2f}× tokens/s (wall, best round), "
+          f"{ours['tokens_per_s_cpu'] / hf['tokens_per_s_cpu']:.2f}× tokens per CPU-second (median)")
 
 
 if __name__ == "__main__":

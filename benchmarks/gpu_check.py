@@ -340,9 +340,12 @@ def launch(kind: str, base: Path, data: Path, work: Path, dry: bool) -> None:
         p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
         times.append(time.perf_counter() - t)
         said = p.stdout + p.stderr
+        log = (OUT_FILE[0].parent if OUT_FILE else work) / f"launch-{kind}-{steps}.log"
+        log.write_text(said, encoding="utf-8")  # the whole launch output, next to the table
         if p.returncode != 0:
-            tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
-            return row(name, f"error (exit {p.returncode}, steps {steps}): {' / '.join(tail)[:300]}")
+            errors = [x.strip() for x in said.splitlines() if "Error" in x and "elastic/errors" not in x]
+            return row(name, f"error (exit {p.returncode}, run to step {steps}; log {log.name}): "
+                             f"{(errors[-1] if errors else said.strip().splitlines()[-1])[:300]}")
     recs = train_logs(out)
     resumed = "resumed from" in said
     meta = json.loads((out / "meta.json").read_text())

@@ -34,6 +34,7 @@ class TrainSettings:
     seed: int = 42
     mixed_precision: str = "auto"  # auto (the accelerate launch config, else none), no, fp16, bf16
     gradient_checkpointing: bool = False
+    fp32_matmul: str = "exact"  # fast: fp32 weights, matmul inner products in bf16 (AMX CPUs) / TF32 (GPUs); exact: IEEE
     threads: int = 0  # torch CPU threads per process; 0 = torch's default (÷ processes when launched)
     resume: bool = False  # continue from the last checkpoint in the output folder
     overwrite: bool = False  # start over in an output folder that holds an earlier run
@@ -48,6 +49,8 @@ class TrainSettings:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
         if len(self.betas) != 2:
             raise ConfigError(f"train.betas must be two numbers, got {self.betas}")
+        if self.fp32_matmul not in ("fast", "exact"):
+            raise ConfigError(f"train.fp32_matmul must be fast or exact, got {self.fp32_matmul!r}")
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
             raise ConfigError(f"train.mixed_precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
 
@@ -98,6 +101,7 @@ def make_accelerator(settings: TrainSettings):
     if not threads and cpu and acc.num_processes > 1:  # processes must not fight over the same cores
         threads = max(1, (os.cpu_count() or 1) // acc.num_processes)
     setup_torch(seed=settings.seed, threads=threads or None)
+    torch.set_float32_matmul_precision("medium" if settings.fp32_matmul == "fast" else "highest")
     import numpy as np
 
     np.random.seed(settings.seed)
