@@ -60,7 +60,7 @@ def result(clock: StepClock, tokens: list[int], shapes: list[tuple[int, int]]) -
 
 
 def run_ours(stage: str, model: str, data: str, work: Path) -> dict:
-    from zhongjing.train.prefs import RankingBatches
+    from zhongjing.train.pref_batches import RankingBatches
 
     clock, shapes, collate = clock_our_loop(), [], RankingBatches.collate
 

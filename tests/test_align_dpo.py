@@ -30,7 +30,8 @@ def test_starts_at_the_reference_and_pairs_come_from_rankings(medical_base, tmp_
     from zhongjing.model.load import load_tokenizer
     from zhongjing.model.lora import LoraSettings, prepare_model
     from zhongjing.train.dpo import dpo_loss_fn
-    from zhongjing.train.prefs import RankingBatches, encode
+    from zhongjing.train.pref_batches import RankingBatches
+    from zhongjing.train.prefs import encode
 
     tok = load_tokenizer(medical_base)
     r = Ranking.from_dict({"id": "r", "messages": [{"role": "user", "content": "咳嗽两周了怎么办？"}],

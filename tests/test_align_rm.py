@@ -109,7 +109,7 @@ def test_counts_are_what_is_trained_on_when_answers_are_too_long(medical_base, c
     # the start line and meta.json said "N rankings train" before those with an answer too long for max_length were
     # left out: a user saw 449 when 73 were used
     from zhongjing.model.load import load_tokenizer
-    from zhongjing.train.prefs import pref_batches
+    from zhongjing.train.pref_batches import pref_batches
 
     cfg = rm_config(medical_base, [MEDICAL_PAIRS], "unused", max_length=96)
     data, counts = pref_batches(cfg, load_tokenizer(medical_base), per="ranking", with_targets=False)
@@ -202,7 +202,8 @@ def test_all_wrong_completion_and_ties():
 
 
 def test_batches_keep_rankings_whole_and_normalise_per_ranking():
-    from zhongjing.train.prefs import Encoded, RankingBatches
+    from zhongjing.train.pref_batches import RankingBatches
+    from zhongjing.train.prefs import Encoded
 
     enc = [Encoded([[1, 2], [3], [4, 5, 6], [7]], [[0], [1, 2], [3]], 4), Encoded([[8], [9, 9]], [[1], [0]], 2)]
     for kind, norms in (("ckn", [6.0, 1.0]), ("pairs", [5.0, 1.0])):
@@ -229,7 +230,8 @@ def test_packed_rows_give_the_same_rewards_as_one_answer_per_row(medical_base):
     from zhongjing.model.load import load_tokenizer
     from zhongjing.model.lora import LoraSettings, apply_lora
     from zhongjing.model.value_head import new_reward_model
-    from zhongjing.train.prefs import RankingBatches, encode
+    from zhongjing.train.pref_batches import RankingBatches
+    from zhongjing.train.prefs import encode
     from zhongjing.train.rm import rm_loss
 
     tok = load_tokenizer(medical_base)

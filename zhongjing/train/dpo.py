@@ -90,7 +90,8 @@ def train_dpo(cfg: DPOConfig) -> Path:
     from zhongjing.model.load import load_tokenizer
     from zhongjing.model.lora import prepare_model
     from zhongjing.train.common import make_accelerator
-    from zhongjing.train.prefs import fit_prefs, pref_batches
+    from zhongjing.train.pref_batches import pref_batches
+    from zhongjing.train.pref_fit import fit_prefs
 
     if not cfg.model or not cfg.data:
         raise ConfigError("train dpo needs model=POLICY_PARENT and data=RANKINGS")

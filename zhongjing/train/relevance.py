@@ -11,39 +11,20 @@ The pairs are ordinary two-answer rankings (own > other), so the RM's own batchi
 
 from __future__ import annotations
 
-import random
 from typing import Iterable
 
-from zhongjing.data.mismatch import others
+from zhongjing.data.mismatch import own_vs_other, turn_items
 from zhongjing.data.schema import Dialogue, Ranking
-
-
-def _pairs(items: list[tuple[str, list, str]], seed: int | str, limit: int) -> list[Ranking]:
-    """items = (dialogue id, context ending with the patient turn, real reply) → own-vs-other rankings."""
-    if limit and len(items) > limit:
-        items = random.Random(f"relevance:{seed}").sample(items, limit)
-    picks = others([g for g, _, _ in items], 1, seed)
-    out = []
-    for n, ((g, ctx, own), p) in enumerate(zip(items, picks)):
-        if p and items[p[0]][2] != own:
-            out.append(Ranking(f"relevance:{g}:{n}", ctx, [own, items[p[0]][2]], [[0], [1]], ["relevance"],
-                               {"source": "relevance"}))
-    return out
 
 
 def from_rankings(rankings: Iterable[Ranking], seed: int | str = 0, limit: int = 0) -> list[Ranking]:
     items = [(r.meta.get("source_id") or r.id, r.messages, (r.meta.get("reference") or "").strip())
              for r in rankings]
-    return _pairs([i for i in items if i[2]], seed, limit)
+    return own_vs_other([i for i in items if i[2]], seed, limit)
 
 
 def from_dialogues(dialogues: Iterable[Dialogue], seed: int | str = 0, limit: int = 0) -> list[Ranking]:
-    items = []
-    for d in dialogues:
-        for i, m in enumerate(d.messages):
-            if m.role == "assistant" and i and d.messages[i - 1].role == "user" and m.content.strip():
-                items.append((d.id, d.messages[:i], m.content.strip()))
-    return _pairs(items, seed, limit)
+    return own_vs_other(turn_items(dialogues), seed, limit)
 
 
 def batches(cfg, tokenizer, data, rankings: list[Ranking]):
@@ -51,7 +32,8 @@ def batches(cfg, tokenizer, data, rankings: list[Ranking]):
     from collections import Counter
 
     from zhongjing.data.render import Renderer
-    from zhongjing.train.prefs import RankingBatches, encode
+    from zhongjing.train.pref_batches import RankingBatches
+    from zhongjing.train.prefs import encode
 
     enc = encode(rankings, Renderer(tokenizer, max_length=cfg.max_length, strategy="last"), Counter())
     if not enc:

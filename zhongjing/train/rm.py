@@ -81,7 +81,8 @@ def train_rm(cfg: RMConfig) -> Path:
     from zhongjing.model.load import load_tokenizer
     from zhongjing.model.value_head import REWARD_TASK, new_reward_model
     from zhongjing.train.common import make_accelerator
-    from zhongjing.train.prefs import fit_prefs, pref_batches
+    from zhongjing.train.pref_batches import pref_batches
+    from zhongjing.train.pref_fit import fit_prefs
 
     if not cfg.model or not cfg.data:
         raise ConfigError("train rm needs model=PARENT_DIR and data=RANKINGS (a file, folder or list)")
