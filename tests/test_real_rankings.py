@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import REPO, SHARED_DATA
-from zhongjing.dataset.simulate import SimulatedAnnotator
+from zhongjing.data.simulate import SimulatedAnnotator
 from zhongjing.dataset.sources import add_mismatched, gold_anchored, make_rankings
 from zhongjing.data.schema import Dialogue, Message, Ranking
 from zhongjing.train import relevance
@@ -36,22 +36,41 @@ def test_gold_anchored_puts_the_real_reply_first_and_keeps_the_simulated_order()
 
 def test_mismatched_negative_is_another_dialogues_reply_and_ranks_last():
     ann = SimulatedAnnotator(tie=0.0)
-    rs = [gold_anchored(generated(i, reference=f"第{i}位患者：请补充病史。"), ann) for i in range(5)]
-    out = add_mismatched(rs, 1, seed=0)
-    for r, before in zip(out, rs):
+    gens = [generated(i, reference=f"第{i}位患者：请补充病史。") for i in range(5)]
+    rs = [gold_anchored(g, ann) for g in gens]
+    last = add_mismatched(rs, 1, seed=0, as_pairs=False)  # appended below every sample
+    for r, before in zip(last, rs):
         neg = r.responses[r.ranking[-1][0]]
         assert r.ranking[-1] == [len(before.responses)] and neg not in before.responses
         assert neg != before.responses[0] and neg.startswith("第")  # a real reply, but to someone else
         assert r.meta["mismatched"] == 1 and r.ranking[:-1] == before.ranking
+    paired = add_mismatched(rs, 1, seed=0)  # default: a ranking of its own, real reply > another patient's
+    assert paired[0::2] == rs and len(paired) == 10
+    for r, g in zip(paired[1::2], gens):
+        assert r.responses[0] == g.meta["reference"] and r.ranking == [[0], [1]] and r.meta["source"] == "mismatched"
+        assert r.responses[1] != r.responses[0] and r.responses[1].startswith("第")
+
+
+def test_relevance_pairs_from_training_dialogues():
+    from zhongjing.dataset.sources import train_pairs
+
+    ds = [Dialogue(f"d{i}", [Message("user", f"问题{i}"), Message("assistant", f"回答{i}")]) for i in range(6)]
+    pairs = train_pairs(ds, 4, seed=0)
+    assert len(pairs) == 4
+    for p in pairs:
+        own = p.messages[-1].content.replace("问题", "回答")
+        assert p.responses[0] == own and p.responses[1] != own and p.ranking == [[0], [1]]
 
 
 def test_make_rankings_reads_preference_pairs_and_counts_sources(tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     rows = [{"question": "头痛怎么办？", "response_chosen": "先休息，持续加重请就医。", "response_rejected": "忍着。"}]
     pairs.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    ranked, counts = make_rankings("gold-anchored", [generated(i) for i in range(3)] + [generated(9, None)],
-                                   SimulatedAnnotator(tie=0.0), mismatched=1, extra=[str(pairs)])
+    gens = [generated(i, reference=f"第{i}位患者：请补充病史。") for i in range(3)] + [generated(9, None)]
+    ranked, counts = make_rankings("gold-anchored", gens, SimulatedAnnotator(tie=0.0), mismatched=1,
+                                   extra=[str(pairs)])
     assert counts["gold-anchored"] == 3 and counts["no_reference"] == 1 and counts["extra:pairs"] == 1
+    assert counts["mismatched"] == 3 and len(ranked) == 3 + 3 + 1
     pair = ranked[-1]
     assert pair.responses[pair.ranking[0][0]] == "先休息，持续加重请就医。" and pair.meta["source"] == "pairs"
 

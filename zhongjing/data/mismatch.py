@@ -30,3 +30,28 @@ def others(groups: Sequence[str], n: int = 1, seed: int | str = 0) -> list[list[
     """For each item i, n distinct indices j (seeded) with groups[j] != groups[i]."""
     rnd = random.Random(f"mismatch:{seed}")
     return [draw(groups, g, n, rnd) for g in groups]
+
+
+def turn_items(dialogues) -> list[tuple[str, list, str]]:
+    """(dialogue id, messages before the doctor turn, the real doctor reply) for every answered patient turn."""
+    items = []
+    for d in dialogues:
+        for i, m in enumerate(d.messages):
+            if m.role == "assistant" and i and d.messages[i - 1].role == "user" and m.content.strip():
+                items.append((d.id, d.messages[:i], m.content.strip()))
+    return items
+
+
+def own_vs_other(items: list[tuple[str, list, str]], seed: int | str = 0, limit: int = 0, tag: str = "relevance"):
+    """Two-answer rankings: the real reply to this patient above a real reply from another dialogue."""
+    from zhongjing.data.schema import Ranking
+
+    if limit and len(items) > limit:
+        items = random.Random(f"{tag}:{seed}").sample(items, limit)
+    picks = others([g for g, _, _ in items], 1, f"{tag}:{seed}")
+    out = []
+    for n, ((g, ctx, own), p) in enumerate(zip(items, picks)):
+        if p and items[p[0]][2] != own:
+            out.append(Ranking(f"{tag}:{g}:{n}", ctx, [own, items[p[0]][2]], [[0], [1]], [tag],
+                               {"source": tag, "source_id": g}))
+    return out

@@ -3,15 +3,19 @@
 Each source makes `Ranking`s (best → worst) and states what it assumes; the rank stage writes their union and
 the pipeline report says which ones trained the reward model.
 
-- `simulated`: the model's K samples ordered by the rubric heuristics of dataset/simulate.py. Assumes the
+- `simulated`: the model's K samples ordered by the rubric heuristics of data/simulate.py. Assumes the
   heuristics (safety patterns, overlap with the real reply, fluency checks) order answers the way a doctor would;
   with a barely trained model every sample is poor, so the order is mostly noise around length and style.
 - `gold-anchored`: the real doctor's reply to the turn ranks FIRST, the K samples below it in the simulated order.
   Assumes the real reply is better than anything the model wrote — true for a small model, and the one
   preference here no heuristic decided. A turn without a real reply is left out (counted).
-- `mismatched` (added to either): `n` real doctor replies to OTHER patients (another dialogue, data/mismatch.py)
-  ranked LAST. Assumes an answer to someone else is worse than any attempt at this patient, however rough; it
-  is what teaches relevance, since style and length alone cannot tell the two real replies apart.
+- `mismatched` (added to either): `n` real doctor replies to OTHER patients (another dialogue, data/mismatch.py),
+  each ranked below this patient's real reply in a two-answer ranking of its own (`mismatched_as: pair`), or
+  appended LAST below the model's samples (`last`). Assumes an answer to someone else is worse than this patient's
+  own reply (`pair`), or than any attempt at this patient however rough (`last`); it is what teaches relevance,
+  since style and length cannot tell the two real replies apart.
+- `relevance-train`: n own-vs-other pairs from the built TRAINING dialogues (same assumption as `pair`), so the
+  reward model sees relevance many more times than the generated turns alone give, at no generation cost.
 - `extra` files: rankings read as they are (any ranking format): the MedicalGPT medical preference pairs
   (chosen > rejected, written by its authors: mostly a full answer over a short or unhelpful one), or real
   annotator exports from `zhongjing annotate export` (doctors' judgements: the only source that needs no
@@ -26,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
-from zhongjing.data.mismatch import draw
+from zhongjing.data.mismatch import draw, own_vs_other, turn_items
 from zhongjing.data.schema import Ranking
 
 KINDS = ("simulated", "gold-anchored")  # how the generated answers become rankings
@@ -54,8 +58,11 @@ def gold_anchored(r: Ranking, annotator) -> Ranking | None:
                    meta | {"source": "gold-anchored", "simulated": True}, all_wrong=False)
 
 
-def add_mismatched(rankings: list[Ranking], n: int, seed: int | str = 0) -> list[Ranking]:
-    """Each ranking gains n real replies to other dialogues' patients, ranked below all its answers."""
+def add_mismatched(rankings: list[Ranking], n: int, seed: int | str = 0, as_pairs: bool = True) -> list[Ranking]:
+    """n real replies to other dialogues' patients per ranking. `as_pairs` (default): each in a ranking of its own,
+    below this patient's real reply; else appended below every answer of the ranking itself. Appended, every
+    sample > mismatched pair mirrors a real reply > sample pair, so a scorer that only tells real text from model
+    text gets exactly 50% (measured on the first real run): the reward model has nothing simple to learn."""
     pool = [(r.meta.get("source_id") or r.id, (r.meta.get("reference") or "").strip()) for r in rankings]
     pool = [(g, ref) for g, ref in pool if ref]
     if n <= 0 or len({g for g, _ in pool}) < 2:
@@ -64,16 +71,26 @@ def add_mismatched(rankings: list[Ranking], n: int, seed: int | str = 0) -> list
     rnd = random.Random(f"mismatched:{seed}")
     out = []
     for r in rankings:
-        picks = draw(groups, r.meta.get("source_id") or r.id, n, rnd)
-        extra = [pool[j][1] for j in picks if pool[j][1] not in r.responses]
-        if not extra or not r.ranking:
-            out.append(r)
+        mine = r.meta.get("source_id") or r.id
+        own = (r.meta.get("reference") or "").strip()
+        picks = draw(groups, mine, n, rnd)
+        extra = [pool[j][1] for j in picks if pool[j][1] not in r.responses and pool[j][1] != own]
+        out.append(r)
+        if not extra or not r.ranking or (as_pairs and not own):
             continue
-        k = len(r.responses)
-        ranking = [list(g) for g in r.ranking] + [list(range(k, k + len(extra)))]
-        out.append(replace(r, responses=r.responses + extra, ranking=ranking,
-                           meta=r.meta | {"mismatched": len(extra)}))
+        if as_pairs:
+            out += [Ranking(f"{r.id}~mismatched{i}", r.messages, [own, e], [[0], [1]], ["mismatched"],
+                            {"source": "mismatched", "source_id": mine}) for i, e in enumerate(extra)]
+        else:
+            k = len(r.responses)
+            out[-1] = replace(r, responses=r.responses + extra, ranking=[list(g) for g in r.ranking] + [
+                list(range(k, k + len(extra)))], meta=r.meta | {"mismatched": len(extra)})
     return out
+
+
+def train_pairs(dialogues, n: int, seed: int | str = 0) -> list[Ranking]:
+    """n own-vs-other pairs from (training) dialogues: relevance without generating anything."""
+    return own_vs_other(turn_items(dialogues), seed, n, tag="relevance-train")
 
 
 def read_extra(paths: Iterable[str]) -> list[Ranking]:
@@ -90,7 +107,8 @@ def read_extra(paths: Iterable[str]) -> list[Ranking]:
 
 
 def make_rankings(kind: str, generated: Iterable[Ranking], annotator, *, mismatched: int = 0,
-                  extra: Iterable[str] = (), seed: int | str = 0) -> tuple[list[Ranking], Counter]:
+                  mismatched_as: str = "pair", extra: Iterable[str] = (), relevance_dialogues: Iterable = (),
+                  relevance_pairs: int = 0, seed: int | str = 0) -> tuple[list[Ranking], Counter]:
     """The rank stage's rankings from the generated answers (+ mismatched negatives) and extra files."""
     if kind not in KINDS:
         raise ValueError(f"ranking kind {kind!r} (one of {', '.join(KINDS)})")
@@ -104,8 +122,14 @@ def make_rankings(kind: str, generated: Iterable[Ranking], annotator, *, mismatc
         ranked.append(out)
     counts[kind] = len(ranked)
     if mismatched:
-        ranked = add_mismatched(ranked, mismatched, seed)
-        counts["with_mismatched"] = sum(1 for r in ranked if r.meta.get("mismatched"))
+        if mismatched_as not in ("pair", "last"):
+            raise ValueError(f"mismatched_as {mismatched_as!r} (pair or last)")
+        ranked = add_mismatched(ranked, mismatched, seed, as_pairs=mismatched_as == "pair")
+        counts["mismatched"] = sum(1 for r in ranked if r.meta.get("mismatched") or r.meta.get("source") == "mismatched")
+    if relevance_pairs:
+        pairs = train_pairs(relevance_dialogues, relevance_pairs, seed)
+        counts["relevance-train"] = len(pairs)
+        ranked += pairs
     for r in read_extra(extra):
         counts[f"extra:{r.meta['source']}"] += 1
         ranked.append(r)

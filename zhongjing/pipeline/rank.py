@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zhongjing.errors import ZhongjingError
+from zhongjing.errors import ConfigError, ZhongjingError
 
 
 @dataclass
@@ -15,8 +15,14 @@ class RankSettings:
 
     kg: str = ""  # knowledge graph (xywy layout) for the drug check; empty = no graph
     tie: float = 0.02  # score differences below this in every dimension are ties
-    mismatched: int = 0  # real replies to other patients ranked last in each ranking (teaches relevance)
+    mismatched: int = 0  # real replies to other patients per ranking, ranked below the real reply (relevance)
+    mismatched_as: str = "pair"  # pair: own real reply > other's, a ranking of its own; last: below every sample
+    relevance_pairs: int = 0  # own-vs-other pairs drawn from the built training dialogues (no generation)
     extra: list[str] = field(default_factory=list)  # more ranking files: preference pairs, annotator exports
+
+    def __post_init__(self):
+        if self.mismatched_as not in ("pair", "last"):
+            raise ConfigError(f"rank.mismatched_as: 'pair' or 'last', got {self.mismatched_as!r}")
 
 
 @dataclass
@@ -27,6 +33,8 @@ class RankJob:
     kg: str
     tie: float
     mismatched: int = 0
+    mismatched_as: str = "pair"
+    relevance_pairs: int = 0
     extra: list[str] = field(default_factory=list)
 
 
@@ -41,8 +49,13 @@ def run_rank(cfg, w, job: RankJob) -> dict:
         from zhongjing.dataset.sources import make_rankings
 
         annotator = load_annotator(job.kg or None, job.tie)
+        from zhongjing.data.readers import read_dialogues
+
+        train = list(read_dialogues(str(w.built("train")))) if job.relevance_pairs else []
         ranked, counts = make_rankings(cfg.rankings, read_rankings(str(w.output("generate"))), annotator,
-                                       mismatched=job.mismatched, extra=job.extra, seed=cfg.splits.seed)
+                                       mismatched=job.mismatched, mismatched_as=job.mismatched_as, extra=job.extra,
+                                       relevance_dialogues=train, relevance_pairs=job.relevance_pairs,
+                                       seed=cfg.splits.seed)
         write_jsonl(out, ranked)
         wrong = sum(r.all_wrong for r in ranked)
         print(f"rank: {cfg.rankings} rankings of {len(ranked)} prompts ({wrong} with every answer unsafe) → {out}; "
