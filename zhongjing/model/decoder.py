@@ -9,6 +9,7 @@ detokenised incrementally and held back while it may still become a stop string.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from dataclasses import dataclass
@@ -135,9 +136,11 @@ class Decoder:
         self.rows: list[Row] = []
         self.cache = None
         self.mask = self.pos = self.next_tokens = None  # [B, T] long, [B] long, [B] long
+        self._ones = torch.ones((64, 1), dtype=torch.long, device=self.device)  # the mask column of a new token
 
     def __len__(self) -> int:
-        return len(self.rows)
+        """Rows still generating (finished rows may wait in the cache until the next compaction)."""
+        return sum(not s.finished for s in self.rows)
 
     @property
     def can_join(self) -> bool:
@@ -157,9 +160,13 @@ class Decoder:
         from transformers import DynamicCache
 
         try:
-            return DynamicCache(config=self.net.config)
+            cache = DynamicCache(config=self.net.config)
         except TypeError:  # older transformers
-            return DynamicCache()
+            cache = DynamicCache()
+        for layer in getattr(cache, "layers", None) or ():
+            if type(layer).__name__ == "DynamicLayer":  # grow in place instead of one full copy per token
+                layer.update = functools.partial(_grow_update, layer, type(layer).update)
+        return cache
 
     @torch.inference_mode()
     def admit(self, seqs: list[Row]) -> list[Row]:
@@ -198,7 +205,7 @@ class Decoder:
         """Feed every row its last sampled token and sample the next. Returns rows that finished."""
         if not self.rows:
             return []
-        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        self.mask = torch.cat([self.mask, self._ones[: len(self.rows)]], dim=1)
         logits = self._forward(self.next_tokens[:, None], self.mask, self.pos[:, None], self.cache, last_only=False)
         self.pos = self.pos + 1
         self.next_tokens = self._pick(logits, self.rows)
@@ -211,25 +218,40 @@ class Decoder:
             if id(s) in gone and not s.finished:
                 s.finish_reason = reason
                 s.text = self._decode(s)
-        self._keep([i for i, s in enumerate(self.rows) if id(s) not in gone])
+        self._keep([i for i, s in enumerate(self.rows) if id(s) not in gone and not s.finished])
 
     def reset(self) -> None:
         self.rows, self.cache, self.mask, self.pos, self.next_tokens = [], None, None, None, None
 
     # -- batch bookkeeping -------------------------------------------------------------
     def _merge(self, seqs, cache, mask, pos, tokens) -> None:
-        if not self.rows:
+        """Join prefilled rows to the batch; finished rows still in the cache leave in the same copy."""
+        live = [i for i, s in enumerate(self.rows) if not s.finished]
+        if not live:
             self.rows, self.cache, self.mask, self.pos, self.next_tokens = list(seqs), cache, mask, pos, tokens
+            self._ones = torch.ones((max(64, 2 * len(seqs)), 1), dtype=torch.long, device=self.device)
             return
-        old, new = _layers(self.cache), _layers(cache)
-        width = max(self.mask.shape[1], mask.shape[1])
-        merged = [(torch.cat([_lpad(k0, width), _lpad(k1, width)]), torch.cat([_lpad(v0, width), _lpad(v1, width)]))
-                  for (k0, v0), (k1, v1) in zip(old, new)]
+        take, first = self._live_columns(live)
+        omask = self.mask[take, first:] if take is not None else self.mask[:, first:]
+        width = max(omask.shape[1], mask.shape[1])
+        merged = []
+        for (k0, v0), (k1, v1) in zip(_layers(self.cache), _layers(cache)):
+            k0, v0 = (k0[take, :, first:], v0[take, :, first:]) if take is not None else (k0[:, :, first:], v0[:, :, first:])
+            merged.append((_assemble([k0, k1], width), _assemble([v0, v1], width)))
         _set_layers(self.cache, merged)
-        self.mask = torch.cat([_lpad(self.mask, width, dim=1), _lpad(mask, width, dim=1)])
-        self.pos = torch.cat([self.pos, pos])
-        self.next_tokens = torch.cat([self.next_tokens, tokens])
-        self.rows += list(seqs)
+        self.mask = torch.cat([_lpad(omask, width, dim=1), _lpad(mask, width, dim=1)])
+        keep = (lambda x: x[take]) if take is not None else (lambda x: x)
+        self.pos = torch.cat([keep(self.pos), pos])
+        self.next_tokens = torch.cat([keep(self.next_tokens), tokens])
+        self.rows = [self.rows[i] for i in live] + list(seqs)
+        if self._ones.shape[0] < len(self.rows):
+            self._ones = torch.ones((2 * len(self.rows), 1), dtype=torch.long, device=self.device)
+
+    def _live_columns(self, keep: list[int]):
+        """(row index tensor, or None when every row stays; first column that is not padding for all of them)."""
+        take = None if len(keep) == len(self.rows) else torch.tensor(keep, device=self.device)
+        mask = self.mask if take is None else self.mask[take]
+        return take, int(mask.any(0).nonzero()[0])
 
     def _keep(self, keep: list[int]) -> None:
         if len(keep) == len(self.rows):
@@ -237,17 +259,28 @@ class Decoder:
         if not keep:
             self.reset()
             return
-        idx = torch.tensor(keep, device=self.device)
-        mask = self.mask[idx]
-        first = int(mask.any(0).nonzero()[0])  # columns that are padding for every remaining row go
-        _set_layers(self.cache, [(k[idx, :, first:], v[idx, :, first:]) for k, v in _layers(self.cache)])
-        self.mask, self.pos, self.next_tokens = mask[:, first:], self.pos[idx], self.next_tokens[idx]
+        take, first = self._live_columns(keep)
+        width = self.mask.shape[1] - first
+        _set_layers(self.cache, [(_assemble([k[take, :, first:]], width), _assemble([v[take, :, first:]], width))
+                                 for k, v in _layers(self.cache)])
+        self.mask, self.pos, self.next_tokens = self.mask[take, first:], self.pos[take], self.next_tokens[take]
         self.rows = [self.rows[i] for i in keep]
+
+    def _retire(self) -> None:
+        """Finished rows stay in the cache (computed, ignored) until a quarter of the batch is finished or new
+        rows join: one compaction copy for several finished rows instead of one per row."""
+        live = [i for i, s in enumerate(self.rows) if not s.finished]
+        if not live:
+            self.reset()
+        elif 4 * (len(self.rows) - len(live)) >= len(self.rows):
+            self._keep(live)
 
     def _advance(self, rows: list[Row], tokens: torch.Tensor) -> list[Row]:
         """Append each row's new token, decide who is finished, let finished rows leave the batch."""
         done = []
         for s, t in zip(rows, tokens.tolist()):
+            if s.finished:  # finished earlier, waiting for compaction
+                continue
             if s.error:
                 s.finish_reason = "error"
                 done.append(s)
@@ -266,7 +299,7 @@ class Decoder:
                     s.emitted = s.text
                 done.append(s)
         if done:
-            self._keep([i for i, s in enumerate(self.rows) if not s.finished])
+            self._retire()
         return done
 
     def _decode(self, s: Row) -> str:
@@ -311,7 +344,7 @@ class Decoder:
         temps = torch.tensor([s.params.temperature for s in rows], device=logits.device)
         greedy = temps <= 0
         scaled = logits / torch.where(greedy, torch.ones_like(temps), temps)[:, None]
-        broken = scaled.isnan().any(-1) | scaled.isposinf().any(-1) | scaled.isneginf().all(-1)
+        broken = ~scaled.amax(-1).isfinite()  # a NaN or +inf anywhere, or nothing finite, in a row: one pass
         if broken.any():  # isolate rows whose own settings (or numbers) broke: they end with an error
             for i in broken.nonzero()[:, 0].tolist():
                 rows[i].error = rows[i].error or "the sampling settings gave non-finite scores"
@@ -394,10 +427,52 @@ def _layers(cache, check: bool = False):
     raise ZhongjingError(f"unsupported KV cache type {type(cache).__name__}")
 
 
+def _assemble(parts: list[torch.Tensor], width: int) -> torch.Tensor:
+    """Rows of `parts` ([b, heads, t, dim] each) right-aligned at `width` columns, zeros on the left, in one new
+    buffer with room to grow (see _grow_update); returns the [B, heads, width, dim] view."""
+    b = sum(p.shape[0] for p in parts)
+    ref = parts[0]
+    buf = ref.new_empty((b, ref.shape[1], width + max(64, width // 2), ref.shape[-1]))
+    r = 0
+    for p in parts:
+        t = p.shape[-2]
+        if t < width:
+            buf[r:r + p.shape[0], :, : width - t].zero_()  # padding: masked, but must not be NaN (0 × NaN = NaN)
+        buf[r:r + p.shape[0], :, width - t:width].copy_(p)
+        r += p.shape[0]
+    view = buf[:, :, :width]
+    view._zj_owner = buf  # (inference-mode views keep no ._base)
+    return view
+
+
+def _grow_update(layer, plain_update, key_states, value_states, *args, **kwargs):
+    """DynamicLayer.update that appends into a buffer with spare columns (views, no copy of the whole cache per
+    token); a new buffer (with room again) only when the old one is full or the rows changed."""
+    keys = layer.keys if getattr(layer, "is_initialized", False) else None
+    if keys is None or keys.dim() != 4 or keys.numel() == 0:
+        return plain_update(layer, key_states, value_states, *args, **kwargs)
+    t, n = keys.shape[-2], key_states.shape[-2]
+    kb, vb = getattr(layer, "_zj_buf", (None, None))
+    if (kb is None or kb.data_ptr() != keys.data_ptr() or kb.shape[:2] != keys.shape[:2] or kb.shape[-2] < t + n
+            or kb.stride() != keys.stride()):
+        kb = _assemble([keys], t)._zj_owner
+        vb = _assemble([layer.values], t)._zj_owner
+        if kb.shape[-2] < t + n:
+            kb = torch.cat([kb, kb.new_empty(kb.shape[:2] + (n, kb.shape[-1]))], dim=2)
+            vb = torch.cat([vb, vb.new_empty(vb.shape[:2] + (n, vb.shape[-1]))], dim=2)
+        layer._zj_buf = (kb, vb)
+    kb[:, :, t:t + n].copy_(key_states)
+    vb[:, :, t:t + n].copy_(value_states)
+    layer.keys, layer.values = kb[:, :, :t + n], vb[:, :, :t + n]
+    return layer.keys, layer.values
+
+
 def _set_layers(cache, kv) -> None:
     if getattr(cache, "layers", None) is not None:
         for layer, (k, v) in zip(cache.layers, kv):
             layer.keys, layer.values = k, v
+            # views made by _assemble: their buffers have room, so the next token is appended without a copy
+            layer._zj_buf = (getattr(k, "_zj_owner", None), getattr(v, "_zj_owner", None))
     else:
         cache.key_cache[:], cache.value_cache[:] = [k for k, _ in kv], [v for _, v in kv]
 
