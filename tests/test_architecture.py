@@ -136,3 +136,12 @@ def test_the_checker_sees_hidden_and_relative_imports(tmp_path):
     known = set(modules())
     found = {t for t, _ in imports(f, "zhongjing.data.x", known)}
     assert {"zhongjing.pipeline.run", "zhongjing.data.schema", "zhongjing.data.render"} <= found
+
+
+def test_every_module_a_stage_row_names_exists():
+    """A misspelt or moved module in a Stage row would silently drop out of that stage's code version."""
+    from zhongjing.model.identity import module_files
+    from zhongjing.pipeline.stages import STAGES
+
+    missing = [(s.name, m) for s in STAGES.values() for m in (s.module, *s.code) if not module_files(m)]
+    assert not missing, f"Stage rows name modules that do not exist: {missing}"

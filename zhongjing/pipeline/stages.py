@@ -188,7 +188,7 @@ _ROWS = [
           reads=lambda w: ["sft", "rm", "build"], needs=("sft", "rm", "build"),
           wired=frozenset({"model", "prompts", "output", "reward.rm"}), wire=_wire_ppo, launched=True, prompts=True,
           code=("zhongjing.train.ppo", "zhongjing.train.rl", "zhongjing.train.rollout", "zhongjing.train.rewards",
-                "zhongjing.train.monitor", "zhongjing.dataset.simulate", "zhongjing.model.reward",
+                "zhongjing.train.monitor", "zhongjing.data.simulate", "zhongjing.model.reward",
                 "zhongjing.train.losses", "zhongjing.model.value_head", "zhongjing.model.generation", *_TRAIN),
           summary=report.ppo_summary, model_name="aligned"),
     Stage("eval", "zhongjing.eval.run", "EvalConfig", ("eval",), "eval/results.json",
