@@ -9,6 +9,10 @@ from __future__ import annotations
 import importlib
 import sys
 
+from zhongjing.pipeline.stages import STAGES
+
+# the pipeline stages' own commands (init-model, build, train pt/sft/rm/ppo, generate, eval): from their Stage rows
+STAGE_COMMANDS = {" ".join(s.command): (s.module, s.help) for s in STAGES.values() if s.command}
 # command words → (module, one-line help). Groups ("data", "train", ...) list their sub-words.
 COMMANDS: dict[str, tuple[str, str]] = {
     "data convert": ("zhongjing.data.convert", "convert files of any supported format to Dialogue/Document/Ranking JSONL"),
@@ -16,20 +20,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data criteria": ("zhongjing.data.criteria", "draft per-case rubric criteria (KG check + rubric) for doctors to review"),
     "data cases": ("zhongjing.consult.cases", "consultation cases: opening + hidden facts revealed later (RL environment)"),
     "data show-mask": ("zhongjing.model.show_mask", "print a rendered dialogue with the trained spans marked"),
-    "init-model": ("zhongjing.model.init_model", "train a tokenizer and build a tiny LLaMA from scratch"),
-    "build": ("zhongjing.dataset.chain", "build a clean CMtMedQA-style training set from raw dialogues"),
-    "train pt": ("zhongjing.train.pt", "continued pre-training on documents"),
-    "train sft": ("zhongjing.train.sft", "multi-turn supervised fine-tuning (LoRA or full)"),
-    "train rm": ("zhongjing.train.rm", "reward model from K-way rankings"),
-    "train ppo": ("zhongjing.train.ppo", "PPO against the reward model"),
+    **STAGE_COMMANDS,
     "train dpo": ("zhongjing.train.dpo", "direct preference optimisation"),
     "train grpo": ("zhongjing.train.grpo", "group relative policy optimisation"),
     "train consult": ("zhongjing.consult.loop", "multi-turn RL against a simulated patient, or exam RLVR (env=exam)"),
     "export": ("zhongjing.model.export", "merge a LoRA adapter into a standalone model folder"),
-    "generate": ("zhongjing.generate", "K sampled answers per doctor turn → Ranking JSONL"),
     "score": ("zhongjing.score", "reward of each (dialogue, response) under a reward model"),
     "annotate": ("zhongjing.annotate.cli", "web tool where doctors rank answers (serve/import/export)"),
-    "eval": ("zhongjing.eval.run", "pairwise judging, safety, exams and a report"),
     "chat": ("zhongjing.serve.chat", "multi-turn chat in the terminal"),
     "serve": ("zhongjing.serve.server", "OpenAI-compatible HTTP server with a web chat page"),
     "pipeline": ("zhongjing.pipeline.run", "run init-model → build → pt → sft → generate → rank → rm → ppo → eval"),

@@ -43,6 +43,7 @@ class Stage:
     section: type = dict  # the type of its section in the pipeline YAML
     run: Callable | None = None  # (cfg, wiring, config) for a stage that runs inside the pipeline
     model_name: str = ""  # its name among the eval stage's models
+    help: str = ""  # its line in `zhongjing --help` (a stage with a command)
 
     def resume_points(self, out: Path) -> list[Path]:
         """What an earlier run left to resume from (removed before a fresh run)."""
@@ -152,23 +153,28 @@ def _wire_eval(section, cfg, w):
 _ROWS = [
     Stage("init", "zhongjing.model.init_model", "InitModelConfig", ("init-model",), "base",
           reads=lambda w: [], wired=frozenset({"output"}), wire=_wire_init,
-          code=("zhongjing.model.init_model", "zhongjing.data.readers"), summary=report.init_summary),
+          code=("zhongjing.model.init_model", "zhongjing.data.readers"), summary=report.init_summary,
+          help="train a tokenizer and build a tiny LLaMA from scratch"),
     Stage("build", "zhongjing.dataset.chain", "BuildConfig", ("build",), "data",
           reads=lambda w: [], wired=frozenset({"output", "work_dir"}), wire=_wire_build,
-          code=("zhongjing.dataset", "zhongjing.data"), summary=report.build_summary),
+          code=("zhongjing.dataset", "zhongjing.data"), summary=report.build_summary,
+          help="build a clean CMtMedQA-style training set from raw dialogues"),
     Stage("pt", "zhongjing.train.pt", "PTConfig", ("train", "pt"), "pt",
           reads=lambda w: w.base_stage() + (["build"] if w.cfg.splits.pretrain else []),
           wired=frozenset({"model", "output"}), wire=_wire_pt, launched=True,
-          code=("zhongjing.train.pt", "zhongjing.train.lm", *_TRAIN), summary=report.lm_summary, model_name="pt"),
+          code=("zhongjing.train.pt", "zhongjing.train.lm", *_TRAIN), summary=report.lm_summary, model_name="pt",
+          help="continued pre-training on documents"),
     Stage("sft", "zhongjing.train.sft", "SFTConfig", ("train", "sft"), "sft",
           reads=lambda w: w.lm_stage() + ["build"], needs=("build",),
           wired=frozenset({"model", "output"}), wire=_wire_sft, launched=True,
-          code=("zhongjing.train.sft", "zhongjing.train.lm", *_TRAIN), summary=report.lm_summary, model_name="sft"),
+          code=("zhongjing.train.sft", "zhongjing.train.lm", *_TRAIN), summary=report.lm_summary, model_name="sft",
+          help="multi-turn supervised fine-tuning (LoRA or full)"),
     Stage("generate", "zhongjing.generate", "GenerateConfig", ("generate",), "generate/answers.jsonl",
           reads=lambda w: ["sft", "build"], needs=("sft", "build"),
           wired=frozenset({"model", "input", "output"}), wire=_wire_generate, prompts=True,
           code=("zhongjing.generate", "zhongjing.model.generation", "zhongjing.model.load", "zhongjing.data"),
-          summary=report.generate_summary),
+          summary=report.generate_summary,
+          help="K sampled answers per doctor turn → Ranking JSONL"),
     Stage("rank", "zhongjing.pipeline.rank", "RankJob", (), "rank/rankings.jsonl",
           reads=lambda w: (["generate"] if w.cfg.simulated else []) + (["build"] if w.cfg.rank.relevance_pairs else []),
           needs=("generate",),
@@ -183,20 +189,23 @@ _ROWS = [
           code=("zhongjing.train.rm", "zhongjing.train.relevance", "zhongjing.train.prefs", "zhongjing.train.pref_batches",
                 "zhongjing.train.pref_fit", "zhongjing.model.reward",
                 "zhongjing.train.losses", "zhongjing.model.value_head", *_TRAIN),
-          summary=report.rm_summary),
+          summary=report.rm_summary,
+          help="reward model from K-way rankings"),
     Stage("ppo", "zhongjing.train.ppo", "PPOConfig", ("train", "ppo"), "ppo",
           reads=lambda w: ["sft", "rm", "build"], needs=("sft", "rm", "build"),
           wired=frozenset({"model", "prompts", "output", "reward.rm"}), wire=_wire_ppo, launched=True, prompts=True,
           code=("zhongjing.train.ppo", "zhongjing.train.rl", "zhongjing.train.rollout", "zhongjing.train.rewards",
                 "zhongjing.train.monitor", "zhongjing.data.simulate", "zhongjing.model.reward",
                 "zhongjing.train.losses", "zhongjing.model.value_head", "zhongjing.model.generation", *_TRAIN),
-          summary=report.ppo_summary, model_name="aligned"),
+          summary=report.ppo_summary, model_name="aligned",
+          help="PPO against the reward model"),
     Stage("eval", "zhongjing.eval.run", "EvalConfig", ("eval",), "eval/results.json",
           reads=lambda w: w.base_stage() + w.lm_stage() + ["sft", "ppo", "rm", "build"], needs=("sft",),
           wired=frozenset({"output", "models", "target", "baselines", "ablation"}), wire=_wire_eval,
           code=("zhongjing.eval", "zhongjing.model.generation", "zhongjing.model.reward", "zhongjing.model.value_head",
                 "zhongjing.model.load", "zhongjing.data"),
-          summary=report.eval_summary),
+          summary=report.eval_summary,
+          help="pairwise judging, safety, exams and a report"),
 ]
 STAGES: dict[str, Stage] = {s.name: s for s in _ROWS}  # in chain order
 
