@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from zhongjing.consult.cases import KINDS, Case, Fact
 from zhongjing.data.text import asks_question, sentences
+from zhongjing.llm.client import EndpointConfig
 
 UNKNOWN = "这个我不太清楚。"
 THANKS = "好的，谢谢医生。"
@@ -29,6 +30,15 @@ CUES: dict[str, re.Pattern] = {
     "medication": re.compile(r"药|用过|吃过|治疗过|处理过|打过针"),
     "test": re.compile(r"检查|化验|查过|结果|体温|量过|血压|血糖|报告"),
 }
+
+
+@dataclass
+class PatientSettings:
+    kind: str = "retrieval"  # retrieval | endpoint | model
+    path: str = ""  # model folder for kind=model
+    max_facts: int = 2  # facts the retrieval patient reveals per question at most
+    endpoint: EndpointConfig = field(default_factory=lambda: EndpointConfig(temperature=0.0, max_tokens=128))
+    cache: str = ""  # kind=endpoint: sqlite cache of its replies (default OUTPUT/patient_cache.sqlite)
 
 
 @dataclass
@@ -183,4 +193,4 @@ def make_patient(kind: str, *, path: str = "", max_facts: int = 2, endpoint=None
     raise ConfigError(f"unknown patient kind {kind!r} (retrieval, endpoint, model)")
 
 
-__all__ = ["KINDS", "Reply", "State", "RetrievalPatient", "EndpointPatient", "ModelPatient", "make_patient"]
+__all__ = ["KINDS", "PatientSettings", "Reply", "State", "RetrievalPatient", "EndpointPatient", "ModelPatient", "make_patient"]

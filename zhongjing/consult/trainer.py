@@ -17,21 +17,12 @@ from pathlib import Path
 import torch
 
 from zhongjing.consult.episodes import EpisodeSettings
+from zhongjing.consult.patients import PatientSettings
 from zhongjing.consult.rewards import ConsultRewardSettings, ExamRewardSettings
 from zhongjing.errors import ConfigError
-from zhongjing.llm.client import EndpointConfig
 from zhongjing.model.lora import LoraSettings
 from zhongjing.train.advantages import CRITIC, ESTIMATORS
 from zhongjing.train.common import TrainSettings
-
-
-@dataclass
-class PatientSettings:
-    kind: str = "retrieval"  # retrieval | endpoint | model
-    path: str = ""  # model folder for kind=model
-    max_facts: int = 2  # facts the retrieval patient reveals per question at most
-    endpoint: EndpointConfig = field(default_factory=lambda: EndpointConfig(temperature=0.0, max_tokens=128))
-    cache: str = ""  # kind=endpoint: sqlite cache of its replies (default OUTPUT/patient_cache.sqlite)
 
 
 @dataclass

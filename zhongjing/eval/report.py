@@ -11,6 +11,7 @@ import html
 import math
 from pathlib import Path
 
+from zhongjing.eval.consultation import blocks as consultation_blocks
 from zhongjing.eval.plots import DIM_LABELS, ablation_figure, pairwise_figure
 from zhongjing.eval import report_blocks as extra
 from zhongjing.io import atomic_open, write_json
@@ -63,6 +64,11 @@ def make_figures(results: dict, out: Path) -> dict[str, str]:
         name = "ablation.png"
         ablation_figure(out / name, f"RLHF ablation — {main['testset']}", dims, rates, lengths, before, after)
         figs["ablation"] = name
+    if results.get("consultation", {}).get("models"):
+        from zhongjing.eval.consultation import figure
+
+        figure(results["consultation"], out / "consultation.png")
+        figs["consultation"] = "consultation.png"
     if results.get("leaderboard"):
         from zhongjing.eval.leaderboard import plot
 
@@ -136,6 +142,7 @@ def build_blocks(results: dict, figs: dict[str, str]) -> list[tuple]:
                    for r in results["safety_vs_reference"]]))
         b += [("p", trust)] if trust else []
     b += extra.rubric_blocks(results)
+    b += consultation_blocks(results, figs)
     b += _metric_blocks(results)
     b += _exam_blocks(results)
     b += extra.subject_blocks(results)

@@ -23,6 +23,7 @@ from zhongjing.eval.answers import (GenerationConfig, LocalModel, ModelSpec, Thr
                                     log)
 from zhongjing.llm.cache import Cache
 from zhongjing.llm.client import Endpoint, EndpointConfig
+from zhongjing.eval.consultation import ConsultationConfig
 from zhongjing.eval.exams import ExamConfig
 from zhongjing.eval.leaderboard import LeaderboardConfig
 from zhongjing.eval.rubric_grading import RubricConfig
@@ -77,6 +78,7 @@ class EvalConfig:
     validation_judges: list[JudgeConfig] = field(default_factory=list)  # more judges checked on the same labels only
     leaderboard: LeaderboardConfig = field(default_factory=LeaderboardConfig)  # Bradley–Terry over all comparisons
     rubric: RubricConfig = field(default_factory=RubricConfig)  # per-case criteria graded by an LLM (HealthBench style)
+    consultation: ConsultationConfig = field(default_factory=ConsultationConfig)  # interactive: models vs a patient
     notes: list[str] = field(default_factory=list)  # extra lines for the report (e.g. where the RM's rankings came from)
 
 
@@ -115,7 +117,7 @@ def check(cfg: EvalConfig) -> None:
         raise ConfigError("validation_judges: list the human-labelled files under judge_validation.files")
     if (cfg.judge_validation.files or cfg.judge_validation.if_present) and cfg.judge.backend == "none":
         raise ConfigError("judge_validation: there is no judge to validate (judge.backend: none)")
-    if not cfg.testsets and not cfg.exams and not cfg.rubric.sets:
+    if not cfg.testsets and not cfg.exams and not cfg.rubric.sets and not cfg.consultation.cases:
         raise ConfigError("eval: nothing to do — add 'testsets' and/or 'exams'")
 
 
@@ -240,13 +242,21 @@ def run(cfg: EvalConfig) -> dict[str, Path]:
         log(f"test set {s.name}: {len(s.dialogues)} dialogues → {len(s.items)} items")
     with Cache(cfg.cache or out / "cache.sqlite") as cache:
         validating = bool(cfg.judge_validation.files or cfg.judge_validation.if_present)
-        judge = build_judge(cfg.judge, cache) if (sets and cfg.answers) or validating else None  # before generating: fail fast
+        judge = (build_judge(cfg.judge, cache) if (sets and cfg.answers) or validating
+                 or (cfg.consultation.cases and cfg.judge.backend != "none") else None)  # before generating: fail fast
         validation = validate_judge(cfg, judge, cache) if validating else []
         rubric_sets = load_sets(cfg.rubric, cfg.seed)
         answers, failures, ppl, exam_scores = collect_answers(
             cfg, sets + [TestSet(n, "", [c.item(n) for c in cases]) for n, cases in rubric_sets], cache)
         results = evaluate(cfg, sets, answers, failures, ppl, exam_scores, judge, comparisons(cfg))
         results["judge_validation"] = validation
+        if cfg.consultation.cases:
+            from zhongjing.eval.consultation import run_consultation
+
+            target = cfg.target or cfg.models[0].name
+            results["consultation"] = run_consultation(
+                cfg.consultation, cfg.models, target, cfg.baselines or [m.name for m in cfg.models if m.name != target],
+                judge, n_boot=cfg.report.bootstrap, seed=cfg.seed, log=log)
         results["rubric"] = run_rubric(cfg.rubric, rubric_sets, answers, cache, n_boot=cfg.report.bootstrap,
                                        seed=cfg.seed, log=log)
         results["meta"]["config"] = to_dict(cfg)
