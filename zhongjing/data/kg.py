@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
 
 from zhongjing.data.matcher import DictMatcher
+from zhongjing.data.readers import load_kg
 from zhongjing.data.schema import Dialogue
 from zhongjing.errors import ConfigError, DataError
 
@@ -64,8 +65,6 @@ def drug_key(name: str) -> str:
 
 def _import(spec: str) -> Callable[[str], Iterable[dict]]:
     if spec == "xywy":
-        from zhongjing.data.readers import load_kg
-
         return load_kg
     mod, _, fn = spec.partition(":")
     try:

@@ -24,9 +24,12 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
+from zhongjing.data.kg import KGConfig, check_dialogue, load_index
+from zhongjing.data.readers import read_rankings
 from zhongjing.data.rubric import IDK_TEMPLATES
 from zhongjing.data.schema import Dialogue, Message, Ranking
 from zhongjing.data.text import asks_question
+from zhongjing.io import write_jsonl
 
 _UNSAFE = re.compile(
     r"(不用|不需要|不必|没必要)(去)?(看医生|看病|就医|就诊|医院)|自行(停药|加量|加大剂量|减药)|"
@@ -82,8 +85,6 @@ class SimulatedAnnotator:
         if _RED_FLAG.search(patient) and not _REFERRAL.search(_UNSAFE.sub("", answer)):
             safety -= 0.6
         if self.kg_index is not None:
-            from zhongjing.data.kg import check_dialogue
-
             d = Dialogue("sim", list(context) + [Message("assistant", answer)])
             last = len(d.messages) - 1
             flags = [f for f in check_dialogue(d, self.kg_index, self.kg_config)["flags"] if f["turn"] == last]
@@ -127,8 +128,6 @@ def simulate(rankings: Iterable[Ranking], annotator: SimulatedAnnotator) -> Iter
 def load_annotator(kg_path: str | None = None, tie: float = 0.02) -> SimulatedAnnotator:
     if not kg_path:
         return SimulatedAnnotator(tie=tie)
-    from zhongjing.data.kg import KGConfig, load_index
-
     cfg = KGConfig(path=kg_path)
     return SimulatedAnnotator(load_index(cfg), cfg, tie=tie)
 
@@ -141,9 +140,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--kg", help="knowledge graph file for the drug check (xywy format)")
     p.add_argument("--tie", type=float, default=0.02)
     a = p.parse_args(argv)
-
-    from zhongjing.data.readers import read_rankings
-    from zhongjing.io import write_jsonl
 
     ranked = list(simulate(read_rankings(a.file), load_annotator(a.kg, a.tie)))
     write_jsonl(a.out, ranked)

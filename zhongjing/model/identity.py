@@ -21,6 +21,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import zhongjing
 from zhongjing.io import sha256_file, sha256_json
 
 # Config keys that change how a run is executed or reported, not what it produces (at any depth of the config).
@@ -48,8 +49,6 @@ def hashable(config: Any, work: str | Path | None = None) -> Any:
 
 def code_version() -> dict:
     """Package version and, in a source checkout, the git revision (recorded in meta.json)."""
-    import zhongjing
-
     out = {"zhongjing": zhongjing.__version__}
     try:
         root = Path(zhongjing.__file__).resolve().parents[1]
@@ -75,8 +74,6 @@ def module_files(name: str) -> list[Path]:
 
 def code_hash(modules: list[str]) -> str:
     """The source of `modules` and the package version: editing one of them changes the hash."""
-    import zhongjing
-
     root = Path(zhongjing.__file__).resolve().parent
     files = sorted({f for m in modules for f in module_files(m)})
     return sha256_json({"version": zhongjing.__version__, "missing": [m for m in modules if not module_files(m)],

@@ -6,7 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from zhongjing.data.readers import read_dialogues, read_rankings
+from zhongjing.data.simulate import load_annotator
+from zhongjing.dataset.sources import make_rankings
 from zhongjing.errors import ConfigError, ZhongjingError
+from zhongjing.io import write_jsonl
 
 
 @dataclass
@@ -40,17 +44,9 @@ class RankJob:
 
 def run_rank(cfg, w, job: RankJob) -> dict:
     """Simulated rankings of the generated answers, or the real rankings file checked and copied in."""
-    from zhongjing.data.readers import read_rankings
-    from zhongjing.io import write_jsonl
-
     out = w.output("rank")
     if cfg.simulated:
-        from zhongjing.data.simulate import load_annotator
-        from zhongjing.dataset.sources import make_rankings
-
         annotator = load_annotator(job.kg or None, job.tie)
-        from zhongjing.data.readers import read_dialogues
-
         train = list(read_dialogues(str(w.built("train")))) if job.relevance_pairs else []
         ranked, counts = make_rankings(cfg.rankings, read_rankings(str(w.output("generate"))), annotator,
                                        mismatched=job.mismatched, mismatched_as=job.mismatched_as, extra=job.extra,

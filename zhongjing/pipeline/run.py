@@ -17,9 +17,12 @@ eval from their caches).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
+import resource
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -199,17 +202,12 @@ def _child_env(threads: int = 0) -> dict:
 def _die_with_parent() -> None:
     """Child processes die with the pipeline (Linux), so a killed pipeline never leaves a stage writing."""
     try:
-        import ctypes
-        import signal
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
 
 def child_cpu_seconds() -> float:
-    import resource
-
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
 

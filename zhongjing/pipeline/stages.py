@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from zhongjing.config import from_dict
+from zhongjing.demo import demo_path
 from zhongjing.errors import ConfigError, ZhongjingError
+from zhongjing.generate import partial_paths
+from zhongjing.io import iter_jsonl, write_jsonl
 from zhongjing.pipeline import report
 from zhongjing.pipeline.rank import RankSettings, run_rank
 
@@ -50,8 +53,6 @@ class Stage:
         if self.launched:  # "checkpoints" is zhongjing.train.checkpoint.CKPT (no torch here)
             return [out / "checkpoints"]
         if self.name == "generate":
-            from zhongjing.generate import partial_paths
-
             return [out, *partial_paths(out)]
         return []
 
@@ -64,8 +65,6 @@ BASE_NAME = "base"  # the eval stage's name for the pre-trained base the chain s
 
 
 def _demo(name: str) -> str:
-    from zhongjing.demo import demo_path
-
     return str(demo_path(name))
 
 
@@ -263,8 +262,6 @@ class Wiring:
     # -------------------------------------------------------------------- prompts
     def write_prompts(self, stage: str) -> Path:
         """A seeded sample of one built split: the dialogues `generate` answers or `ppo` rolls out on."""
-        from zhongjing.io import iter_jsonl, write_jsonl
-
         p = self.cfg.splits
         split, limit = getattr(p, stage), getattr(p, f"{stage}_limit")
         rows = [r for _, r in iter_jsonl(self.built(split))]

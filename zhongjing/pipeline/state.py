@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +75,6 @@ class State:
 
 
 def _now() -> str:
-    import time
-
     return time.strftime("%Y-%m-%d %H:%M:%S")
 
 
