@@ -174,8 +174,7 @@ def main() -> None:
         print(f"| {lengths} | {c} | {srv['tok_s']:.0f} | {srv['p50']:.2f} / {srv['p95']:.2f} | {srv['ttft50']:.3f} / "
               f"{srv['ttft95']:.3f} | {hf['tok_s']:.0f} | {hf['p50']:.2f} / {hf['p95']:.2f} | "
               f"{srv['tok_s'] / hf['tok_s']:.2f}× |")
-    print("
-ratios (zhongjing serve / HF generate, same run): " + ", ".join(
+    print("\nratios (zhongjing serve / HF generate, same run): " + ", ".join(
         f"{lengths} {c} client{'s' * (c > 1)} {srv['tok_s'] / hf['tok_s']:.2f}×" for lengths, c, srv, hf in rows))
     one = [srv for _, c, srv, _ in rows if c == 1]
     if one:
