@@ -64,3 +64,24 @@ def test_last_action_with_holes_and_errors():
         A.estimate("gae", torch.tensor([1.0]), torch.ones(1, 1))
     with pytest.raises(ValueError, match="unknown"):
         A.estimate("vtrace", torch.tensor([1.0]), torch.ones(1, 1))
+
+
+def test_single_turn_grpo_selects_the_estimator():
+    from types import SimpleNamespace
+
+    from zhongjing.errors import ConfigError
+    from zhongjing.train.grpo import GRPO, GRPOSettings
+
+    act = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    z = torch.zeros_like(act)
+    scored = {"sequences": torch.zeros(4, 5, dtype=torch.long), "prompt_lens": torch.full((4,), 2), "action_mask": act,
+              "logprobs": z, "ref_logprobs": z, "kl": z, "response_len": act.sum(1).long(),
+              "finished": torch.ones(4, dtype=torch.bool)}
+    sampled = SimpleNamespace(texts=["a", "b", "c", "d"])
+    scores = torch.tensor([3.0, 1.0, 0.0, 2.0])
+    ro = GRPO(GRPOSettings(group_size=2, estimator="rloo")).make_rollout(sampled, scored, scores)
+    close(ro.advantages, [[2, 2, 0], [-2, 0, 0], [-2, -2, -2], [2, 0, 0]])  # r − the other one's score
+    ro = GRPO(GRPOSettings(group_size=2, scale_rewards=False)).make_rollout(sampled, scored, scores)
+    close(ro.advantages, [[1, 1, 0], [-1, 0, 0], [-1, -1, -1], [1, 0, 0]])
+    with pytest.raises(ConfigError, match="estimator"):
+        GRPOSettings(estimator="gae")

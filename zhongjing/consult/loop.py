@@ -56,7 +56,7 @@ def run_consult(cfg: ConsultConfig) -> Path:
     io = ActorCriticIO(TrainedIO(tok, cfg.model))
     unwrapped = acc.unwrap_model(model)
     env = Environment(cfg, unwrapped.policy, tok, end_of_turn_ids(tok, policy))
-    meta = training_meta("consult", cfg, cfg.model, [data_record(cfg.cases)], kind="adapter",
+    meta = training_meta("consult", cfg, cfg.model, [data_record(f) for f in ([cfg.cases] if cfg.cases else cfg.dialogues)], kind="adapter",
                          critic="value_head.safetensors" if unwrapped.value_head is not None else None,
                          counts={"train_cases": len(train_c), "eval_cases": len(eval_c)},
                          params={"trainable": trainable, "total": n_params})

@@ -29,6 +29,7 @@ from zhongjing.train.common import TrainSettings
 class ConsultConfig:
     model: str = ""  # the SFT doctor (policy parent)
     cases: str = ""  # `zhongjing data cases` output (env=consultation) or an exam file (env=exam)
+    dialogues: list[str] = field(default_factory=list)  # ...or dialogue files, made into cases at start (pipeline)
     env: str = "consultation"
     format: str | None = None  # exam file format (auto-detected)
     output: str = "runs/consult"
@@ -67,8 +68,10 @@ class ConsultConfig:
 
 def load_items(cfg: ConsultConfig) -> list:
     """Cases; for env=exam each question is a one-turn case whose reference is the answer key."""
-    from zhongjing.consult.cases import Case, read_cases
+    from zhongjing.consult.cases import Case, CasesConfig, build_cases, read_cases
 
+    if cfg.env == "consultation" and cfg.dialogues and not cfg.cases:
+        return build_cases(CasesConfig(inputs=list(cfg.dialogues), skip_empty=True))[0]
     if not cfg.cases:
         raise ConfigError("train consult needs cases=FILE (zhongjing data cases output, or an exam file with env=exam)")
     if cfg.env == "consultation":

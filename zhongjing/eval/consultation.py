@@ -23,6 +23,7 @@ METRICS = ("facts_elicited", "questions", "asked_before_advice", "premature_advi
 @dataclass
 class ConsultationConfig:
     cases: str = ""  # `zhongjing data cases` output (held-out dialogues!); empty = no consultation test
+    dialogues: list[str] = field(default_factory=list)  # ...or held-out dialogue files, made into cases here
     limit: int = 0  # first N cases (0 = all)
     max_turns: int = 4
     max_new_tokens: int = 96
@@ -54,13 +55,14 @@ def play(cfg: ConsultationConfig, spec, cases, patient, seed: int):
 
 def run_consultation(cfg: ConsultationConfig, models, target: str, baselines: list[str], judge, *, n_boot: int,
                      seed: int, log=print) -> dict:
-    from zhongjing.consult.cases import read_cases
+    from zhongjing.consult.cases import CasesConfig, build_cases, read_cases
     from zhongjing.consult.patients import make_patient
     from zhongjing.data.schema import Message
     from zhongjing.eval.judge import PairTask, judge_pairs
     from zhongjing.eval.stats import accuracy_ci, summarize
 
-    cases = read_cases(cfg.cases)
+    cases = read_cases(cfg.cases) if cfg.cases else build_cases(CasesConfig(inputs=list(cfg.dialogues),
+                                                                             skip_empty=True))[0]
     cases = cases[: cfg.limit] if cfg.limit else cases
     p = cfg.patient
     patient = make_patient(p.kind, path=p.path, max_facts=p.max_facts, endpoint=p.endpoint, cache=p.cache)
@@ -89,7 +91,7 @@ def run_consultation(cfg: ConsultationConfig, models, target: str, baselines: li
             rates = summarize(judged, judge.dimensions, n_boot=n_boot, seed=seed)
             advice.append({"target": target, "baseline": b, "n": len(tasks),
                            "dimensions": {d: r.to_dict() for d, r in rates.items()}})
-    return {"cases": len(cases), "file": cfg.cases, "patient": p.kind, "max_turns": cfg.max_turns, "models": rows,
+    return {"cases": len(cases), "file": cfg.cases or ", ".join(cfg.dialogues), "patient": p.kind, "max_turns": cfg.max_turns, "models": rows,
             "advice": advice, "skipped": skipped}
 
 

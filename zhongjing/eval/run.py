@@ -117,7 +117,8 @@ def check(cfg: EvalConfig) -> None:
         raise ConfigError("validation_judges: list the human-labelled files under judge_validation.files")
     if (cfg.judge_validation.files or cfg.judge_validation.if_present) and cfg.judge.backend == "none":
         raise ConfigError("judge_validation: there is no judge to validate (judge.backend: none)")
-    if not cfg.testsets and not cfg.exams and not cfg.rubric.sets and not cfg.consultation.cases:
+    consulting = cfg.consultation.cases or cfg.consultation.dialogues
+    if not cfg.testsets and not cfg.exams and not cfg.rubric.sets and not consulting:
         raise ConfigError("eval: nothing to do — add 'testsets' and/or 'exams'")
 
 
@@ -242,15 +243,16 @@ def run(cfg: EvalConfig) -> dict[str, Path]:
         log(f"test set {s.name}: {len(s.dialogues)} dialogues → {len(s.items)} items")
     with Cache(cfg.cache or out / "cache.sqlite") as cache:
         validating = bool(cfg.judge_validation.files or cfg.judge_validation.if_present)
+        consulting = bool(cfg.consultation.cases or cfg.consultation.dialogues)
         judge = (build_judge(cfg.judge, cache) if (sets and cfg.answers) or validating
-                 or (cfg.consultation.cases and cfg.judge.backend != "none") else None)  # before generating: fail fast
+                 or (consulting and cfg.judge.backend != "none") else None)  # before generating: fail fast
         validation = validate_judge(cfg, judge, cache) if validating else []
         rubric_sets = load_sets(cfg.rubric, cfg.seed)
         answers, failures, ppl, exam_scores = collect_answers(
             cfg, sets + [TestSet(n, "", [c.item(n) for c in cases]) for n, cases in rubric_sets], cache)
         results = evaluate(cfg, sets, answers, failures, ppl, exam_scores, judge, comparisons(cfg))
         results["judge_validation"] = validation
-        if cfg.consultation.cases:
+        if consulting:
             from zhongjing.eval.consultation import run_consultation
 
             target = cfg.target or cfg.models[0].name

@@ -74,12 +74,11 @@ def _groups(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def grpo(scores: torch.Tensor, k: int, scale: bool = True, eps: float = 1e-6) -> torch.Tensor:
-    """(N,) → (N,): score − group mean (÷ unbiased group std + eps)."""
-    g = _groups(scores, k)
-    a = g - g.mean(1, keepdim=True)
-    if scale:
-        a = a / (g.std(1, keepdim=True) + eps)
-    return a.view(-1)
+    """(N,) → (N,): score − group mean (÷ unbiased group std + eps) — losses.group_advantages, the one GRPO baseline."""
+    from zhongjing.train.losses import group_advantages
+
+    _groups(scores, k)
+    return group_advantages(scores, k, scale=scale, eps=eps)
 
 
 def rloo(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -27,8 +27,11 @@ class GRPOSettings:
     beta: float = 0.04  # KL-to-reference coefficient in the loss (the KL is logged even at 0)
     clip_eps: float = 0.2
     scale_rewards: bool = True  # divide by the group's std (GRPO); false = mean-only baseline (Dr. GRPO)
+    estimator: str = "grpo"  # grpo | rloo (leave-one-out baseline) | reinforce_pp (REINFORCE++-baseline, whitened)
 
     def __post_init__(self):
+        if self.estimator not in ("grpo", "rloo", "reinforce_pp"):
+            raise ConfigError(f"grpo.estimator: grpo, rloo or reinforce_pp (critic-free), got {self.estimator!r}")
         if self.group_size < 2:
             raise ConfigError(f"grpo.group_size must be ≥ 2 (a group is the baseline), got {self.group_size}")
 
@@ -46,15 +49,16 @@ class GRPO(Algorithm):
         self.s, self.temperature, self.samples_per_prompt = s, temperature, s.group_size
 
     def make_rollout(self, sampled, scored: dict, scores: torch.Tensor):
-        from zhongjing.train.losses import group_advantages
+        from zhongjing.train.advantages import estimate
         from zhongjing.train.rollout import Rollout
 
         act = scored["action_mask"]
-        adv = group_advantages(scores, self.s.group_size, scale=self.s.scale_rewards).to(act.device)  # (B,)
+        adv, _ = estimate(self.s.estimator, scores.to(act.device), act, group_size=self.s.group_size,
+                          scale=self.s.scale_rewards)  # (B, R), 0 on padding
         keys = ("sequences", "prompt_lens", "action_mask", "logprobs", "ref_logprobs", "kl", "response_len",
                 "finished")
         return Rollout(**{k: scored[k] for k in keys}, scores=scores, rewards=torch.zeros_like(act),
-                       advantages=adv[:, None] * act, returns=torch.zeros_like(act), texts=sampled.texts)
+                       advantages=adv, returns=torch.zeros_like(act), texts=sampled.texts)
 
     def after_rollout(self, rollout) -> dict:
         groups = rollout.scores.view(-1, self.s.group_size)
