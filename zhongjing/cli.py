@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None = None) -> int:
     from zhongjing.errors import ZhongjingError
 
+    if argv is None:  # a command process (tests calling main(argv) in-process keep their imports as they are)
+        from zhongjing.model.load import skip_bitsandbytes
+
+        skip_bitsandbytes(sys.argv[1:])
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())

@@ -30,6 +30,23 @@ def setup_torch(seed: int | None = None, threads: int | None = None) -> None:
         torch.manual_seed(seed)
 
 
+def skip_bitsandbytes(argv: list[str]) -> None:
+    """A command that asks for no 4-bit base (no `quantize` in its arguments or config file) never needs bitsandbytes,
+    but peft imports it whenever it is installed: ~2 s of CPU per process. Hide it from such a process."""
+    import sys
+
+    words = list(argv)
+    for i, w in enumerate(argv):
+        path = argv[i + 1] if w == "--config" and i + 1 < len(argv) else w.split("=", 1)[1] if w.startswith("--config=") else None
+        if path:
+            try:
+                words.append(Path(path).read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError):
+                return  # the stage reports an unreadable config itself; leave imports alone
+    if not any("quantize" in w for w in words) and "bitsandbytes" not in sys.modules:
+        sys.modules["bitsandbytes"] = None  # find_spec → None: transformers and peft see "not installed"
+
+
 def keep_freed_memory() -> None:
     """On CPU, glibc hands every large freed block (logits, activations: tens of MB) back to the OS and faults fresh
     zeroed pages in again at the next step; keeping them in the heap made a pre-training step ~15% cheaper in CPU
