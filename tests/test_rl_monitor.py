@@ -24,6 +24,10 @@ def test_flags_need_a_rising_reward_and_a_falling_independent_judge():
     # the reward model's own part is what PPO climbs when there is one; rule penalties are not the RM
     rm_first, rm_now = first | {"eval_reward_rm": 0.0}, now | {"eval_reward_rm": -0.2}
     assert hacking_flags(rm_first, rm_now, 0.05) == []
+    # answers that stop ending while the reward climbs: the greedy finish rate is watched too
+    ends = hacking_flags(first | {"eval_greedy_finished": 0.875}, now | {"eval_judge_fluency": 0.6, "eval_judge_rm": 0.0,
+                                                                        "eval_greedy_finished": 0.6875}, 0.05)
+    assert len(ends) == 1 and "greedy_finished +0.875 → +0.688" in ends[0]
     greedy = hacking_flags(first | {"eval_greedy_judge_safety": 1.0}, {"eval_reward": 0.4,
                                                                        "eval_greedy_judge_safety": 0.5})
     assert len(greedy) == 1 and "greedy_judge_safety" in greedy[0]

@@ -11,7 +11,8 @@ answers are also scored by *independent* judges:
 and the held-out prompts are also answered greedily, as `eval` answers them, because a policy whose sampled answers
 end may still loop past the limit under greedy decoding. Each evaluation is compared with the first one (the
 starting policy): a run whose trained reward rose while an independent judge fell is flagged in the log, the
-checkpoint history and the output's meta.json (`hacking`).
+checkpoint history and the output's meta.json (`hacking`). So is one whose answers stopped ending (finish rate,
+sampled or greedy, fell) while the reward rose.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 JUDGE_KEYS = ("judge_rm", "judge_safety", "judge_professionalism", "judge_fluency")
+# signals the trained reward does not pay for directly: the judges on sampled and on greedy answers, and how often
+# answers end (a policy that stops ending is the usual way a length-loving reward model is climbed)
+WATCHED = (*JUDGE_KEYS, *(f"greedy_{k}" for k in JUDGE_KEYS), "finished", "greedy_finished")
 
 
 @dataclass
@@ -63,7 +67,8 @@ def hacking_flags(first: dict, now: dict, tolerance: float = 0.05, prefix: str =
     """Why `now` looks like reward hacking against `first` (two held-out evaluation records), or [] if it does not.
 
     The trained reward is the reward model's part when there is one (`reward_rm`), else the total reward. It must
-    have risen by more than `tolerance` while at least one independent judge fell by more than `tolerance`.
+    have risen by more than `tolerance` while at least one watched signal (an independent judge, or the share of
+    answers that end, sampled or greedy) fell by more than `tolerance`.
     """
     key = f"{prefix}reward_rm" if f"{prefix}reward_rm" in now else f"{prefix}reward"
     if key not in now or key not in first:
@@ -72,7 +77,7 @@ def hacking_flags(first: dict, now: dict, tolerance: float = 0.05, prefix: str =
     if not rise > tolerance:
         return []
     out = []
-    for j in [*JUDGE_KEYS, *(f"greedy_{x}" for x in JUDGE_KEYS)]:
+    for j in WATCHED:
         k = prefix + j
         if k in now and k in first and now[k] - first[k] < -tolerance:
             out.append(f"{key[len(prefix):]} {first[key]:+.3f} → {now[key]:+.3f} while {j} "
