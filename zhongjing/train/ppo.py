@@ -21,6 +21,7 @@ import torch
 
 from zhongjing.config import parse_stage_args
 from zhongjing.errors import ConfigError
+from zhongjing.model.wrappers import unwrap
 from zhongjing.train.common import print_once
 from zhongjing.train.rl import Algorithm, RLConfig, run_rl
 
@@ -125,7 +126,7 @@ class PPO(Algorithm):
             from zhongjing.train.lm import lm_loss
 
             pb = {k: v.to(m.device) if torch.is_tensor(v) else v for k, v in self.ptx.next().items()}
-            ptx_sum, _ = lm_loss(getattr(model, "module", model).policy, pb)
+            ptx_sum, _ = lm_loss(unwrap(model).policy, pb)
             ptx_mean = ptx_sum / max(pb["n"], 1)
             total = total + s.ptx_coef * ptx_mean * batch["n"]  # the loop divides by Σn: a mean over the window
             metrics["ptx_loss"] = ptx_mean.item() * batch["n"]
