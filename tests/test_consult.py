@@ -156,3 +156,17 @@ def test_endpoint_patient_persona_read_back_and_cache(tmp_path):
         assert turns == [{"role": "user", "content": "咳多久了？"}]  # the doctor speaks as the persona's user
         p2 = make_patient("endpoint", endpoint=cfg, cache=str(tmp_path / "c.sqlite"))
         assert p2.replies(states)[0].text == r.text and len(seen) == 1  # resumed from the cache, not asked again
+
+
+def test_patient_side_dialogues_for_a_patient_model(tmp_path):
+    from zhongjing.data.schema import Dialogue as D
+
+    swapped: list = []
+    cases, _ = build_cases(CasesConfig(inputs=[DEMO], skip_empty=True, limit=5), swapped)
+    assert len(swapped) == len(cases) == 5
+    for case, rec in zip(cases, swapped):
+        d = D.from_dict(rec)  # a valid Dialogue: train sft reads it
+        assert d.messages[0].role == "system" and case.opening in d.messages[0].content
+        assert all(f.text in d.messages[0].content for f in case.facts)
+        assert d.messages[1].role == "user"  # the doctor's first turn, answered by the patient ('assistant')
+        assert any(m.role == "assistant" for m in d.messages)

@@ -119,9 +119,11 @@ class CasesConfig:
     skip_empty: bool = False  # count and skip dialogues revealing nothing after the opening (default: error)
     deidentify: bool = True  # the builder's de-identifier on every turn (off only for already-built data)
     limit: int = 0  # at most this many cases (0 = all)
+    patient_dialogues: str = ""  # also write role-swapped dialogues (persona system prompt, the doctor as 'user'):
+    # `train sft` on them learns the patient's side → a `model` patient simulator
 
 
-def build_cases(cfg: CasesConfig) -> tuple[list[Case], Counter]:
+def build_cases(cfg: CasesConfig, swapped: list | None = None) -> tuple[list[Case], Counter]:
     from zhongjing.data.readers import list_files, read_dialogues
     from zhongjing.dataset.deid import Deidentifier, deidentify_dialogue
     from zhongjing.dataset.report import StepReport
@@ -141,6 +143,8 @@ def build_cases(cfg: CasesConfig) -> tuple[list[Case], Counter]:
                 counts["skipped_nothing_revealed"] += 1
                 continue
             out.append(case)
+            if swapped is not None:
+                swapped.append(patient_side(case, d.messages))
             counts["cases"] += 1
             counts.update(f"facts_{x.kind}" for x in case.facts)
             if cfg.limit and len(out) >= cfg.limit:
@@ -148,11 +152,24 @@ def build_cases(cfg: CasesConfig) -> tuple[list[Case], Counter]:
     return out, counts + report.counts
 
 
+def patient_side(case: Case, messages) -> dict:
+    """The dialogue from the patient's side, as a Dialogue record for `train sft` (the persona holds the facts)."""
+    from zhongjing.consult.patients import persona
+
+    flip = {"user": "assistant", "assistant": "user"}
+    turns = [m for m in messages if m.role != "system"][1:]  # the opening is in the persona
+    return {"id": f"{case.id}-patient", "messages": [{"role": "system", "content": persona(case)}]
+            + [{"role": flip[m.role], "content": m.content} for m in turns]}
+
+
 def main(argv: list[str]) -> int:
     from zhongjing.io import write_jsonl
 
     cfg = parse_stage_args("zhongjing data cases", CasesConfig, argv, __doc__.split("\n\n")[0])
-    cases, counts = build_cases(cfg)
+    swapped: list | None = [] if cfg.patient_dialogues else None
+    cases, counts = build_cases(cfg, swapped)
     write_jsonl(cfg.output, (c.to_dict() for c in cases))
+    if swapped is not None:
+        write_jsonl(cfg.patient_dialogues, swapped)
     print(f"{len(cases)} cases → {cfg.output}  ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
     return 0
