@@ -85,11 +85,13 @@ def test_reward_model_reward_and_ptx(sft_policy, tmp_path):
         "lora.dropout=0.0"]))
     assert json.loads((rm / "meta.json").read_text())["metrics"]["val_accuracy"] > 0.8
     out = train_ppo(load_config(PPOConfig, overrides=ppo_args(sft_policy, tmp_path / "ppo", **{
-        "reward.rm": rm, "reward.normalize_rm": "true", "ppo.ptx_coef": 0.1,
+        "reward.rm": rm, "reward.normalize_rm": "true", "ppo.ptx_coef": 0.1, "monitor.judge_rm": rm,
         "ppo.ptx_data": sft_policy.parent / "short.jsonl", "train.max_steps": 8, "train.eval_every": 8})))
     ev, train = logs(out, "eval"), logs(out, "train")
     assert ev[-1]["eval_reward_rm"] > ev[0]["eval_reward_rm"]
     assert ev[-1]["eval_reward_asks_question"] > ev[0]["eval_reward_asks_question"]
+    # the monitor's second-RM judge scores the same held-out answers (here the same RM: it must agree in direction)
+    assert ev[-1]["eval_judge_rm"] > ev[0]["eval_judge_rm"]
     assert all("ptx_loss" in r and r["ptx_loss"] > 0 for r in train)
 
 
