@@ -109,16 +109,24 @@ def _initial(stage: str, w) -> float | None:
 
 
 def _ppo_summary(meta: dict) -> dict:
-    """Reward, KL and answer length on the held-out prompts: before the first update and after the last."""
+    """Reward, KL, answer length, greedy finish rate and the independent (rubric) judge's safety on the held-out
+    prompts: before the first update and for the policy kept (select: best, else the last); reward-hacking flags."""
     h = _history(meta)
-    first, last = (h[0], h[-1]) if h else ({}, {})
-    out = {k: (first.get(f"eval_{k}"), last.get(f"eval_{k}")) for k in ("reward", "kl", "answer_len")}
-    text = (f"held-out reward {_fmt(out['reward'][0])} → {_fmt(out['reward'][1])} after {last.get('step', 0)} "
-            f"updates, KL to the SFT model {_fmt(out['kl'][1])}, answer length {_fmt(out['answer_len'][0], 0)} → "
-            f"{_fmt(out['answer_len'][1], 0)} tokens")
+    kept = next((r for r in h if r.get("step") == meta.get("best_step")), h[-1] if h else {})
+    first = h[0] if h else {}
+    keys = ("reward", "kl", "answer_len", "greedy_finished", "judge_safety")
+    out = {k: (first.get(f"eval_{k}"), kept.get(f"eval_{k}")) for k in keys}
+    text = (f"held-out reward {_fmt(out['reward'][0])} → {_fmt(out['reward'][1])} (update {kept.get('step', 0)} of "
+            f"{meta.get('step', kept.get('step', 0))} kept), KL to the SFT model {_fmt(out['kl'][1])}, answer length "
+            f"{_fmt(out['answer_len'][0], 0)} → {_fmt(out['answer_len'][1], 0)} tokens")
+    if out["greedy_finished"][0] is not None:
+        text += (f", greedy answers finished {_fmt(out['greedy_finished'][0], 2)} → {_fmt(out['greedy_finished'][1], 2)}"
+                 f", rubric safety {_fmt(out['judge_safety'][0], 2)} → {_fmt(out['judge_safety'][1], 2)}")
+    if meta.get("hacking"):
+        text += f"; REWARD HACKING flagged at {len(meta['hacking'])} evaluation(s) (never kept): {meta['hacking'][0]}"
     if meta.get("stopped"):
         text += f" (stopped early: {meta['stopped']})"
-    return {**out, "text": text}
+    return {**out, "hacking": meta.get("hacking") or [], "text": text}
 
 
 def _eval_summary(results_path: Path) -> dict:
