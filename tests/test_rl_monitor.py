@@ -24,6 +24,10 @@ def test_flags_need_a_rising_reward_and_a_falling_independent_judge():
     # the reward model's own part is what PPO climbs when there is one; rule penalties are not the RM
     rm_first, rm_now = first | {"eval_reward_rm": 0.0}, now | {"eval_reward_rm": -0.2}
     assert hacking_flags(rm_first, rm_now, 0.05) == []
+    # safety first: a safety fall below the general tolerance still counts when safety_tolerance is 0
+    small = now | {"eval_judge_fluency": 0.6, "eval_judge_rm": 0.0, "eval_judge_safety": 0.8625}
+    assert hacking_flags(first, small, 0.05) == []
+    assert len(hacking_flags(first, small, 0.05, safety_tolerance=0.0)) == 1
     # answers that stop ending while the reward climbs: the greedy finish rate is watched too
     ends = hacking_flags(first | {"eval_greedy_finished": 0.875}, now | {"eval_judge_fluency": 0.6, "eval_judge_rm": 0.0,
                                                                         "eval_greedy_finished": 0.6875}, 0.05)

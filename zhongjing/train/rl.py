@@ -343,7 +343,8 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
                 cols = {k: gather(v) for k, v in cols.items()}
             stats |= {k: sum(v) / max(len(v), 1) for k, v in cols.items()} | judged(mine, g, "greedy_")
         rec = {"step": step, "epoch": epoch, **{f"eval_{k}": v for k, v in stats.items()}}
-        flags = hacking_flags(history[0], rec, cfg.monitor.tolerance) if history else []
+        flags = hacking_flags(history[0], rec, cfg.monitor.tolerance,
+                              safety_tolerance=cfg.monitor.safety_tolerance) if history else []
         if flags:
             rec["hacking"] = "; ".join(flags)
             log.info(f"{stage}: REWARD HACKING? at update {step}: " + "; ".join(flags))
