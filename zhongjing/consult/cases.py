@@ -152,10 +152,16 @@ def build_cases(cfg: CasesConfig, swapped: list | None = None) -> tuple[list[Cas
     return out, counts + report.counts
 
 
+def persona(case: Case) -> str:
+    """System prompt for a free-text patient: the case's facts, and the rules the retrieval patient keeps."""
+    facts = "\n".join(f"- ({f.kind}) {f.text}" for f in case.facts)
+    return ("你在扮演一位来问诊的患者。你一开始已经对医生说了：\n" + case.opening + "\n\n你还知道下面这些情况，"
+            "但只有医生问到时才说，一次只说被问到的那一条或两条，用患者的口吻简短回答：\n" + facts +
+            "\n\n医生问到以上没有的情况时，回答“不清楚”；不要编造任何情况，不要给自己下诊断，不要提问。")
+
+
 def patient_side(case: Case, messages) -> dict:
     """The dialogue from the patient's side, as a Dialogue record for `train sft` (the persona holds the facts)."""
-    from zhongjing.consult.patients import persona
-
     flip = {"user": "assistant", "assistant": "user"}
     turns = [m for m in messages if m.role != "system"][1:]  # the opening is in the persona
     return {"id": f"{case.id}-patient", "messages": [{"role": "system", "content": persona(case)}]

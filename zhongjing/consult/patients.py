@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from zhongjing.consult.cases import KINDS, Case, Fact
+from zhongjing.consult.cases import KINDS, Case, Fact, persona
 from zhongjing.data.text import asks_question, sentences
 from zhongjing.llm.client import EndpointConfig
 
@@ -86,14 +86,6 @@ class RetrievalPatient:
 
     def replies(self, states: list[State]) -> list[Reply]:
         return [self.answer(s.case, s.messages[-1]["content"], s.revealed) for s in states]
-
-
-def persona(case: Case) -> str:
-    """System prompt for a free-text patient: the case's facts, and the rules the retrieval patient keeps."""
-    facts = "\n".join(f"- ({f.kind}) {f.text}" for f in case.facts)
-    return ("你在扮演一位来问诊的患者。你一开始已经对医生说了：\n" + case.opening + "\n\n你还知道下面这些情况，"
-            "但只有医生问到时才说，一次只说被问到的那一条或两条，用患者的口吻简短回答：\n" + facts +
-            "\n\n医生问到以上没有的情况时，回答“不清楚”；不要编造任何情况，不要给自己下诊断，不要提问。")
 
 
 def _bigrams(s: str) -> set[str]:
