@@ -10,6 +10,7 @@ from zhongjing.data.readers import read_dialogues, read_rankings
 from zhongjing.data.simulate import load_annotator
 from zhongjing.dataset.sources import make_rankings
 from zhongjing.errors import ConfigError, ZhongjingError
+from zhongjing.hints import command
 from zhongjing.io import write_jsonl
 
 
@@ -61,12 +62,12 @@ def run_rank(cfg, w, job: RankJob) -> dict:
     if not Path(cfg.rankings).exists():  # the human step: the chain stops here until doctors have ranked
         raise ZhongjingError(
             f"rankings: {cfg.rankings} not found. The stages before 'rank' are finished: import "
-            f"{w.output('generate')} into `zhongjing annotate`, have doctors rank it, export the rankings to "
+            f"{w.output('generate')} into `{command()} annotate`, have doctors rank it, export the rankings to "
             f"{cfg.rankings} and run the pipeline again")
     rows = list(read_rankings(cfg.rankings))
     ranked = [r for r in rows if r.ranking or r.all_wrong]
     if not ranked:
-        raise ZhongjingError(f"{cfg.rankings}: no ranked items (export finished rankings with `zhongjing annotate export`)")
+        raise ZhongjingError(f"{cfg.rankings}: no ranked items (export finished rankings with `{command()} annotate export`)")
     write_jsonl(out, ranked)
     print(f"rank: {len(ranked)} ranked items from {cfg.rankings} ({len(rows) - len(ranked)} unranked left out)")
     return {"rankings": len(ranked), "unranked": len(rows) - len(ranked), "simulated": False}

@@ -12,6 +12,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from zhongjing.hints import command
 from zhongjing.io import atomic_open, iter_jsonl, write_json
 
 SIMULATED_NOTE = ("The rankings the reward model learned from were made by a SIMULATED annotator (rubric heuristics "
@@ -185,7 +186,7 @@ def write_summary(cfg, w, state, plans, times: dict) -> dict:
             "(in parentheses: the earlier run that produced a skipped stage's output; CPU s: the stage's processes' "
             "CPU time, > seconds when it used several cores)", ""]
     if model:
-        text.append(f"- model ({last}): {model}  →  chat with it: zhongjing chat --model {model}")
+        text.append(f"- model ({last}): {model}  →  chat with it: {command()} chat --model {model}")
     if "eval" in done:
         text.append(f"- evaluation report: {report} (also report.html, results.json)")
     if cfg.simulated and done & {"rank", "rm", "ppo"}:
