@@ -129,3 +129,21 @@ def test_remote_code_folder_is_refused_by_name_unless_trusted(setup, tmp_path, m
     assert type(model).__name__ == "ZjTinyForCausalLM"
     losses = sft({**setup, "base": folder}, tmp_path / "sft")  # LoRA targets found on the custom class too
     assert losses[-1] < losses[0]
+
+
+def test_qlora_ppo_and_grpo_two_updates(setup, tmp_path):
+    """A bias-free architecture (Llama): bitsandbytes' CPU kernel fails after a generation pass on layers with a bias
+    (Qwen2's q/k/v: `result += bias` on a leaf view), so this is the CPU-tested path (docs/training.md)."""
+    pytest.importorskip("bitsandbytes")
+    from zhongjing.train.grpo import GRPOConfig, train_grpo
+    from zhongjing.train.ppo import PPOConfig, train_ppo
+
+    base = build_family("llama", tmp_path / "llama", [m["content"] for r in dialogues(100, 1) for m in r["messages"]])
+    rl = [f"model={base}", f"prompts=[{setup['dialogues']}]", "eval_prompts=0", "max_length=128",
+          "generation.max_new_tokens=6", "reward.ask_question=1.0", "lora.quantize=4bit", "train.max_steps=2",
+          "train.batch_size=4", "train.grad_accum=1", "train.progress=false", "train.threads=1"]
+    ppo = train_ppo(load_config(PPOConfig, overrides=rl + [f"output={tmp_path / 'ppo'}"]))
+    grpo = train_grpo(load_config(GRPOConfig, overrides=rl + [f"output={tmp_path / 'grpo'}", "grpo.group_size=2"]))
+    for out in (ppo, grpo):
+        meta = json.loads((out / "meta.json").read_text())
+        assert meta["step"] == 2 and meta["config"]["lora"]["quantize"] == "4bit"
