@@ -132,14 +132,13 @@ def test_remote_code_folder_is_refused_by_name_unless_trusted(setup, tmp_path, m
 
 
 def test_qlora_ppo_and_grpo_two_updates(setup, tmp_path):
-    """A bias-free architecture (Llama): bitsandbytes' CPU kernel fails after a generation pass on layers with a bias
-    (Qwen2's q/k/v: `result += bias` on a leaf view), so this is the CPU-tested path (docs/training.md)."""
+    """Qwen2 has biased q/k/v layers: bitsandbytes would switch them to its CPU inference kernel during the rollout's
+    generation and then fail in the update (`result += bias` on a leaf view) unless the training layout is kept."""
     pytest.importorskip("bitsandbytes")
     from zhongjing.train.grpo import GRPOConfig, train_grpo
     from zhongjing.train.ppo import PPOConfig, train_ppo
 
-    base = build_family("llama", tmp_path / "llama", [m["content"] for r in dialogues(100, 1) for m in r["messages"]])
-    rl = [f"model={base}", f"prompts=[{setup['dialogues']}]", "eval_prompts=0", "max_length=128",
+    rl = [f"model={setup['base']}", f"prompts=[{setup['dialogues']}]", "eval_prompts=0", "max_length=128",
           "generation.max_new_tokens=6", "reward.ask_question=1.0", "lora.quantize=4bit", "train.max_steps=2",
           "train.batch_size=4", "train.grad_accum=1", "train.progress=false", "train.threads=1"]
     ppo = train_ppo(load_config(PPOConfig, overrides=rl + [f"output={tmp_path / 'ppo'}"]))

@@ -95,6 +95,15 @@ def load_parent(path: str | Path, dtype: str = "float32", quantize: str = "none"
     return model
 
 
+def keep_4bit_trainable(model) -> None:
+    """bitsandbytes repacks a 4-bit layer's weights for its CPU inference kernel at the first forward in eval mode
+    (PPO's rollout) and then uses that kernel in training too, which fails on layers with a bias (Qwen2's q/k/v):
+    a training process keeps the training layout."""
+    for m in model.modules():
+        if hasattr(m, "support_avx512bf16_for_cpu"):
+            m.support_avx512bf16_for_cpu = False
+
+
 def prepare_model(path: str | Path, finetune: Finetune, lora: LoraSettings, *, dtype: str = "float32",
                   gradient_checkpointing: bool = False):
     """The model a stage trains: the parent (merged) with a new LoRA adapter, or all of it for full tuning."""
@@ -111,6 +120,7 @@ def prepare_model(path: str | Path, finetune: Finetune, lora: LoraSettings, *, d
     if lora.quantize != "none":
         from peft import prepare_model_for_kbit_training
 
+        keep_4bit_trainable(model)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
         gradient_checkpointing = False  # done above

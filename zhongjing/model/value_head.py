@@ -150,6 +150,9 @@ def new_reward_model(parent: str | Path, dtype: str = "float32", pad_token_id: i
     if quantize != "none":
         from peft import prepare_model_for_kbit_training
 
+        from zhongjing.model.lora import keep_4bit_trainable
+
+        keep_4bit_trainable(model)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id
