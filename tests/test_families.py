@@ -101,6 +101,8 @@ def test_masks_match_the_template_oracle(fam):
         assert "".join(t for _, t in got) == full  # the example is the whole dialogue, nothing lost or added
         assert [t for f, t in got if f] == spans, (name, got)
         assert len(spans) == sum(m["role"] == "assistant" for m in msgs)
+        plain = Renderer(tok, max_length=4096).render(msgs)  # from the tokenizer folder alone (show-mask): the same
+        assert (plain.input_ids, plain.labels) == (out.input_ids, out.labels)
     if name == "qwen2":  # no system turn given: the template's own default system prompt is there, untrained
         assert "You are Qwen, created by Alibaba Cloud." in tok.decode(r.render(cases[0]).input_ids)
     if name == "qwen3":

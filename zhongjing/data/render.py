@@ -45,6 +45,20 @@ def _as_dicts(messages: Sequence) -> list[dict]:
     return [m.to_dict() if isinstance(m, Message) else {"role": m["role"], "content": m["content"]} for m in messages]
 
 
+def folder_stop_ids(tokenizer) -> set[int]:
+    """The stop tokens generation_config.json lists next to the tokenizer (GLM-4: <|user|> and <|observation|> end
+    an answer), so a Renderer made from the tokenizer alone (show-mask) marks what training marks."""
+    import json
+    from pathlib import Path
+
+    f = Path(getattr(tokenizer, "name_or_path", "") or "") / "generation_config.json"
+    try:
+        eos = json.loads(f.read_text(encoding="utf-8")).get("eos_token_id") if f.is_file() else None
+    except (OSError, ValueError):
+        return set()
+    return {eos} if isinstance(eos, int) else {int(x) for x in eos or [] if isinstance(x, int)}
+
+
 def fold_system(msgs: list[dict]) -> list[dict]:
     """A system turn moved into the first patient turn, for templates without a system role."""
     system, rest = msgs[0]["content"], msgs[1:]
@@ -66,7 +80,7 @@ class Renderer:
             raise ZhongjingError(f"unknown mask strategy {self.strategy!r} (one of {', '.join(STRATEGIES)})")
         if self.end_ids is None:
             eos = self.tokenizer.eos_token_id
-            self.end_ids = {eos} if eos is not None else set()
+            self.end_ids = ({eos} if eos is not None else set()) | folder_stop_ids(self.tokenizer)
 
     # -- template pieces -------------------------------------------------------------
     def _template(self, msgs: list[dict], gen: bool) -> str:
