@@ -29,6 +29,7 @@ class ConsultationConfig:
     max_new_tokens: int = 96
     max_length: int = 1024
     batch_size: int = 16
+    temperature: float = 0.0  # 0 = greedy; > 0 samples (seeded by eval's seed): a weak model's greedy mode may never ask
     system: str = ""  # doctor system prompt (a model's own `system` wins)
     patient: PatientSettings = field(default_factory=PatientSettings)
 
@@ -46,7 +47,7 @@ def play(cfg: ConsultationConfig, spec, cases, patient, seed: int):
 
     tok = load_tokenizer(spec.path)
     model = load_model(spec.path, dtype=spec.dtype)
-    s = EpisodeSettings(max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens, temperature=0.0,
+    s = EpisodeSettings(max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                         batch_size=cfg.batch_size)
     eps, _ = run_episodes(model, tok, cases, patient, s, renderer=Renderer(tok, max_length=cfg.max_length), seed=seed,
                           stop_ids=end_of_turn_ids(tok, model), system=spec.system or cfg.system or None)
@@ -57,7 +58,6 @@ def run_consultation(cfg: ConsultationConfig, models, target: str, baselines: li
                      seed: int, log=print) -> dict:
     from zhongjing.consult.cases import CasesConfig, build_cases, read_cases
     from zhongjing.consult.patients import make_patient
-    from zhongjing.data.schema import Message
     from zhongjing.eval.judge import PairTask, judge_pairs
     from zhongjing.eval.stats import accuracy_ci, summarize
 
@@ -85,13 +85,14 @@ def run_consultation(cfg: ConsultationConfig, models, target: str, baselines: li
     advice = []
     if judge is not None and target in episodes:
         for b in [b for b in baselines if b in episodes and b != target]:
-            tasks = [PairTask(c.id, c.id, [Message("user", c.opening)], ta.advice, tb.advice)
+            tasks = [PairTask(c.id, c.id, [{"role": "user", "content": c.opening}], ta.advice, tb.advice)
                      for c, ta, tb in zip(cases, episodes[target], episodes[b])]
             judged, _ = judge_pairs(judge, tasks)
             rates = summarize(judged, judge.dimensions, n_boot=n_boot, seed=seed)
             advice.append({"target": target, "baseline": b, "n": len(tasks),
                            "dimensions": {d: r.to_dict() for d, r in rates.items()}})
-    return {"cases": len(cases), "file": cfg.cases or ", ".join(cfg.dialogues), "patient": p.kind, "max_turns": cfg.max_turns, "models": rows,
+    return {"cases": len(cases), "file": cfg.cases or ", ".join(cfg.dialogues), "patient": p.kind, "max_turns": cfg.max_turns,
+            "temperature": cfg.temperature, "models": rows,
             "advice": advice, "skipped": skipped}
 
 
@@ -125,7 +126,9 @@ def blocks(results: dict, figs: dict) -> list[tuple]:
         return []
     pm = lambda r, k: f"{r[k]:.2f} [{r[f'{k}_ci'][0]:.2f}, {r[f'{k}_ci'][1]:.2f}]"  # noqa: E731
     b = [("h", 2, "Consultation (interactive)"),
-         ("p", f"Each model interviews the {c['patient']} patient of {c['cases']} cases ({c['file']}), greedy, at most "
+         ("p", f"Each model interviews the {c['patient']} patient of {c['cases']} cases ({c['file']}), "
+               + ("greedy" if not c.get("temperature") else f"sampled at temperature {c['temperature']} (seeded)")
+               + ", at most "
                f"{c['max_turns']} doctor turns; the last turn or the first that asks nothing is the advice. 95% "
                "intervals: bootstrap over cases.")]
     if "consultation" in figs:
