@@ -42,6 +42,7 @@ from zhongjing.pipeline.stages import STAGES, Wiring, check_stages, stage_config
 from zhongjing.pipeline.state import State, lock
 
 NAMES = tuple(STAGES)  # the chain, in order
+OPT_IN = ("consult",)  # stages only a config that names them runs
 
 
 @dataclass
@@ -69,7 +70,7 @@ class PipelineKeys:
     # "simulated" (demo), "gold-anchored" (real reply first, samples below: dataset/sources.py) or a Ranking JSONL
     # from `zhongjing annotate export`
     rankings: str = "simulated"
-    stages: list[str] = field(default_factory=lambda: list(NAMES))  # the stages this config includes
+    stages: list[str] = field(default_factory=lambda: [s for s in NAMES if s not in OPT_IN])  # the stages included
     launch: str = ""  # command prefix for training stages, e.g. "accelerate launch --config_file X.yaml"
     python: str = ""  # interpreter for stage processes; empty = this one
     threads: int = 0  # CPU threads per stage process (OMP_NUM_THREADS); 0 = torch's default (all cores)
@@ -135,6 +136,8 @@ def plan(cfg: PipelineConfig, state: State, *, start: str | None = None, only: l
     forced = set(only or []) | ({s for s in active if NAMES.index(s) >= NAMES.index(start)} if start else set())
     plans, fps = [], {}  # fps: the fingerprint each upstream output will have when the stage runs
     for s in NAMES:
+        if s in OPT_IN and s not in cfg.stages:  # an opt-in stage the config does not name is not shown at all
+            continue
         if s not in active:
             plans.append(Plan(s, "off", "base_model is given" if s == "init" and s in cfg.stages else "not in stages"))
             continue

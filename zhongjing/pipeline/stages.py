@@ -119,10 +119,17 @@ def _wire_ppo(section, cfg, w):
     return section
 
 
+def _wire_consult(section, cfg, w):
+    """Consultation RL from the SFT doctor; cases come from the built train split (made at the stage's start)."""
+    return section | {"model": str(w.output("sft")), "dialogues": [str(w.built("train"))],
+                      "output": str(w.output("consult"))}
+
+
 def _wire_eval(section, cfg, w):
     """Aligned model vs the SFT model, the pre-trained (pt) model and the base, on the built test split unless test sets
     are given; every model is a baseline of the aligned one, so the Bradley–Terry leaderboard ranks them all."""
-    models = [{"name": STAGES[s].model_name, "path": str(w.output(s))} for s in ("ppo", "sft", "pt") if s in w.stages]
+    models = [{"name": STAGES[s].model_name, "path": str(w.output(s))} for s in ("ppo", "consult", "sft", "pt")
+              if s in w.stages]
     models.append({"name": BASE_NAME, "path": str(w.base())})  # the model the chain started from (before pt)
     section = section | {"output": str(w.output("eval").parent), "models": models, "target": models[0]["name"],
                          "baselines": [m["name"] for m in models[1:]]}
@@ -130,6 +137,8 @@ def _wire_eval(section, cfg, w):
         section["ablation"] = {"before": STAGES["sft"].model_name, "after": STAGES["ppo"].model_name}
     if cfg.simulated and "rm" in w.stages:
         section["notes"] = [report.SIMULATED_NOTE] + list(section.get("notes") or [])
+    if "consult" in w.stages:  # the consultation kind on the held-out test split's dialogues
+        section["consultation"] = {"dialogues": [str(w.built("test"))]} | dict(section.get("consultation") or {})
     built = {"name": "test", "path": str(w.built("test")), "format": "dialogue", "limit": cfg.splits.test_limit}
     section["testsets"] = [built] + list(section.get("testsets") or [])  # yours are added to the built test split
     judge = dict(section.get("judge") or {})
@@ -198,8 +207,15 @@ _ROWS = [
                 "zhongjing.train.losses", "zhongjing.model.value_head", "zhongjing.model.generation", *_TRAIN),
           summary=report.ppo_summary, model_name="aligned",
           help="PPO against the reward model"),
+    Stage("consult", "zhongjing.consult.loop", "ConsultConfig", ("train", "consult"), "consult",
+          reads=lambda w: ["sft", "build"], needs=("sft", "build"),
+          wired=frozenset({"model", "dialogues", "output"}), wire=_wire_consult,
+          code=("zhongjing.consult", "zhongjing.train.advantages", "zhongjing.train.rollout", "zhongjing.train.rl",
+                "zhongjing.train.losses", "zhongjing.model.generation", "zhongjing.data.simulate",
+                "zhongjing.dataset.deid", "zhongjing.model.value_head", *_TRAIN),
+          model_name="consult", help="multi-turn RL against a simulated patient (opt-in: stages: [..., consult, ...])"),
     Stage("eval", "zhongjing.eval.run", "EvalConfig", ("eval",), "eval/results.json",
-          reads=lambda w: w.base_stage() + w.lm_stage() + ["sft", "ppo", "rm", "build"], needs=("sft",),
+          reads=lambda w: w.base_stage() + w.lm_stage() + ["sft", "ppo", "consult", "rm", "build"], needs=("sft",),
           wired=frozenset({"output", "models", "target", "baselines", "ablation"}), wire=_wire_eval,
           code=("zhongjing.eval", "zhongjing.model.generation", "zhongjing.model.reward", "zhongjing.model.value_head",
                 "zhongjing.model.load", "zhongjing.data"),
