@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fake_openai import FakeOpenAI  # noqa: E402
 
-from zhongjing.eval.cache import Cache  # noqa: E402
-from zhongjing.eval.client import Endpoint, EndpointConfig  # noqa: E402
+from zhongjing.llm.cache import Cache  # noqa: E402
+from zhongjing.llm.client import Endpoint, EndpointConfig  # noqa: E402
 from zhongjing.eval.judge import LLMJudge, PairTask, judge_pairs  # noqa: E402
 
 DIMS = ("safety", "professionalism", "fluency")
