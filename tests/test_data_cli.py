@@ -72,6 +72,16 @@ SAMPLES = {
     "dxy_goals": ("g.txt", js([{"request_slots": {"disease": "UNK"}, "implicit_inform_slots": {}, "explicit_inform_slots": {},
                                 "disease_tag": "肺炎", "consult_id": "train-0"}])),
     "dxy_kb": ("kb.txt", js({"肺炎": ["咳嗽", "发烧"], "小儿腹泻": ["稀便"]})),
+    "cmb_exam": ("cmb.json", js([{"exam_type": "医师考试", "exam_class": "执业医师", "exam_subject": "内科",
+                                  "question": "哪个是骨", "answer": "A", "question_type": "单项选择题",
+                                  "option": {"A": "股骨", "B": "肝"}}])),
+    "cmb_clin": ("clin.json", js([{"id": 0, "title": "病例一", "description": "男，40岁，咳嗽一周。",
+                                   "QA_pairs": [{"question": "诊断是什么？", "solution": "上呼吸道感染"}]}])),
+    "cmexam": ("cmexam.csv", "Question,Options,Answer,Explanation\n哪个是骨,\"A 股骨\nB 肝\",A,股骨是骨\n"),
+    "medqa_mcmle": ("mq.jsonl", jl({"question": "哪个是骨", "options": {"A": "股骨", "B": "肝"}, "answer": "股骨",
+                                    "meta_info": "卫生法规", "answer_idx": "A"})),
+    "mlecqa": ("Clinic_train.json", js([{"qid": "1", "qtype": "A1", "qtext": "哪个是骨", "qimage": "",
+                                         "options": {"A": "股骨", "B": "肝"}, "answer": "A"}])),
 }
 
 

@@ -31,7 +31,7 @@ KEYS = ["messages", "role", "content", "conversations", "from", "value", "instru
 TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12) | st.sampled_from(
     ["user", "assistant", "system", "human", "gpt", "头痛三天", "A", "B", "", " ", "\x00", "\n", "1", "-1"])
 SCALAR = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
-          | st.floats(allow_nan=True, allow_infinity=True) | TEXT)
+          | st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=False) | TEXT)
 JSON = st.recursive(SCALAR, lambda inner: st.lists(inner, max_size=4)
                     | st.dictionaries(st.sampled_from(KEYS) | TEXT, inner, max_size=5), max_leaves=25)
 

@@ -22,6 +22,7 @@ FILES: dict[str, str] = {
     "self_cognition": "self_cognition.jsonl", # Dialogue JSONL: who the assistant is
     "exam": "exam.jsonl",                     # multiple choice: id, question, options {A..}, answer, subject
     "kg": "kg.jsonl",                         # knowledge graph records in the medical_kg_xywy layout
+    "preference_pairs": "preference_pairs.jsonl",  # 16 hand-written safe-vs-unsafe pairs (judge validation)
     "raw": "raw",                             # raw material for the builder demo
     "raw_covid": "raw/covid_dialogue.txt",    # COVID-Dialogue-style txt (UTF-8)
     "raw_cmtmedqa": "raw/cmtmedqa.json",      # CMtMedQA-style JSON list

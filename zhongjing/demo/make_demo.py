@@ -60,6 +60,8 @@ def generate() -> dict[str, bytes]:
     out[FILES["self_cognition"]] = _jsonl(self_cognition_items())
     out[FILES["exam"]] = _jsonl(exam_items(_rng("exam")))
     out[FILES["kg"]] = _jsonl([kg_record(c) for c in conds])
+    pairs = (DEMO_DIR / "source" / "preference_pairs.jsonl").read_text(encoding="utf-8").splitlines()
+    out[FILES["preference_pairs"]] = _jsonl([json.loads(line) for line in pairs if line.strip()])
 
     rng = _rng("corpus")
     texts = corpus_files(conds, Composer(phrases, rng), rng, N_TRANSCRIPTS)
