@@ -19,10 +19,10 @@ from pathlib import Path
 from zhongjing.demo import DEMO_DIR, FILES
 from zhongjing.demo.corpus import corpus_files, kg_record
 from zhongjing.demo.dialogues import Composer
-from zhongjing.demo.facts import load_conditions, load_phrases
+from zhongjing.demo.facts import SOURCE_DIR, load_conditions, load_phrases
 from zhongjing.demo.items import exam_items, knowledge_qa, safety_items, self_cognition_items
 from zhongjing.demo.raw import build_raw
-from zhongjing.io import atomic_open
+from zhongjing.io import atomic_open, iter_jsonl
 
 SEED = 20240601
 N_MULTI, N_SINGLE, N_SYSTEM = 400, 60, 12   # dialogues.jsonl: multi : single ≈ 7 : 1 is reachable
@@ -60,8 +60,7 @@ def generate() -> dict[str, bytes]:
     out[FILES["self_cognition"]] = _jsonl(self_cognition_items())
     out[FILES["exam"]] = _jsonl(exam_items(_rng("exam")))
     out[FILES["kg"]] = _jsonl([kg_record(c) for c in conds])
-    pairs = (DEMO_DIR / "source" / "preference_pairs.jsonl").read_text(encoding="utf-8").splitlines()
-    out[FILES["preference_pairs"]] = _jsonl([json.loads(line) for line in pairs if line.strip()])
+    out[FILES["preference_pairs"]] = _jsonl([row for _, row in iter_jsonl(SOURCE_DIR / "preference_pairs.jsonl")])
 
     rng = _rng("corpus")
     texts = corpus_files(conds, Composer(phrases, rng), rng, N_TRANSCRIPTS)
