@@ -4,6 +4,8 @@ detection of every registered format, kinds, directories, encodings, stats value
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -271,3 +273,25 @@ def test_group_help_and_a_closed_pipe(capsys):
     proc.stdout.close()  # the reader is gone before the first line is written
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=30) == 141 and "Traceback" not in err, err
+
+
+def test_show_mask_renders_without_importing_torch(tiny_model_dir, tmp_path):
+    """`data show-mask` loads only the tokenizer (no torch: it starts in about a second), and marks the same tokens
+    as the trainer's tokenizer does."""
+    from zhongjing.data.render import Renderer
+    from zhongjing.model.load import load_tokenizer
+    from zhongjing.model.show_mask import marked_text
+
+    msgs = [{"role": "user", "content": "头疼三天了。"}, {"role": "assistant", "content": "发烧吗？"}]
+    f = tmp_path / "d.jsonl"
+    f.write_text(json.dumps({"id": "x", "messages": msgs}, ensure_ascii=False) + "\n", encoding="utf-8")
+    code = ("import sys\nfrom zhongjing.cli import main\n"
+            "rc = main(['data', 'show-mask', sys.argv[1], '--model', sys.argv[2]])\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'); sys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", code, str(f), str(tiny_model_dir)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("NO-TORCH"), out.stdout
+    tok = load_tokenizer(tiny_model_dir)
+    r = Renderer(tok).render(msgs)
+    assert marked_text(tok, r.input_ids, r.labels) in out.stdout

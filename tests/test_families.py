@@ -85,6 +85,7 @@ def oracle_spans(name: str, tok, msgs: list[dict]) -> tuple[str, list[str]]:
 def test_masks_match_the_template_oracle(fam):
     name, base = fam
     tok = load_tokenizer(base)
+    light = load_tokenizer(base, light=True)
     model = load_model(base)
     r = Renderer(tok, max_length=4096, end_ids=end_of_turn_ids(tok, model))
     cases = [d["messages"] for d in dialogues(12, seed=4)]
@@ -103,6 +104,8 @@ def test_masks_match_the_template_oracle(fam):
         assert len(spans) == sum(m["role"] == "assistant" for m in msgs)
         plain = Renderer(tok, max_length=4096).render(msgs)  # from the tokenizer folder alone (show-mask): the same
         assert (plain.input_ids, plain.labels) == (out.input_ids, out.labels)
+        lite = Renderer(light, max_length=4096).render(msgs)  # show-mask's torch-free tokenizer: the same again
+        assert (lite.input_ids, lite.labels) == (out.input_ids, out.labels)
     if name == "qwen2":  # no system turn given: the template's own default system prompt is there, untrained
         assert "You are Qwen, created by Alibaba Cloud." in tok.decode(r.render(cases[0]).input_ids)
     if name == "qwen3":

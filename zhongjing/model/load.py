@@ -169,19 +169,25 @@ def remote_code(path: str | Path) -> bool:
                          "it: read those files, then set ZHONGJING_TRUST_REMOTE_CODE=1 (docs/training.md)")
 
 
-def load_tokenizer(path: str | Path):
-    """Tokenizer of a model or adapter folder; the adapter's own copy wins (it carries the chat template)."""
-    from transformers import AutoTokenizer
+def load_tokenizer(path: str | Path, light: bool = False):
+    """Tokenizer of a model or adapter folder; the adapter's own copy wins (it carries the chat template).
 
+    `light`: a folder with a `tokenizer.json` (and no remote code) loads as a plain PreTrainedTokenizerFast, which
+    does not import torch (AutoTokenizer's config registry does): `data show-mask` starts in about a second.
+    tests/test_families.py checks that it renders every family exactly as the full tokenizer does."""
     p = _check_dir(path)
     src = p if (p / "tokenizer_config.json").exists() or (p / "tokenizer.json").exists() else None
     if src is None and is_adapter_dir(p):
         src = base_of(p)
     if src is None:
         raise ZhongjingError(f"{p}: no tokenizer files in this folder")
+    remote = remote_code(base_root(src))
+    if light and not remote and (src / "tokenizer.json").exists():
+        from transformers import PreTrainedTokenizerFast as AutoTokenizer  # noqa: N814 (same call, no torch)
+    else:
+        from transformers import AutoTokenizer
     with explained(src, "tokenizer"):
-        tok = AutoTokenizer.from_pretrained(str(src), local_files_only=True,
-                                        trust_remote_code=remote_code(base_root(src)))
+        tok = AutoTokenizer.from_pretrained(str(src), local_files_only=True, trust_remote_code=remote)
     if not getattr(tok, "chat_template", None):
         raise ZhongjingError(f"{src}: tokenizer has no chat template; dialogues cannot be rendered")
     if tok.pad_token_id is None:

@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
     dialogue = next(itertools.islice(read_dialogues(a.file, a.format), a.index, None), None)
     if dialogue is None:
         raise ZhongjingError(f"{a.file}: has no record {a.index}")
-    tok = load_tokenizer(a.model)
+    tok = load_tokenizer(a.model, light=True)
     renderer = Renderer(tok, max_length=a.max_length, strategy=a.strategy)
     r = renderer.render(dialogue.messages)
     if r is None:
