@@ -1,5 +1,5 @@
 """The consult training loop (see trainer.py): updates, held-out evaluations, checkpoints and resume — the same
-bookkeeping as train/rl.py's run_rl (checkpoint.py, loop.train_step, RunLogger, identity.training_meta)."""
+bookkeeping as every training stage (checkpoint.Bookkeeper, loop.train_step, identity.training_meta)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ def run_consult(cfg: ConsultConfig) -> Path:
     from zhongjing.train import checkpoint as ckpt
     from zhongjing.train.advantages import CRITIC
     from zhongjing.train.common import make_accelerator
-    from zhongjing.train.logs import RunLogger
     from zhongjing.train.loop import train_step
     from zhongjing.train.mix import rng
     from zhongjing.train.optim import Guard, build_optimizer, build_scheduler
@@ -60,19 +59,15 @@ def run_consult(cfg: ConsultConfig) -> Path:
                          critic="value_head.safetensors" if unwrapped.value_head is not None else None,
                          counts={"train_cases": len(train_c), "eval_cases": len(eval_c)},
                          params={"trainable": trainable, "total": n_params})
-    ckpt.prepare_out(out, resume=tc.resume, overwrite=tc.overwrite)
+    book = ckpt.Bookkeeper(out, tc, accelerator=acc, model=model, io=io, optimizer=optimizer, scheduler=scheduler,
+                           guard=guard, meta=meta, batch={"grad_accum": tc.grad_accum, "batch_size": tc.batch_size})
     step, epoch, in_epoch, history, stopped = 0, 0, 0, [], None
-    last = ckpt.latest_checkpoint(out) if tc.resume else None
-    if last is not None:
-        ckpt.check_resumable(last, meta)
-        st = ckpt.load_checkpoint(last, accelerator=acc, model=model, io=io, optimizer=optimizer)
-        scheduler.load_state_dict(st["scheduler"])
-        guard.load_state_dict(st["guard"])
+    st = book.resume()
+    if st is not None:
         step, epoch, in_epoch, history, stopped = st["step"], st["epoch"], st["in_epoch"], st["history"], st["stopped"]
-    log = RunLogger(out / "logs", enabled=True, total_steps=total, start_step=step, tensorboard=tc.tensorboard,
-                    progress=tc.progress)
+    log = book.logger(total, step)
     log.info(f"consult ({cfg.env}, {cfg.estimator}): {len(train_c)} training cases ({per}×{K} episodes per update, "
-             f"{total} updates), {len(eval_c)} held out" + (f"; resumed from {last} (update {step})" if last else ""))
+             f"{total} updates), {len(eval_c)} held out")
 
     def evaluate(at: int) -> None:
         if not eval_c:
@@ -84,11 +79,8 @@ def run_consult(cfg: ConsultConfig) -> Path:
         log.eval(rec)
 
     def save(at: int) -> None:
-        state = {"step": at, "epoch": epoch, "in_epoch": in_epoch, "history": history, "stopped": stopped,
-                 "scheduler": scheduler.state_dict(), "guard": guard.state_dict(), "world_size": 1,
-                 "grad_accum": tc.grad_accum, "batch_size": tc.batch_size, "best_step": at, "best_val": None}
-        ckpt.save_checkpoint(out, at, accelerator=acc, model=model, io=io, optimizer=optimizer, state=state,
-                             meta=meta | {"best_step": at}, keep=tc.keep_checkpoints, protect={at})
+        book.save(at, {"step": at, "epoch": epoch, "in_epoch": in_epoch, "history": history, "stopped": stopped,
+                       "best_step": at, "best_val": None}, at, protect={at})
 
     if step == 0 and not history:
         evaluate(0)
@@ -125,9 +117,8 @@ def run_consult(cfg: ConsultConfig) -> Path:
             save(step)
     if not ckpt.checkpoints(out) or ckpt.checkpoints(out)[-1][0] != step:
         save(step)
-    ckpt.finalize(out, step, meta | {"best_step": step, "step": step, "stopped": stopped,
-                                     "metrics": {"history": history,
-                                                 "train_seconds": round(time.perf_counter() - t_start, 1)}})
+    book.finish(step, {"step": step, "stopped": stopped,
+                       "metrics": {"history": history, "train_seconds": round(time.perf_counter() - t_start, 1)}})
     log.info(f"consult: done, {step} updates → {out}")
     log.close()
     return out

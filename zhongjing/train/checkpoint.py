@@ -218,3 +218,62 @@ def finalize(out: Path, step: int, meta: dict) -> None:
             with atomic_path(Path(out) / f.name) as tmp:
                 shutil.copyfile(f, tmp)
     write_json(Path(out) / "meta.json", meta)
+
+
+class Bookkeeper:
+    """One training run's life in OUT, shared by `fit` (pt, sft, rm, dpo) and the RL loop (ppo, grpo, rloo, consult):
+    prepare the folder, resume from the latest checkpoint (refusing other inputs or batch settings), open the logs,
+    save a checkpoint with the scheduler, guard and data position, and finally put the kept step's model into OUT.
+
+    `batch`: the settings the saved data position depends on (batch_size, grad_accum, …): a resume with other values
+    is refused. The caller's own state (step, epoch, history, …) travels as a dict it builds and gets back."""
+
+    def __init__(self, out: Path, settings, *, accelerator, model, io, optimizer, scheduler, guard, meta: dict,
+                 batch: dict):
+        self.out, self.settings, self.acc, self.meta, self.batch = Path(out), settings, accelerator, meta, batch
+        self.model, self.io, self.optimizer, self.scheduler, self.guard = model, io, optimizer, scheduler, guard
+        self.resumed_from: Path | None = None
+        if accelerator.is_main_process:
+            prepare_out(self.out, resume=settings.resume, overwrite=settings.overwrite)
+        accelerator.wait_for_everyone()
+
+    def resume(self) -> dict | None:
+        """The latest checkpoint's state (model, optimizer, scheduler, guard and RNG restored), or None."""
+        last = latest_checkpoint(self.out) if self.settings.resume else None
+        if last is None:
+            return None
+        check_resumable(last, self.meta)  # other inputs refused, other settings named
+        st = load_checkpoint(last, accelerator=self.acc, model=self.model, io=self.io, optimizer=self.optimizer)
+        if any(st.get(k) != v for k, v in self.batch.items()):
+            was = " ".join(f"{k}={st.get(k)}" for k in self.batch)
+            raise ZhongjingError(f"{last}: written with {was}; resume with the same values (the data position "
+                                 "depends on them)")
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.guard.load_state_dict(st["guard"])
+        self.resumed_from = last
+        return st
+
+    def logger(self, total_steps: int, start_step: int):
+        from zhongjing.train.logs import RunLogger
+
+        s = self.settings
+        log = RunLogger(self.out / "logs", enabled=self.acc.is_main_process, total_steps=total_steps,
+                        start_step=start_step, tensorboard=s.tensorboard, progress=s.progress)
+        if self.resumed_from is not None:
+            log.info(f"resumed from {self.resumed_from} (step {start_step})")
+        elif s.resume:
+            log.info(f"no checkpoint in {self.out / CKPT}: starting from the beginning")
+        return log
+
+    def save(self, step: int, state: dict, best_step: int, protect: set[int]) -> None:
+        state = state | {"scheduler": self.scheduler.state_dict(), "guard": self.guard.state_dict(),
+                         "world_size": self.acc.num_processes, **self.batch}
+        save_checkpoint(self.out, step, accelerator=self.acc, model=self.model, io=self.io, optimizer=self.optimizer,
+                        state=state, meta=self.meta | {"best_step": best_step}, keep=self.settings.keep_checkpoints,
+                        protect=protect)
+
+    def finish(self, best_step: int, final: dict) -> None:
+        """OUT gets the model of `best_step` and meta.json = meta | final (written last)."""
+        if self.acc.is_main_process:
+            finalize(self.out, best_step, self.meta | {"best_step": best_step} | final)
+        self.acc.wait_for_everyone()

@@ -14,8 +14,8 @@ Plugging in a new stage
    (`zhongjing.model.lora.TrainedIO` for causal LMs), and a `meta` dict (stage, kind, base_model, inputs_hash,
    data, config) — see checkpoint.py for the folder layout every stage shares.
 5. `fit(model, data, loss_fn, settings, out, accelerator=..., io=..., meta=...)`.
-Loops that are not "batch → loss → step" (PPO) reuse optim.build_optimizer / build_scheduler / Guard,
-checkpoint.save_checkpoint / load_checkpoint / finalize and logs.RunLogger directly.
+Loops that are not "batch → loss → step" (PPO, GRPO, consult) reuse `train_step`, optim.build_optimizer /
+build_scheduler / Guard and the same `checkpoint.Bookkeeper` fit uses (folder, resume, logs, saves, final model).
 """
 
 from __future__ import annotations
@@ -163,9 +163,6 @@ def fit(model, data, loss_fn: Callable, settings: TrainSettings, out: str | Path
     out = Path(out)
     acc, world, rank = accelerator, accelerator.num_processes, accelerator.process_index
     ga = settings.grad_accum
-    if acc.is_main_process:
-        ckpt.prepare_out(out, resume=settings.resume, overwrite=settings.overwrite)
-    acc.wait_for_everyone()
     _, total = _plan(data, settings, world)
     if optimizer is None:
         optimizer = build_optimizer(model, settings.lr, settings.weight_decay, settings.betas, settings.eps)
@@ -175,31 +172,21 @@ def fit(model, data, loss_fn: Callable, settings: TrainSettings, out: str | Path
     model, optimizer = acc.prepare(model, optimizer)
     scheduler.optimizer = optimizer  # the prepared wrapper shares param_groups with the raw optimizer
     guard = Guard(settings.explode_grad_norm, settings.explode_lr_decay)
+    book = ckpt.Bookkeeper(out, settings, accelerator=acc, model=model, io=io, optimizer=optimizer,
+                           scheduler=scheduler, guard=guard, meta=meta,
+                           batch={"grad_accum": ga, "batch_size": settings.batch_size})
     val = data.val_batches()
 
     step, epoch, in_epoch, best_step, best_val, history = 0, 0, 0, -1, None, []
-    last = ckpt.latest_checkpoint(out) if settings.resume else None
-    if last is not None:
-        ckpt.check_resumable(last, meta)
-        st = ckpt.load_checkpoint(last, accelerator=acc, model=model, io=io, optimizer=optimizer)
-        if (st["grad_accum"], st["batch_size"]) != (ga, settings.batch_size):
-            raise ZhongjingError(f"{last}: written with batch_size={st['batch_size']} grad_accum={st['grad_accum']}; "
-                                 "resume with the same values (the data position depends on them)")
-        scheduler.load_state_dict(st["scheduler"])
-        guard.load_state_dict(st["guard"])
+    st = book.resume()
+    if st is not None:
         step, epoch, in_epoch = st["step"], st["epoch"], st["in_epoch"]
         best_step, best_val, history = st["best_step"], st["best_val"], st["history"]
-    log = RunLogger(out / "logs", enabled=acc.is_main_process, total_steps=total, start_step=step,
-                    tensorboard=settings.tensorboard, progress=settings.progress)
-    if last is not None:
-        log.info(f"resumed from {last} (step {step}, epoch {epoch})")
-    elif settings.resume:
-        log.info(f"no checkpoint in {out / ckpt.CKPT}: starting from the beginning")
+    log = book.logger(total, step)
 
     def state() -> dict:
         return {"step": step, "epoch": epoch, "in_epoch": in_epoch, "best_step": best_step, "best_val": best_val,
-                "history": history, "scheduler": scheduler.state_dict(), "guard": guard.state_dict(),
-                "world_size": world, "grad_accum": ga, "batch_size": settings.batch_size}
+                "history": history}
 
     def eval_and_save(do_eval: bool) -> None:
         nonlocal best_step, best_val
@@ -215,9 +202,7 @@ def fit(model, data, loss_fn: Callable, settings: TrainSettings, out: str | Path
                 best_step, best_val = step, rec["val_loss"]
         elif not len(val):
             best_step = step  # no validation: the last checkpoint is the result
-        ckpt.save_checkpoint(out, step, accelerator=acc, model=model, io=io, optimizer=optimizer, state=state(),
-                             meta=meta | {"best_step": best_step}, keep=settings.keep_checkpoints,
-                             protect={best_step})
+        book.save(step, state(), best_step, protect={best_step})
 
     t_start = time.perf_counter()
     while step < total:
@@ -238,13 +223,10 @@ def fit(model, data, loss_fn: Callable, settings: TrainSettings, out: str | Path
                 eval_and_save(do_eval)
             if end_of_epoch:
                 break
-    if acc.is_main_process:
-        final = meta | {"best_step": best_step, "step": step,
-                        "metrics": {**meta.get("metrics", {}), "best_val_loss": best_val, "history": history,
-                                    "explosions": guard.explosions, "overflows": guard.overflows,
-                                    "train_seconds": round(time.perf_counter() - t_start, 1)}}
-        ckpt.finalize(out, best_step, final)
-    acc.wait_for_everyone()
+    book.finish(best_step, {"step": step,
+                            "metrics": {**meta.get("metrics", {}), "best_val_loss": best_val, "history": history,
+                                        "explosions": guard.explosions, "overflows": guard.overflows,
+                                        "train_seconds": round(time.perf_counter() - t_start, 1)}})
     log.info(f"done: {step} steps, best step {best_step}" + (f" (val loss {best_val:.4f})" if best_val else "")
              + f" → {out}")
     log.close()

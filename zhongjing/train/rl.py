@@ -235,7 +235,6 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
     from zhongjing.train import checkpoint as ckpt
     from zhongjing.model.identity import data_record, training_meta
     from zhongjing.train.common import make_accelerator
-    from zhongjing.train.logs import RunLogger
     from zhongjing.train.loop import train_step
     from zhongjing.train.mix import rng
     from zhongjing.train.optim import Guard, build_optimizer, build_scheduler
@@ -287,26 +286,18 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
                          counts=dict(counts, train_prompts=len(train_p), eval_prompts=len(eval_p)),
                          params={"trainable": trainable, "total": n_params})
 
-    if acc.is_main_process:
-        ckpt.prepare_out(out, resume=tc.resume, overwrite=tc.overwrite)
-    acc.wait_for_everyone()
+    book = ckpt.Bookkeeper(out, tc, accelerator=acc, model=model, io=io, optimizer=optimizer, scheduler=scheduler,
+                           guard=guard, meta=meta,
+                           batch={"grad_accum": tc.grad_accum, "batch_size": tc.batch_size, "per_update": per_update})
     step, epoch, in_epoch, history, stopped, saved = 0, 0, 0, [], None, set()
-    last = ckpt.latest_checkpoint(out) if tc.resume else None
-    if last is not None:
-        ckpt.check_resumable(last, meta)  # as every other stage: other prompts refused, other settings named
-        st = ckpt.load_checkpoint(last, accelerator=acc, model=model, io=io, optimizer=optimizer)
-        if (st["grad_accum"], st["batch_size"], st["per_update"]) != (tc.grad_accum, tc.batch_size, per_update):
-            raise ZhongjingError(f"{last}: written with other batch settings; resume with the same ones")
-        scheduler.load_state_dict(st["scheduler"])
-        guard.load_state_dict(st["guard"])
+    st = book.resume()
+    if st is not None:
         algo.load_state_dict(st["algorithm"])
         step, epoch, in_epoch, history, stopped = st["step"], st["epoch"], st["in_epoch"], st["history"], st["stopped"]
         saved = set(st.get("saved", []))
-    log = RunLogger(out / "logs", enabled=acc.is_main_process, total_steps=total, start_step=step,
-                    tensorboard=tc.tensorboard, progress=tc.progress)
+    log = book.logger(total, step)
     log.info(f"{stage}: {len(train_p)} training prompts ({per_update} per update, {total} updates), "
-             f"{len(eval_p)} held out; {trainable:,}/{n_params:,} trainable parameters"
-             + (f"; resumed from {last} (update {step})" if last is not None else ""))
+             f"{len(eval_p)} held out; {trainable:,}/{n_params:,} trainable parameters")
     unwrapped = acc.unwrap_model(model)
 
     def rollout_for(prompts: list[Prompt], seed: int, k: int):
@@ -360,13 +351,10 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
 
     def save(step: int) -> None:
         state = {"step": step, "epoch": epoch, "in_epoch": in_epoch, "history": history, "stopped": stopped,
-                 "scheduler": scheduler.state_dict(), "guard": guard.state_dict(), "algorithm": algo.state_dict(),
-                 "world_size": world, "grad_accum": tc.grad_accum, "batch_size": tc.batch_size,
-                 "per_update": per_update, "best_step": step, "best_val": None, "saved": sorted(saved | {step})}
+                 "algorithm": algo.state_dict(), "best_step": step, "best_val": None, "saved": sorted(saved | {step})}
         saved.add(step)
         best = best_step()
-        ckpt.save_checkpoint(out, step, accelerator=acc, model=model, io=io, optimizer=optimizer, state=state,
-                             meta=meta | {"best_step": best}, keep=tc.keep_checkpoints, protect={step, best})
+        book.save(step, state, best, protect={step, best})
 
     if step == 0 and not history:
         evaluate(0)  # the starting policy, for comparison
@@ -421,13 +409,9 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
         save(step)
     best = best_step()
     hacking = [f"update {h['step']}: {h['hacking']}" for h in history if h.get("hacking")]
-    if acc.is_main_process:
-        final = meta | {"best_step": best, "step": step, "stopped": stopped, "select": cfg.select,
-                        "hacking": hacking,
-                        "metrics": {"history": history, "explosions": guard.explosions,
-                                    "train_seconds": round(time.perf_counter() - t_start, 1)}}
-        ckpt.finalize(out, best, final)
-    acc.wait_for_everyone()
+    book.finish(best, {"step": step, "stopped": stopped, "select": cfg.select, "hacking": hacking,
+                       "metrics": {"history": history, "explosions": guard.explosions,
+                                   "train_seconds": round(time.perf_counter() - t_start, 1)}})
     log.info(f"{stage}: done, {step} updates → {out} (the policy of update {best}"
              + (", the best held-out reward" if cfg.select == "best" else "") + ")"
              + (f"; {len(hacking)} evaluation(s) flagged for reward hacking" if hacking else ""))
