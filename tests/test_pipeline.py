@@ -213,6 +213,8 @@ def test_demo_and_paper_configs_wire_every_stage(tmp_path):
         ("aligned", str(tmp_path / "ppo")), ("sft", str(tmp_path / "sft")), ("pt", str(tmp_path / "pt")),
         ("base", str(tmp_path / "base"))]
     assert [j.reward_model for j in configs["eval"].validation_judges] == [str(tmp_path / "rm")]
+    w, configs = _load([f"work_dir={tmp_path}", "rm_parent=sft"])  # the reward model may start from the SFT model
+    assert configs["rm"].model == str(tmp_path / "sft") and "sft" in STAGES["rm"].reads(w)
     base = tmp_path / "base-model"
     base.mkdir()
     w, configs = _load([f"work_dir={tmp_path}/paper", f"base_model={base}"],
@@ -229,6 +231,8 @@ def test_demo_and_paper_configs_wire_every_stage(tmp_path):
     (["sft.train.lr=fast"], "sft"),
     (["stages=[init,build,pt,sft,rm,eval]"], "rm needs rank"),
     (["splits.generate=dev"], "splits.generate"),
+    (["rm_parent=base"], "rm_parent: expected pt or sft"),
+    (["stages=[init,build,pt,rank,rm]", "rankings=exported.jsonl", "rm_parent=sft"], "rm needs sft"),
 ])
 def test_bad_pipeline_configs_are_one_line_errors(tmp_path, override, message):
     from zhongjing.errors import ConfigError

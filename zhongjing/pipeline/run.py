@@ -75,11 +75,16 @@ class PipelineKeys:
     python: str = ""  # interpreter for stage processes; empty = this one
     threads: int = 0  # CPU threads per stage process (OMP_NUM_THREADS); 0 = torch's default (all cores)
     splits: SplitUse = field(default_factory=SplitUse)
+    # the reward model's parent: "pt" = the pre-trained model (the paper), "sft" = the SFT model (InstructGPT's
+    # choice; on the small real-data chain it learns relevance better: docs/real-data.md)
+    rm_parent: str = "pt"
 
     def __post_init__(self):
         bad = [s for s in self.stages if s not in STAGES]
         if bad:
             raise ConfigError(f"stages: unknown stage {bad[0]!r} (valid: {', '.join(NAMES)})")
+        if self.rm_parent not in ("pt", "sft"):
+            raise ConfigError(f"rm_parent: expected pt or sft, got {self.rm_parent!r}")
 
     @property
     def simulated(self) -> bool:

@@ -102,8 +102,13 @@ def _wire_rank(section, cfg, w):
     return section | {"rankings": cfg.rankings}
 
 
+def _rm_parent(w) -> list[str]:
+    return ["sft"] if w.cfg.rm_parent == "sft" else w.lm_stage()
+
+
 def _wire_rm(section, cfg, w):
-    section = section | {"model": str(w.lm_base()), "data": [str(w.output("rank"))], "output": str(w.output("rm"))}
+    parent = w.output("sft") if cfg.rm_parent == "sft" else w.lm_base()
+    section = section | {"model": str(parent), "data": [str(w.output("rank"))], "output": str(w.output("rm"))}
     if "build" in w.stages:  # relevance measured once on the real test split (own reply vs another's)
         section.setdefault("relevance_data", [str(w.built("test"))])
     return section
@@ -192,7 +197,7 @@ _ROWS = [
                 "zhongjing.pipeline.rank"),
           summary=report.rank_summary),
     Stage("rm", "zhongjing.train.rm", "RMConfig", ("train", "rm"), "rm",
-          reads=lambda w: w.lm_stage() + ["rank"], needs=("rank",),
+          reads=lambda w: _rm_parent(w) + ["rank"], needs=("rank", "sft"),
           wired=frozenset({"model", "data", "output"}), wire=_wire_rm, launched=True,
           code=("zhongjing.train.rm", "zhongjing.train.relevance", "zhongjing.train.prefs", "zhongjing.train.pref_batches",
                 "zhongjing.train.pref_fit", "zhongjing.model.reward",
