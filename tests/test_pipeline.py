@@ -155,7 +155,7 @@ def check_outputs(work: Path) -> None:
         load_tokenizer(work / name)
         assert load_model(work / name) is not None
     assert read_meta(work / "sft")["base_model"] == str((work / "pt").resolve())
-    assert read_meta(work / "rm")["base_model"] == str((work / "pt").resolve())  # the paper: RM from the pt base
+    assert read_meta(work / "rm")["parent"] == str((work / "sft").resolve())  # the demo's rm_parent: sft
     assert load_reward_model(work / "rm")[0] is not None
     for split in ("train", "validation", "test"):
         assert list(read_dialogues(str(work / "data" / f"{split}.jsonl")))
@@ -206,15 +206,16 @@ def test_demo_and_paper_configs_wire_every_stage(tmp_path):
 
     w, configs = _load([f"work_dir={tmp_path}"])
     assert set(configs) == {"init", "build", "pt", "sft", "generate", "rank", "rm", "ppo", "eval"}
-    assert configs["sft"].model == str(tmp_path / "pt") and configs["rm"].model == str(tmp_path / "pt")
+    assert configs["sft"].model == str(tmp_path / "pt") and configs["rm"].model == str(tmp_path / "sft")
     assert configs["eval"].target == "aligned" and configs["eval"].ablation.before == "sft"
     # every model of the chain is compared with the aligned one (one Bradley–Terry table ranks them all)
     assert [(m.name, m.path) for m in configs["eval"].models] == [
         ("aligned", str(tmp_path / "ppo")), ("sft", str(tmp_path / "sft")), ("pt", str(tmp_path / "pt")),
         ("base", str(tmp_path / "base"))]
     assert [j.reward_model for j in configs["eval"].validation_judges] == [str(tmp_path / "rm")]
-    w, configs = _load([f"work_dir={tmp_path}", "rm_parent=sft"])  # the reward model may start from the SFT model
-    assert configs["rm"].model == str(tmp_path / "sft") and "sft" in STAGES["rm"].reads(w)
+    assert "sft" in STAGES["rm"].reads(w)  # the demo's reward model starts from the SFT model (rm_parent: sft)
+    w, configs = _load([f"work_dir={tmp_path}", "rm_parent=pt"])  # or from the pre-trained one, as the paper
+    assert configs["rm"].model == str(tmp_path / "pt") and "sft" not in STAGES["rm"].reads(w)
     base = tmp_path / "base-model"
     base.mkdir()
     w, configs = _load([f"work_dir={tmp_path}/paper", f"base_model={base}"],
