@@ -92,6 +92,20 @@ def _main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("zhongjing: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """A stage launched on several processes leaves its gloo/NCCL group open; torch asks for it to be destroyed
+    before exit (a process exiting with it open was seen aborting in its teardown: "terminate called without an
+    active exception", exit code -6, after its work was done). torch is only looked up if already imported."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # the result is written already; never turn a finished run into a failure
+            pass
 
 
 if __name__ == "__main__":
