@@ -103,11 +103,12 @@ def _wire_rank(section, cfg, w):
 
 
 def _rm_parent(w) -> list[str]:
+    """The stage whose model the reward model starts from (`rm_parent`; none: the given base model)."""
     return ["sft"] if w.cfg.rm_parent == "sft" else w.lm_stage()
 
 
 def _wire_rm(section, cfg, w):
-    parent = w.output("sft") if cfg.rm_parent == "sft" else w.lm_base()
+    parent = next((w.output(s) for s in _rm_parent(w)), w.base())
     section = section | {"model": str(parent), "data": [str(w.output("rank"))], "output": str(w.output("rm"))}
     if "build" in w.stages:  # relevance measured once on the real test split (own reply vs another's)
         section.setdefault("relevance_data", [str(w.built("test"))])
