@@ -45,3 +45,11 @@ def tiny_tokenizer(tiny_model_dir):
     from zhongjing.model.load import load_tokenizer
 
     return load_tokenizer(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory) -> tuple[Path, Path]:
+    """(config file, work dir) of one tiny demo pipeline shared by test_pipeline.py and test_pipeline_reruns.py."""
+    from pipeline_helpers import write_tiny_config
+
+    return write_tiny_config(tmp_path_factory.mktemp("pipeline"))

@@ -1,7 +1,7 @@
 """The whole pipeline on a shrunken demo config, for real, on CPU: every stage trains or runs (tiny model, a few
-steps each), then the pipeline's promises are checked — outputs exist and load, a rerun skips everything, a
-config change re-runs that stage and the later ones only, --only / --from, a SIGKILL mid-stage resumes, and
-`zhongjing chat` answers with the result.
+steps each). Here: a first run killed (SIGKILL) mid-stage resumes, every output exists and loads with its consumer's
+loader, and a rerun skips everything. test_pipeline_reruns.py goes on in the same finished work dir: a config change
+re-runs that stage and the later ones only, --only / --plan / --from, and `zhongjing chat` answers with the result.
 """
 
 from __future__ import annotations
@@ -18,80 +18,13 @@ import pytest
 import yaml
 
 from conftest import REPO
-
-DEMO = REPO / "zhongjing" / "demo"
-ORDER = ["init", "build", "pt", "sft", "generate", "rank", "rm", "ppo", "eval"]
-
-
-def tiny_config(work: Path) -> dict:
-    """configs/demo.yaml shrunk: a 2-layer model, a few dozen dialogues, a handful of steps per stage."""
-    cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text(encoding="utf-8"))
-    cfg["work_dir"] = str(work)
-    cfg["splits"] |= {"generate": "train", "generate_limit": 12, "ppo_limit": 8, "test_limit": 3}
-    cfg["init"] |= {"vocab_size": 600, "hidden_size": 64, "num_layers": 2, "num_heads": 2, "num_kv_heads": 2,
-                    "intermediate_size": 176, "max_position_embeddings": 512}
-    cfg["build"]["inputs"] = [{"path": str(DEMO / "dialogues.jsonl"), "limit": 48},
-                              {"path": str(DEMO / "single_turn.jsonl"), "limit": 8}]
-    cfg["pt"] |= {"block_size": 128, "data": [{"path": str(DEMO / "kg.jsonl"), "name": "kg"}]}
-    cfg["pt"]["train"] |= {"max_steps": 4, "batch_size": 4, "eval_every": 2, "max_eval_batches": 2}
-    cfg["sft"] |= {"max_length": 320}
-    # checkpoints every step, so the kill below always finds one to resume from
-    cfg["sft"]["train"] |= {"max_steps": 8, "batch_size": 2, "eval_every": 4, "save_every": 1,
-                            "max_eval_batches": 2}
-    cfg["generate"] |= {"max_new_tokens": 16, "max_length": 320}
-    cfg["rm"] |= {"max_length": 256}
-    cfg["rm"]["train"] |= {"max_steps": 3, "batch_size": 2}
-    cfg["ppo"] = tiny_ppo(cfg.get("ppo") or {})
-    cfg["eval"]["testsets"] = [{"name": "safety", "path": str(DEMO / "safety.jsonl"), "format": "dialogue",
-                                "limit": 2}]
-    cfg["eval"]["exams"] = [{"name": "exam", "path": str(DEMO / "exam.jsonl"), "format": "exam", "limit": 4,
-                             "shots": [0]}]
-    cfg["eval"] |= {"generation": {"max_new_tokens": 12, "batch_size": 8, "max_length": 320},
-                    "report": {"examples": 1, "bootstrap": 50}}
-    cfg["init"]["corpus"] = [str(DEMO / "corpus")]
-    cfg["build"]["kg"]["path"] = str(DEMO / "kg.jsonl")
-    cfg["rank"]["kg"] = str(DEMO / "kg.jsonl")
-    cfg["eval"]["judge"]["rubric_kg"] = str(DEMO / "kg.jsonl")
-    return cfg
-
-
-def tiny_ppo(section: dict) -> dict:
-    """The demo's ppo section with two updates of 4 answers."""
-    section = dict(section) | {"eval_prompts": 4, "max_length": 320}
-    section["generation"] = dict(section.get("generation") or {}) | {"max_new_tokens": 12}
-    section["train"] = dict(section.get("train") or {}) | {"max_steps": 2, "batch_size": 4, "grad_accum": 1}
-    return section
-
-
-def run(cfg_path: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    p = subprocess.run([sys.executable, "-m", "zhongjing", "pipeline", "--config", str(cfg_path), *args],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    assert p.returncode == 0, f"pipeline {args} failed:\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
-    return p
-
-
-def actions(work: Path) -> dict[str, str]:
-    return {r["stage"]: r["action"] for r in json.loads((work / "summary.json").read_text())["stages"]}
-
-
-def state(work: Path) -> dict:
-    return json.loads((work / "pipeline-state.json").read_text())["stages"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
-    work = root / "work"
-    cfg_path = root / "pipeline.yaml"
-    cfg_path.write_text(yaml.safe_dump(tiny_config(work), allow_unicode=True), encoding="utf-8")
-    return cfg_path, work
+from pipeline_helpers import ORDER, actions, command_env, run, state, tiny_config
 
 
 @pytest.mark.slow
-def test_pipeline_end_to_end(tiny):
-    cfg_path, work = tiny
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+def test_pipeline_end_to_end(tiny_pipeline):
+    cfg_path, work = tiny_pipeline
+    env = command_env()
 
     # 1. first run, killed (SIGKILL, the pipeline process only) while sft has written a checkpoint
     proc = subprocess.Popen([sys.executable, "-m", "zhongjing", "pipeline", "--config", str(cfg_path)], cwd=REPO,
@@ -121,28 +54,6 @@ def test_pipeline_end_to_end(tiny):
     # 3. rerun: everything is up to date
     run(cfg_path)
     assert set(actions(work).values()) == {"skipped"}
-
-    # 4. one stage's config changed: that stage and the later ones re-run, nothing before it
-    run(cfg_path, "rm.train.lr=5e-4")
-    assert actions(work) == {**{s: "skipped" for s in ORDER[:6]}, "rm": "ran", "ppo": "ran", "eval": "ran"}
-
-    # 5. --only: just that stage; its output is identical (deterministic), so nothing after it is stale
-    run(cfg_path, "rm.train.lr=5e-4", "--only", "rank")
-    assert [s for s, a in actions(work).items() if a != "skipped"] == ["rank"]
-    plan = run(cfg_path, "rm.train.lr=5e-4", "--plan").stdout
-    planned = dict(line.split()[:2] for line in plan.splitlines() if line.startswith("  "))
-    assert planned == {s: "skip" for s in ORDER}
-
-    # 6. --from: that stage and everything after it
-    run(cfg_path, "rm.train.lr=5e-4", "--from", "ppo")
-    assert [s for s, a in actions(work).items() if a != "skipped"] == ["ppo", "eval"]
-
-    # 7. the aligned model chats
-    p = subprocess.run([sys.executable, "-m", "zhongjing", "chat", "--model", str(work / "ppo"),
-                        "--max-new-tokens", "8", "--temperature", "0"],
-                       input="医生你好，我头疼两天了。\n", cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr[-2000:]
-    assert p.stdout.strip(), "chat printed no answer"
 
 
 def check_outputs(work: Path) -> None:

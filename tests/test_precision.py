@@ -146,3 +146,23 @@ def test_qlora_ppo_and_grpo_two_updates(setup, tmp_path):
     for out in (ppo, grpo):
         meta = json.loads((out / "meta.json").read_text())
         assert meta["step"] == 2 and meta["config"]["lora"]["quantize"] == "4bit"
+
+
+@pytest.mark.parametrize("words, hidden", [
+    (["train", "ppo", "--config", "{cfg_none}"], True),  # a pipeline-written config: `quantize: none` in full
+    (["train", "sft", "--config", "{cfg_4bit}"], False),
+    (["train", "sft", "--config", "{cfg_none}", "lora.quantize=4bit"], False),
+])
+def test_bitsandbytes_is_hidden_only_from_processes_that_ask_for_no_4bit_base(tmp_path, words, hidden):
+    """peft imports bitsandbytes whenever it is installed (~1 s of start-up per stage process); a command whose
+    config says `quantize: none` must not pay for it, and one that asks for 4-bit must still get it."""
+    import subprocess
+    import sys
+
+    (tmp_path / "none.yaml").write_text("lora:\n  r: 8\n  quantize: none\n", encoding="utf-8")
+    (tmp_path / "4bit.yaml").write_text("lora:\n  quantize: '4bit'\n", encoding="utf-8")
+    argv = [w.format(cfg_none=tmp_path / "none.yaml", cfg_4bit=tmp_path / "4bit.yaml") for w in words]
+    code = ("import sys; from zhongjing.model.load import skip_bitsandbytes; "
+            f"skip_bitsandbytes({argv!r}); print(sys.modules.get('bitsandbytes', 'absent') is None)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(hidden)

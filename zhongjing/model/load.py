@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from zhongjing.errors import ZhongjingError
@@ -30,6 +31,11 @@ def setup_torch(seed: int | None = None, threads: int | None = None) -> None:
         torch.manual_seed(seed)
 
 
+# `quantize: 4bit` in a config file, `lora.quantize=4bit` on the command line; the pipeline writes every stage's
+# config whole, so `quantize: none` is in each one and must not count
+_ASKS_QUANTIZE = re.compile(r"quantize['\"]?\s*[:=]\s*['\"]?(?!none\b)[\w-]")
+
+
 def skip_bitsandbytes(argv: list[str]) -> None:
     """A command that asks for no 4-bit base (no `quantize` in its arguments or config file) never needs bitsandbytes,
     but peft imports it whenever it is installed: ~2 s of CPU per process. Hide it from such a process."""
@@ -43,7 +49,7 @@ def skip_bitsandbytes(argv: list[str]) -> None:
                 words.append(Path(path).read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError):
                 return  # the stage reports an unreadable config itself; leave imports alone
-    if not any("quantize" in w for w in words) and "bitsandbytes" not in sys.modules:
+    if not any(_ASKS_QUANTIZE.search(w) for w in words) and "bitsandbytes" not in sys.modules:
         sys.modules["bitsandbytes"] = None  # find_spec → None: transformers and peft see "not installed"
 
 
