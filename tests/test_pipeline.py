@@ -15,10 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from conftest import REPO
-from pipeline_helpers import ORDER, actions, command_env, run, state, tiny_config
+from pipeline_helpers import ORDER, actions, command_env, run, state, write_tiny_config
 
 
 @pytest.mark.slow
@@ -98,8 +97,7 @@ def _load(overrides: list[str], path: Path = REPO / "configs" / "demo.yaml"):
 def test_a_partial_run_points_only_at_what_exists(tmp_path):
     """`--only init,build` has trained no model and ranked nothing: no chat pointer, no report, no simulated note;
     a changed config is named as such in the plan."""
-    cfg_path = tmp_path / "pipeline.yaml"
-    cfg_path.write_text(yaml.safe_dump(tiny_config(tmp_path / "work"), allow_unicode=True), encoding="utf-8")
+    cfg_path, _ = write_tiny_config(tmp_path)
     p = run(cfg_path, "--only", "init,build")
     summary = json.loads((tmp_path / "work" / "summary.json").read_text())
     assert summary["model"] is None and summary["report"] is None
