@@ -360,3 +360,49 @@ def test_busy_port_and_bad_sizes_are_one_line_errors_before_loading(tmp_path):
             proc = subprocess.run([sys.executable, "-m", "zhongjing", "serve", "--model", str(tmp_path / "nope"), *extra],
                                   capture_output=True, text=True, timeout=60)
             assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_engine_process_death_fails_open_requests_and_refuses_new_ones(chat_model_dir):
+    """Generation runs in a child process (serve/worker.py). If it dies, the open stream ends with an error that
+    says so, new requests get 503, /health tells, and stopping the server leaves no process behind."""
+    import signal
+
+    import psutil
+
+    from zhongjing.model.load import load_tokenizer
+
+    s = Server(chat_model_dir, "--model-name", NAME, "--no-safety-prompt")
+    try:
+        engine = [p for p in psutil.Process(s.proc.pid).children() if "resource_tracker" not in " ".join(p.cmdline())]
+        assert len(engine) == 1 and s.health()["engine_process"] == "running"
+        tok = load_tokenizer(chat_model_dir)
+        ban = {str(i): -100 for i in (tok.eos_token_id, tok.pad_token_id)}
+        body = {"model": NAME, "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 230,
+                "temperature": 1.0, "seed": 1, "logit_bias": ban}
+        with httpx.stream("POST", s.url + "/v1/chat/completions", json=body, timeout=30) as r:
+            lines = r.iter_lines()
+            assert next(lines).startswith("data: ")
+            engine[0].send_signal(signal.SIGKILL)
+            rest = [line for line in lines if line]
+        assert "generation process stopped (exit code -9)" in rest[-1], rest[-3:]
+        r = httpx.post(s.url + "/v1/chat/completions", json={**body, "stream": False}, timeout=30)
+        assert r.status_code == 503 and "generation process stopped" in r.json()["error"]["message"]
+        assert s.health()["engine_process"] == "stopped"
+    finally:
+        s.stop()
+    assert not [p for p in engine if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_in_process_engine_serves_the_same_answers(chat_model_dir, local):
+    import psutil
+
+    s = Server(chat_model_dir, "--model-name", NAME, "--no-safety-prompt", "--in-process")
+    try:
+        assert "engine_process" not in s.health()
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0)
+        for d in DIALOGUES[:3]:
+            msgs = messages(d[:1])
+            got = client.chat.completions.create(model=NAME, messages=msgs, max_tokens=32, temperature=0)
+            assert got.choices[0].message.content == local(msgs, max_new_tokens=32, temperature=0)[0].text
+    finally:
+        s.stop()

@@ -1,3 +1,4 @@
 from zhongjing.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not when a spawned child process (serve's engine process) imports this module
+    raise SystemExit(main())

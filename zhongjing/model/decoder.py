@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import torch
 
 from zhongjing.errors import ZhongjingError
+from zhongjing.model.fastdecode import lean_step
 from zhongjing.model.kvcache import assemble as _assemble, grow_update as _grow_update, layers as _layers
 from zhongjing.model.kvcache import lpad as _lpad, set_layers as _set_layers
 from zhongjing.model.wrappers import unwrap
@@ -126,13 +127,15 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
 class Decoder:
     """A batch of rows sharing one left-padded KV cache; `admit` adds rows, `step` decodes one token for all."""
 
-    def __init__(self, model, tokenizer, *, stop_ids: set[int] | None = None):
+    def __init__(self, model, tokenizer, *, stop_ids: set[int] | None = None, lean: bool = True):
         self.model, self.tokenizer = model, tokenizer
         self.stop_ids = set(default_stop_ids(tokenizer, model) if stop_ids is None else stop_ids)
         self.net = _inner(model)
         params = inspect.signature(type(self.net).forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._keep_kw = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
+        self._lean = lean_step(self.net) if lean else None  # the same arithmetic without the model's Python around it
+        self._layers = getattr(self.net.config, "num_hidden_layers", None)
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.rows: list[Row] = []
@@ -152,6 +155,9 @@ class Decoder:
 
     # -- model calls ------------------------------------------------------------------
     def _forward(self, ids, mask, pos, cache, last_only: bool):
+        """Logits [B, V] of each row's last token."""
+        if self._lean is not None and len(getattr(cache, "layers", None) or ()) == self._layers:
+            return self._lean(ids, mask, pos, cache)
         kw = {self._cache_kw: cache, "use_cache": True}
         if last_only and self._keep_kw:
             kw[self._keep_kw] = 1

@@ -47,12 +47,14 @@ class Request:
 
 class Engine:
     def __init__(self, model, tokenizer, *, max_batch: int = 8, queue_size: int = 64, stop_ids: set[int] | None = None,
-                 admit_wait_s: float = 0.05):
+                 admit_wait_s: float = 0.05, settle_s: float = 0.003, on_step: Callable[[], None] | None = None):
         if max_batch < 1 or queue_size < 1:
             raise ZhongjingError("max_batch and queue size must be at least 1")
         self.model, self.tokenizer = model, tokenizer
         self.max_batch, self.queue_size = max_batch, queue_size
-        self.admit_wait_s = admit_wait_s
+        self.admit_wait_s, self.settle_s = admit_wait_s, settle_s
+        self.on_step = on_step  # called on the worker thread after each step's events (e.g. to send them on)
+        self._last_arrival = 0.0
         self.decoder = Decoder(model, tokenizer, stop_ids=stop_ids)
         self._waiting: deque[Request] = deque()
         self._waiting_rows: deque[Row] = deque()
@@ -93,6 +95,7 @@ class Engine:
                 r.on_text = self._on_text
             self._waiting.append(req)
             self._waiting_rows.extend(rows)
+            self._last_arrival = time.monotonic()
             self.stats["requests"] += 1
             self._cond.notify()
         return req
@@ -143,12 +146,15 @@ class Engine:
     def _defer(self, free: int) -> bool:
         """Whether to let waiting rows wait a little longer while the batch runs. Each admission is a prefill
         plus a copy of the whole KV cache, so rows arriving a few milliseconds apart are better admitted together:
-        wait until a quarter of the batch (or every free slot) is waiting, at most `admit_wait_s`. An empty batch
-        never waits (no extra latency for a lone client)."""
+        wait while requests are still arriving (the last came less than `settle_s` ago) until a quarter of the
+        batch (or every free slot) is waiting, at most `admit_wait_s` after the first. An empty batch never waits
+        (no extra latency for a lone client), and neither does a row once arrivals have stopped."""
         n = len(self._waiting_rows)
         if not n or not free or not len(self.decoder) or n >= min(free, max(1, self.max_batch // 4)):
             return False
-        return time.monotonic() - self._waiting_rows[0].tag.submitted < self.admit_wait_s
+        now = time.monotonic()
+        return (now - self._last_arrival < self.settle_s
+                and now - self._waiting_rows[0].tag.submitted < self.admit_wait_s)
 
     def _loop(self) -> None:
         while True:
@@ -175,6 +181,8 @@ class Engine:
                 failed = {id(r.tag): r.tag for r in self.decoder.rows}
                 self.decoder.reset()
                 self._fail(failed.values(), e)
+                if self.on_step:
+                    self.on_step()
                 continue
             for row in done:
                 req = row.tag
@@ -191,6 +199,8 @@ class Engine:
                     self.stats["completed"] += 1
                 if not req.cancelled:
                     req.on_event("done", row, None)
+            if self.on_step:
+                self.on_step()
 
     def _fail(self, reqs, error) -> None:
         message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"

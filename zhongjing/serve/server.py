@@ -24,6 +24,7 @@ from zhongjing.errors import ZhongjingError, require
 from zhongjing.model.generation import SamplingParams
 from zhongjing.serve import add_model_args, load_chat_model, model_id, system_prompt_from
 from zhongjing.serve.engine import Engine, QueueFull
+from zhongjing.serve.worker import ProcessEngine
 from zhongjing.serve.protocol import (ApiError, ChatRequest, chunk, completion, completion_id, logprobs_block,
                                       parse_chat_request, usage)
 
@@ -33,7 +34,7 @@ log = logging.getLogger("zhongjing.serve")
 
 @dataclass
 class ServeState:
-    engine: Engine
+    engine: Engine | ProcessEngine
     tokenizer: object
     model_id: str
     context: int
@@ -314,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (default 1 MiB)")
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="let web pages from ORIGIN call the API (CORS); repeatable, '*' for any")
+    p.add_argument("--in-process", action="store_true",
+                   help="generate in the server's own process (default: a separate engine process, so HTTP work and "
+                        "decoding run in parallel)")
     p.add_argument("--log-level", default="info")
     return p
 
@@ -362,6 +366,25 @@ def check_port(host: str, port: int) -> None:
             raise ZhongjingError(f"cannot listen on {host}:{port} ({e.strerror}); check --host and --port") from None
 
 
+def start_engine(args):
+    """(engine, tokenizer, context length): the model loads in the engine process (default) or here."""
+    if args.in_process:
+        model, tokenizer, ctx = load_chat_model(args.model, dtype=args.dtype, threads=args.threads)
+        return Engine(model, tokenizer, max_batch=args.max_batch, queue_size=args.queue).start(), tokenizer, ctx
+    from zhongjing.model.load import load_tokenizer
+    from zhongjing.model.value_head import refuse_reward_model
+
+    refuse_reward_model(args.model)
+    engine = ProcessEngine(args.model, dtype=args.dtype, threads=args.threads, max_batch=args.max_batch,
+                           queue_size=args.queue)  # loads the model while this process loads the tokenizer
+    try:
+        tokenizer = load_tokenizer(args.model)
+        return engine, tokenizer, engine.wait_ready()
+    except BaseException:
+        engine.close()
+        raise
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     uvicorn = require("uvicorn", "web")
@@ -373,10 +396,9 @@ def main(argv: list[str]) -> int:
         raise ZhongjingError("--max-body must be at least 1024 bytes")
     api_key = api_key_from(args)
     check_port(args.host, args.port)  # before loading: a 13B model takes minutes to load
-    model, tokenizer, ctx = load_chat_model(args.model, dtype=args.dtype, threads=args.threads)
+    engine, tokenizer, ctx = start_engine(args)
     if args.max_context:
         ctx = min(ctx, args.max_context)
-    engine = Engine(model, tokenizer, max_batch=args.max_batch, queue_size=args.queue).start()
     state = ServeState(engine, tokenizer, args.model_name or model_id(args.model), ctx, args.max_tokens,
                        system_prompt_from(args), args.truncate_history, api_key, int(time.time()),
                        tuple(args.allow_origin), args.max_body, longest_token(tokenizer))
