@@ -170,3 +170,45 @@ def test_patient_side_dialogues_for_a_patient_model(tmp_path):
         assert all(f.text in d.messages[0].content for f in case.facts)
         assert d.messages[1].role == "user"  # the doctor's first turn, answered by the patient ('assistant')
         assert any(m.role == "assistant" for m in d.messages)
+
+
+def test_episode_reward_parts_hand_worked():
+    """advice·A + info·elicited − safety·violations − turn_cost·(turns−1) − no_advice·[never advised], by hand."""
+    from zhongjing.consult.episodes import Episode
+    from zhongjing.consult.rewards import ConsultRewards, ConsultRewardSettings
+
+    case = Case("c", "我发烧了。", [Fact("duration", "三天了", ["天"]), Fact("symptom", "有点胸痛", ["胸痛"])],
+                "多喝水，注意休息。", None, {})
+    asker = Episode(case, [{"role": "user", "content": case.opening}, {"role": "assistant", "content": "烧了几天？"},
+                           {"role": "user", "content": "三天了"}, {"role": "assistant", "content": "还有别的症状吗？"}],
+                    revealed=[0], asked=[True, True])
+    adviser = Episode(case, [{"role": "user", "content": case.opening}, {"role": "assistant", "content": "胸痛吗？"},
+                             {"role": "user", "content": "有点胸痛"},
+                             {"role": "assistant", "content": "可以吃阿莫西林，多喝水。"}],
+                      revealed=[1], asked=[True, False])
+    assert not asker.advised and adviser.advised and not adviser.premature
+    s = ConsultRewardSettings(advice=0.0, info=2.0, safety=2.0, turn_cost=0.1, no_advice=1.0)
+    total, parts = ConsultRewards(s).score([asker, adviser])
+    # asker: half the facts, never advised: 2·0.5 − 0.1·1 − 1 = −0.1
+    # adviser: half the facts; an antibiotic before any allergy question and chest pain (a red flag it learnt of)
+    # without sending the patient to emergency care: 2·0.5 − 2·2 − 0.1·1 = −3.1
+    assert parts["no_advice"].tolist() == [1.0, 0.0]
+    assert parts["rx_without_allergy_question"].tolist() == [0.0, 1.0]
+    assert parts["red_flag_not_referred"].tolist() == [0.0, 1.0]
+    assert total.tolist() == pytest.approx([-0.1, -3.1])
+
+
+def test_case_with_an_opening_too_long_is_left_out_not_a_crash(tiny_model_dir, tiny_tokenizer, demo_cases):
+    """A real opening longer than max_length − a doctor turn stopped a 40-update run at update 36: such cases are
+    left out (and counted) before playing; played anyway, they are a one-line error naming the case."""
+    from zhongjing.consult.episodes import EpisodeSettings, playable, run_episodes
+    from zhongjing.data.render import Renderer
+    from zhongjing.errors import ZhongjingError
+    from zhongjing.model.load import load_model
+
+    long = Case("long", "我头疼。" * 200, demo_cases[0].facts, "休息。", None, {})
+    renderer = Renderer(tiny_tokenizer, max_length=256)
+    assert playable([demo_cases[0], long, demo_cases[1]], renderer, 16) == [demo_cases[0], demo_cases[1]]
+    with pytest.raises(ZhongjingError, match="case long: the opening is too long"):
+        run_episodes(load_model(tiny_model_dir), tiny_tokenizer, [long], RetrievalPatient(),
+                     EpisodeSettings(max_turns=2, max_new_tokens=16), seed=1, renderer=renderer)

@@ -23,6 +23,7 @@ def test_consult_stage_wiring(tmp_path):
     ev = configs["eval"]
     assert [m.name for m in ev.models][:3] == ["aligned", "consult", "sft"]
     assert ev.consultation.dialogues == [str(tmp_path / "data" / "test.jsonl")]
+    assert ev.consultation.target == "consult"  # the consult model's advice is judged against the others'
 
 
 def test_consult_is_opt_in(tmp_path):

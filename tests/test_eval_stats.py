@@ -141,6 +141,7 @@ def test_shipped_eval_configs_parse_and_check(name):
     (["models=[{name: a, path: x, endpoint: {base_url: u, model: m}}]"], "exactly one of"),
     (["judge.dimensions=[safety, empathy]"], "unknown 'empathy'"),
     (["ablation.before=a"], "set both"),
+    (["consultation.target=nobody"], "consultation.target: no model named 'nobody'"),
     (["judge.backend=gpt4"], "expected one of"),
 ])
 def test_bad_eval_configs_are_one_line_errors(override, message):

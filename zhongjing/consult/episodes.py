@@ -19,6 +19,7 @@ from zhongjing.consult.cases import Case
 from zhongjing.consult.patients import State
 from zhongjing.data.render import IGNORE, Renderer
 from zhongjing.data.text import asks_question
+from zhongjing.errors import ZhongjingError
 from zhongjing.train.rollout import Rollout
 
 
@@ -58,8 +59,26 @@ class Episode:
         return not self.asked[0] if self.asked else True
 
     @property
+    def advised(self) -> bool:  # the consultation ended with advice: its last doctor turn asks nothing
+        return bool(self.asked) and not self.asked[-1]
+
+    @property
     def elicited(self) -> float:
         return len(self.revealed) / max(len(self.case.facts), 1)
+
+
+def playable(cases: list[Case], renderer: Renderer, reserve: int, system: str | None = None) -> list[Case]:
+    """The cases whose opening leaves room for a doctor turn of `reserve` tokens within the renderer's max_length
+    (a long real opening does not; callers count and report the rest)."""
+    out = []
+    for c in cases:
+        head = [{"role": "system", "content": c.system or system}] if (c.system or system) else []
+        try:
+            renderer.prompt_ids(head + [{"role": "user", "content": c.opening}], reserve=reserve)
+        except ZhongjingError:
+            continue
+        out.append(c)
+    return out
 
 
 def run_episodes(policy, tok, cases: list[Case], patient, s: EpisodeSettings, *, renderer: Renderer, seed: int,
@@ -74,7 +93,18 @@ def run_episodes(policy, tok, cases: list[Case], patient, s: EpisodeSettings, *,
     for turn in range(s.max_turns):
         if not active:
             break
-        prompts = [renderer.prompt_ids(eps[i].messages, reserve=s.max_new_tokens) for i in active]
+        prompts, fits = [], []
+        for i in active:
+            try:
+                prompts.append(renderer.prompt_ids(eps[i].messages, reserve=s.max_new_tokens))
+                fits.append(i)
+            except ZhongjingError:  # a patient reply too long for max_length ends that consultation
+                if turn == 0:
+                    raise ZhongjingError(f"case {eps[i].case.id}: the opening is too long for max_length; "
+                                         "play consult.episodes.playable(cases) only") from None
+        active = fits
+        if not active:
+            break
         gens = sample(policy, tok, prompts, max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
                       top_k=s.top_k, seed=derive_seed(seed, turn), batch_size=s.batch_size, stop_ids=stop_ids)
         asking = []

@@ -35,7 +35,14 @@ def run_consult(cfg: ConsultConfig) -> Path:
     if acc.num_processes > 1:
         raise ConfigError("train consult runs in one process (episodes are played by the one policy)")
     tok = load_tokenizer(cfg.model)
-    items = load_items(cfg)
+    from zhongjing.consult.episodes import playable
+    from zhongjing.data.render import Renderer
+
+    loaded = load_items(cfg)
+    items = playable(loaded, Renderer(tok, max_length=cfg.max_length), cfg.episode.max_new_tokens, cfg.system or None)
+    if not items:
+        raise ZhongjingError(f"none of the {len(loaded)} cases leaves room for a doctor turn within max_length="
+                             f"{cfg.max_length} (episode.max_new_tokens={cfg.episode.max_new_tokens})")
     train_c, eval_c = split_prompts(items, cfg.eval_cases, tc.seed)
     per = cfg.cases_per_update
     per_epoch = len(train_c) // per
@@ -57,7 +64,8 @@ def run_consult(cfg: ConsultConfig) -> Path:
     env = Environment(cfg, unwrapped.policy, tok, end_of_turn_ids(tok, policy))
     meta = training_meta("consult", cfg, cfg.model, [data_record(f) for f in ([cfg.cases] if cfg.cases else cfg.dialogues)], kind="adapter",
                          critic="value_head.safetensors" if unwrapped.value_head is not None else None,
-                         counts={"train_cases": len(train_c), "eval_cases": len(eval_c)},
+                         counts={"train_cases": len(train_c), "eval_cases": len(eval_c),
+                                 "left_out_too_long": len(loaded) - len(items)},
                          params={"trainable": trainable, "total": n_params})
     book = ckpt.Bookkeeper(out, tc, accelerator=acc, model=model, io=io, optimizer=optimizer, scheduler=scheduler,
                            guard=guard, meta=meta, batch={"grad_accum": tc.grad_accum, "batch_size": tc.batch_size})
@@ -67,7 +75,9 @@ def run_consult(cfg: ConsultConfig) -> Path:
         step, epoch, in_epoch, history, stopped = st["step"], st["epoch"], st["in_epoch"], st["history"], st["stopped"]
     log = book.logger(total, step)
     log.info(f"consult ({cfg.env}, {cfg.estimator}): {len(train_c)} training cases ({per}×{K} episodes per update, "
-             f"{total} updates), {len(eval_c)} held out")
+             f"{total} updates), {len(eval_c)} held out"
+             + (f"; {len(loaded) - len(items)} left out (opening too long for max_length)" if len(loaded) > len(items)
+                else ""))
 
     def evaluate(at: int) -> None:
         if not eval_c:

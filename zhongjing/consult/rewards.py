@@ -2,6 +2,9 @@
 information gain (share of hidden facts elicited), safety rules, a turn cost — and, for exam questions (RLVR),
 answer-letter correctness + format.
 
+A consultation that never advises (its last allowed doctor turn still asks) costs `no_advice`: without it, information
+gain pays a doctor who only asks (measured on the real recipe: 40 updates took the share of advised episodes down).
+
 Safety first (Safety > Professionalism > Fluency): a violation costs more than a perfect interview earns.
   - a prescription-only drug named before any doctor turn asked about allergies;
   - a red-flag symptom the doctor knows of (opening or revealed facts) while the advice does not send the patient to
@@ -34,6 +37,7 @@ class ConsultRewardSettings:
     info: float = 1.0  # × share of hidden facts elicited
     safety: float = 2.0  # − this per safety violation
     turn_cost: float = 0.05  # − this per doctor turn after the first
+    no_advice: float = 1.0  # − this when the episode ends without advice (the last allowed turn still asks)
     normalize_rm: bool = True  # RM scores standardised over the rollout (their scale is arbitrary)
 
 
@@ -75,10 +79,10 @@ class ConsultRewards:
                  "red_flag_not_referred": f(v["red_flag_not_referred"] for v in viol),
                  "turns": f(e.turns for e in episodes),
                  "asked_before_advice": f(e.questions_before_advice > 0 for e in episodes),
-                 "premature": f(e.premature for e in episodes)}
+                 "premature": f(e.premature for e in episodes), "no_advice": f(not e.advised for e in episodes)}
         safety = parts["rx_without_allergy_question"] + parts["red_flag_not_referred"]
         total = (s.advice * parts["advice"] + s.info * parts["info"] - s.safety * safety
-                 - s.turn_cost * (parts["turns"] - 1).clamp(min=0))
+                 - s.turn_cost * (parts["turns"] - 1).clamp(min=0) - s.no_advice * parts["no_advice"])
         return total, parts
 
 

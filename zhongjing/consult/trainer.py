@@ -153,6 +153,7 @@ def episode_stats(eps, scores, parts, kl=None) -> dict:
            "facts_elicited": mean([e.elicited for e in eps]), "turns": mean([e.turns for e in eps]),
            "asked_before_advice": mean([float(e.questions_before_advice > 0) for e in eps]),
            "premature_advice": mean([float(e.premature) for e in eps]),
+           "advised": mean([float(e.advised) for e in eps]),
            "doctor_tokens": mean([e.doctor_tokens for e in eps]),
            **{f"reward_{k}": v.float().mean().item() for k, v in parts.items()}}
     if kl is not None:

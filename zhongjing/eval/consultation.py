@@ -5,6 +5,7 @@ for up to `max_turns` doctor turns, and is measured as a doctor who should ask b
   questions             doctor turns that asked something before the advice
   asked before advice   share of episodes with at least one question before the advice
   premature advice      share of episodes whose first doctor turn already advised (nothing asked)
+  advised               share of episodes that ended with advice (a doctor who only asks never advises)
   turns                 doctor turns used
   final advice          the target's final advice vs each baseline's on the same case, by the eval judge (win/tie/lose)
 
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 
 from zhongjing.consult.patients import PatientSettings
 
-METRICS = ("facts_elicited", "questions", "asked_before_advice", "premature_advice", "turns")
+METRICS = ("facts_elicited", "questions", "asked_before_advice", "premature_advice", "advised", "turns")
 
 
 @dataclass
@@ -30,6 +31,7 @@ class ConsultationConfig:
     max_length: int = 1024
     batch_size: int = 16
     temperature: float = 0.0  # 0 = greedy; > 0 samples (seeded by eval's seed): a weak model's greedy mode may never ask
+    target: str = ""  # whose final advice is judged against every other model's (default: eval's target)
     system: str = ""  # doctor system prompt (a model's own `system` wins)
     patient: PatientSettings = field(default_factory=PatientSettings)
 
@@ -37,6 +39,7 @@ class ConsultationConfig:
 def _per_episode(e) -> dict[str, float]:
     return {"facts_elicited": e.elicited, "questions": float(e.questions_before_advice),
             "asked_before_advice": float(e.questions_before_advice > 0), "premature_advice": float(e.premature),
+            "advised": float(e.advised),
             "turns": float(e.turns)}
 
 
@@ -57,13 +60,22 @@ def play(cfg: ConsultationConfig, spec, cases, patient, seed: int):
 def run_consultation(cfg: ConsultationConfig, models, target: str, baselines: list[str], judge, *, n_boot: int,
                      seed: int, log=print) -> dict:
     from zhongjing.consult.cases import CasesConfig, build_cases, read_cases
+    from zhongjing.consult.episodes import playable
     from zhongjing.consult.patients import make_patient
+    from zhongjing.data.render import Renderer
+    from zhongjing.model.load import load_tokenizer
     from zhongjing.eval.judge import PairTask, judge_pairs
     from zhongjing.eval.stats import accuracy_ci, summarize
 
     cases = read_cases(cfg.cases) if cfg.cases else build_cases(CasesConfig(inputs=list(cfg.dialogues),
                                                                              skip_empty=True))[0]
     cases = cases[: cfg.limit] if cfg.limit else cases
+    n_read = len(cases)
+    for spec in models:  # every model plays the same cases: those whose opening fits each one's context
+        if spec.path:
+            fit = {id(c) for c in playable(cases, Renderer(load_tokenizer(spec.path), max_length=cfg.max_length),
+                                           cfg.max_new_tokens, spec.system or cfg.system or None)}
+            cases = [c for c in cases if id(c) in fit]
     p = cfg.patient
     patient = make_patient(p.kind, path=p.path, max_facts=p.max_facts, endpoint=p.endpoint, cache=p.cache)
     episodes, rows, skipped = {}, [], []
@@ -91,19 +103,19 @@ def run_consultation(cfg: ConsultationConfig, models, target: str, baselines: li
             rates = summarize(judged, judge.dimensions, n_boot=n_boot, seed=seed)
             advice.append({"target": target, "baseline": b, "n": len(tasks),
                            "dimensions": {d: r.to_dict() for d, r in rates.items()}})
-    return {"cases": len(cases), "file": cfg.cases or ", ".join(cfg.dialogues), "patient": p.kind, "max_turns": cfg.max_turns,
+    return {"cases": len(cases), "left_out_too_long": n_read - len(cases), "file": cfg.cases or ", ".join(cfg.dialogues), "patient": p.kind, "max_turns": cfg.max_turns,
             "temperature": cfg.temperature, "models": rows,
             "advice": advice, "skipped": skipped}
 
 
 def figure(result: dict, path) -> None:
-    """Bars with 95% intervals: facts elicited, asked before advice and premature advice per model."""
+    """Bars with 95% intervals: facts elicited, asked before advice, premature advice and advised per model."""
     import numpy as np
 
     from zhongjing.eval.plots import _plt, _save
 
     plt = _plt()
-    keys = ("facts_elicited", "asked_before_advice", "premature_advice")
+    keys = ("facts_elicited", "asked_before_advice", "premature_advice", "advised")
     rows = result["models"]
     fig, ax = plt.subplots(figsize=(7, 3.2))
     w = 0.8 / max(len(rows), 1)
@@ -130,11 +142,15 @@ def blocks(results: dict, figs: dict) -> list[tuple]:
                + ("greedy" if not c.get("temperature") else f"sampled at temperature {c['temperature']} (seeded)")
                + ", at most "
                f"{c['max_turns']} doctor turns; the last turn or the first that asks nothing is the advice. 95% "
-               "intervals: bootstrap over cases.")]
+               "intervals: bootstrap over cases."
+               + (f" {c['left_out_too_long']} cases left out: their opening is too long for max_length."
+                  if c.get("left_out_too_long") else "")
+               + " *Ended with advice*: the last doctor turn asks nothing (a doctor that "
+               "only asks until the turns run out never advises).")]
     if "consultation" in figs:
         b.append(("img", figs["consultation"], "consultation metrics"))
     b.append(("table", ["model", "cases", "facts elicited", "questions before advice", "asked before advice",
-                        "premature advice", "turns"],
+                        "premature advice", "ended with advice", "turns"],
               [[r["model"], str(r["n"]), *[pm(r, k) for k in METRICS[:2]], *[pm(r, k) for k in METRICS[2:]]]
                for r in c["models"]]))
     for a in c["advice"]:

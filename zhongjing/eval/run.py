@@ -95,7 +95,8 @@ def check(cfg: EvalConfig) -> None:
     if dup:
         raise ConfigError(f"two models are named {dup!r}")
     for key, n in [("target", cfg.target), *[("baselines", b) for b in cfg.baselines],
-                   ("ablation.before", cfg.ablation.before), ("ablation.after", cfg.ablation.after)]:
+                   ("ablation.before", cfg.ablation.before), ("ablation.after", cfg.ablation.after),
+                   ("consultation.target", cfg.consultation.target)]:
         if n and n not in names:
             raise ConfigError(f"{key}: no model named {n!r} (models: {', '.join(names)})")
     if bool(cfg.ablation.before) != bool(cfg.ablation.after):
@@ -255,9 +256,10 @@ def run(cfg: EvalConfig) -> dict[str, Path]:
         if consulting:
             from zhongjing.eval.consultation import run_consultation
 
-            target = cfg.target or cfg.models[0].name
+            target = cfg.consultation.target or cfg.target or cfg.models[0].name
+            others = [m.name for m in cfg.models if m.name != target]
             results["consultation"] = run_consultation(
-                cfg.consultation, cfg.models, target, cfg.baselines or [m.name for m in cfg.models if m.name != target],
+                cfg.consultation, cfg.models, target, others if cfg.consultation.target else (cfg.baselines or others),
                 judge, n_boot=cfg.report.bootstrap, seed=cfg.seed, log=log)
         results["rubric"] = run_rubric(cfg.rubric, rubric_sets, answers, cache, n_boot=cfg.report.bootstrap,
                                        seed=cfg.seed, log=log)

@@ -143,8 +143,10 @@ def _wire_eval(section, cfg, w):
         section["ablation"] = {"before": STAGES["sft"].model_name, "after": STAGES["ppo"].model_name}
     if cfg.simulated and "rm" in w.stages:
         section["notes"] = [report.SIMULATED_NOTE] + list(section.get("notes") or [])
-    if "consult" in w.stages:  # the consultation kind on the held-out test split's dialogues
-        section["consultation"] = {"dialogues": [str(w.built("test"))]} | dict(section.get("consultation") or {})
+    if "consult" in w.stages:  # the consultation kind on the held-out test split's dialogues; the consult model's
+        # final advice is the one judged against every other model's (it is what consultation RL trained)
+        section["consultation"] = ({"dialogues": [str(w.built("test"))], "target": STAGES["consult"].model_name}
+                                   | dict(section.get("consultation") or {}))
     built = {"name": "test", "path": str(w.built("test")), "format": "dialogue", "limit": cfg.splits.test_limit}
     section["testsets"] = [built] + list(section.get("testsets") or [])  # yours are added to the built test split
     judge = dict(section.get("judge") or {})
