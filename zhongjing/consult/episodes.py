@@ -66,15 +66,26 @@ class Episode:
     def elicited(self) -> float:
         return len(self.revealed) / max(len(self.case.facts), 1)
 
+    def stats(self) -> dict[str, float]:
+        """The consultation measures (trainer logs, eval's consultation kind)."""
+        return {"facts_elicited": self.elicited, "questions": float(self.questions_before_advice),
+                "asked_before_advice": float(self.questions_before_advice > 0),
+                "premature_advice": float(self.premature), "advised": float(self.advised), "turns": float(self.turns)}
+
+
+def opening_messages(case: Case, system: str | None = None) -> list[dict]:
+    """System prompt (the case's own, else `system`, if any) + the patient's opening."""
+    head = [{"role": "system", "content": case.system or system}] if (case.system or system) else []
+    return head + [{"role": "user", "content": case.opening}]
+
 
 def playable(cases: list[Case], renderer: Renderer, reserve: int, system: str | None = None) -> list[Case]:
     """The cases whose opening leaves room for a doctor turn of `reserve` tokens within the renderer's max_length
     (a long real opening does not; callers count and report the rest)."""
     out = []
     for c in cases:
-        head = [{"role": "system", "content": c.system or system}] if (c.system or system) else []
         try:
-            renderer.prompt_ids(head + [{"role": "user", "content": c.opening}], reserve=reserve)
+            renderer.prompt_ids(opening_messages(c, system), reserve=reserve)
         except ZhongjingError:
             continue
         out.append(c)
@@ -87,8 +98,7 @@ def run_episodes(policy, tok, cases: list[Case], patient, s: EpisodeSettings, *,
     from zhongjing.model.generation import derive_seed, sample
 
     t0 = time.perf_counter()
-    head = lambda c: [{"role": "system", "content": c.system or system}] if (c.system or system) else []  # noqa: E731
-    eps = [Episode(c, head(c) + [{"role": "user", "content": c.opening}]) for c in cases]
+    eps = [Episode(c, opening_messages(c, system)) for c in cases]
     active = list(range(len(eps)))
     for turn in range(s.max_turns):
         if not active:

@@ -14,6 +14,8 @@ from zhongjing.errors import ConfigError, ZhongjingError
 
 
 def run_consult(cfg: ConsultConfig) -> Path:
+    from zhongjing.consult.episodes import playable
+    from zhongjing.data.render import Renderer
     from zhongjing.model.generation import derive_seed
     from zhongjing.model.identity import data_record, training_meta
     from zhongjing.model.load import end_of_turn_ids, load_tokenizer, setup_torch
@@ -35,9 +37,6 @@ def run_consult(cfg: ConsultConfig) -> Path:
     if acc.num_processes > 1:
         raise ConfigError("train consult runs in one process (episodes are played by the one policy)")
     tok = load_tokenizer(cfg.model)
-    from zhongjing.consult.episodes import playable
-    from zhongjing.data.render import Renderer
-
     loaded = load_items(cfg)
     items = playable(loaded, Renderer(tok, max_length=cfg.max_length), cfg.episode.max_new_tokens, cfg.system or None)
     if not items:

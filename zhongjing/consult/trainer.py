@@ -149,11 +149,10 @@ def loss_fn(cfg: ConsultConfig):
 
 def episode_stats(eps, scores, parts, kl=None) -> dict:
     mean = lambda xs: sum(xs) / max(len(xs), 1)  # noqa: E731
+    per = [e.stats() for e in eps]
     out = {"episodes": len(eps), "reward": scores.mean().item(),
-           "facts_elicited": mean([e.elicited for e in eps]), "turns": mean([e.turns for e in eps]),
-           "asked_before_advice": mean([float(e.questions_before_advice > 0) for e in eps]),
-           "premature_advice": mean([float(e.premature) for e in eps]),
-           "advised": mean([float(e.advised) for e in eps]),
+           **{k: mean([st[k] for st in per]) for k in ("facts_elicited", "turns", "asked_before_advice",
+                                                        "premature_advice", "advised")},
            "doctor_tokens": mean([e.doctor_tokens for e in eps]),
            **{f"reward_{k}": v.float().mean().item() for k, v in parts.items()}}
     if kl is not None:

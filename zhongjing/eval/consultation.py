@@ -36,13 +36,6 @@ class ConsultationConfig:
     patient: PatientSettings = field(default_factory=PatientSettings)
 
 
-def _per_episode(e) -> dict[str, float]:
-    return {"facts_elicited": e.elicited, "questions": float(e.questions_before_advice),
-            "asked_before_advice": float(e.questions_before_advice > 0), "premature_advice": float(e.premature),
-            "advised": float(e.advised),
-            "turns": float(e.turns)}
-
-
 def play(cfg: ConsultationConfig, spec, cases, patient, seed: int):
     from zhongjing.consult.episodes import EpisodeSettings, run_episodes
     from zhongjing.data.render import Renderer
@@ -85,7 +78,7 @@ def run_consultation(cfg: ConsultationConfig, models, target: str, baselines: li
             continue
         eps = play(cfg, spec, cases, patient, seed)
         episodes[spec.name] = eps
-        per = [_per_episode(e) for e in eps]
+        per = [e.stats() for e in eps]
         row = {"model": spec.name, "n": len(eps)}
         for k in METRICS:
             vals = [x[k] for x in per]
@@ -103,8 +96,8 @@ def run_consultation(cfg: ConsultationConfig, models, target: str, baselines: li
             rates = summarize(judged, judge.dimensions, n_boot=n_boot, seed=seed)
             advice.append({"target": target, "baseline": b, "n": len(tasks),
                            "dimensions": {d: r.to_dict() for d, r in rates.items()}})
-    return {"cases": len(cases), "left_out_too_long": n_read - len(cases), "file": cfg.cases or ", ".join(cfg.dialogues), "patient": p.kind, "max_turns": cfg.max_turns,
-            "temperature": cfg.temperature, "models": rows,
+    return {"cases": len(cases), "left_out_too_long": n_read - len(cases), "file": cfg.cases or ", ".join(cfg.dialogues),
+            "patient": p.kind, "max_turns": cfg.max_turns, "temperature": cfg.temperature, "models": rows,
             "advice": advice, "skipped": skipped}
 
 
