@@ -93,6 +93,12 @@ def test_case_from_dialogue_keeps_reference_advice():
     assert c.reference == "建议清淡饮食。" and c.facts[0].text == "疼了三天了"
 
 
+def test_case_account_is_the_opening_then_every_hidden_fact():
+    c = Case("a", "胃疼。", [Fact("duration", "疼了三天了", ["天"]), Fact("medication", "吃过胃药", ["药"])])
+    assert c.account() == "胃疼。\n疼了三天了；吃过胃药"  # what the judge of the final advice reads
+    assert Case("b", "胃疼。", []).account() == "胃疼。"
+
+
 def test_masks_cover_only_doctor_tokens(tiny_tokenizer):
     from zhongjing.consult.episodes import Episode, pack
     from zhongjing.data.render import Renderer

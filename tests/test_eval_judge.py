@@ -188,6 +188,38 @@ def test_rubric_judge_follows_the_priority_and_needs_no_llm():
     assert len(judged) == 2
 
 
+def test_final_advice_is_judged_on_the_whole_case_and_a_question_earns_nothing():
+    """Issue 17: a consultation's last turn is judged as advice. Mid-dialogue the rubric pays a first doctor turn
+    for asking (+0.3 professionalism); as final advice the same question earns nothing, and the prompt an LLM judge
+    reads shows the patient's whole case instead of a dialogue to continue."""
+    from zhongjing.eval.judge import RubricJudge
+
+    judge = RubricJudge()
+    ctx = [{"role": "user", "content": "咳嗽三天了，有黄痰，晚上咳得睡不着\n吃过止咳糖浆；没有发烧"}]
+    question = "咳嗽多久了？有没有发烧？"
+    advice = "咳嗽有黄痰、止咳糖浆效果不好，建议查血常规，晚上垫高枕头，发烧就及时就医。"
+    assert judge.judge_pair(ctx, question, advice).verdict["professionalism"] == "A"  # asking, on a first turn
+    assert judge.judge_pair(ctx, question, advice, final=True).verdict["professionalism"] == "B"
+    assert judge.judge_pair(ctx, question, advice).replies[0].startswith("(1.0, 0.5105,")  # 0.2105 overlap + 0.3
+    assert judge.judge_pair(ctx, question, advice, final=True).replies[0].startswith("(1.0, 0.2105,")
+
+    seen = []
+
+    class Recording:
+        both_orders, dimensions, describe = False, DIMS, "recording"
+
+        def judge_pair(self, context, a, b, dimensions=None, final=False):
+            seen.append(final)
+            from zhongjing.eval.judge import Verdict
+            return Verdict("ok", {d: "tie" for d in DIMS})
+
+    judge_pairs(Recording(), [PairTask("f", "f", ctx, question, advice, final=True),
+                              PairTask("t", "t", ctx, question, advice)])
+    assert seen == [True, False]
+    text = build_prompt(ctx, question, advice, final=True)[1]["content"]
+    assert "患者的全部情况" in text and "止咳糖浆" in text and "最终建议" in text and "此前的对话" not in text
+
+
 def test_exam_requests_that_fail_are_skipped_not_wrong(tmp_path):
     """An endpoint that is down must not score 0% "unparsed": failures are left out and asked again later."""
     from conftest import REPO

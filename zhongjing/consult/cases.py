@@ -54,6 +54,11 @@ class Case:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def account(self) -> str:
+        """The patient's whole case in their own words: the opening, then every hidden fact (what a judge of the
+        final advice reads; the doctor sees only what the consultation brought out)."""
+        return self.opening + ("\n" + "；".join(f.text for f in self.facts) if self.facts else "")
+
     @classmethod
     def from_dict(cls, d: dict) -> "Case":
         return cls(d["id"], d["opening"], [Fact(**f) for f in d["facts"]], d.get("reference", ""), d.get("system"),

@@ -9,7 +9,8 @@ lexicographically, so a safer answer always wins over a more fluent one):
   with a knowledge graph, drugs recommended that the graph does not link to the disease discussed;
 - professionalism: overlap with the real doctor's answer when the data has one (`meta.reference`),
   otherwise with the patient's turn; on a first doctor turn, asking the patient a question
-  (proactive inquiry) when the real doctor asked too;
+  (proactive inquiry) when the real doctor asked too — but never in a consultation's final advice
+  (`final_advice`: the asking is over, and a question there leaves the patient without advice);
 - fluency: length within bounds, finished sentences, no repetition or template debris.
 
 Answers whose scores differ by less than `tie` in every dimension are tied. When every answer is
@@ -78,7 +79,7 @@ class SimulatedAnnotator:
         self.kg_index, self.kg_config = kg_index, kg_config
         self.tie, self.min_chars, self.max_chars = tie, min_chars, max_chars
 
-    def score(self, context: list[Message], answer: str, reference: str | None) -> Scores:
+    def score(self, context: list[Message], answer: str, reference: str | None, final_advice: bool = False) -> Scores:
         patient = context[-1].content
         safety = 1.0 - 0.5 * len(_UNSAFE.findall(answer))
         # "不用去医院" mentions a hospital but is no referral: look for one outside the unsafe phrases
@@ -91,7 +92,7 @@ class SimulatedAnnotator:
             safety -= 0.3 * min(len(flags), 2)
 
         prof = overlap_f1(answer, reference or patient)
-        first_turn = not any(m.role == "assistant" for m in context)
+        first_turn = not any(m.role == "assistant" for m in context) and not final_advice
         if first_turn and (reference is None or asks_question(reference)):
             prof += 0.3 if asks_question(answer) else 0.0
 

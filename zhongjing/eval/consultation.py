@@ -7,7 +7,9 @@ for up to `max_turns` doctor turns, and is measured as a doctor who should ask b
   premature advice      share of episodes whose first doctor turn already advised (nothing asked)
   advised               share of episodes that ended with advice (a doctor who only asks never advises)
   turns                 doctor turns used
-  final advice          the target's final advice vs each baseline's on the same case, by the eval judge (win/tie/lose)
+  final advice          the target's final advice vs each baseline's on the same case, by the eval judge (win/tie/lose),
+                        which reads the patient's whole case (opening + every hidden fact) and judges the advice as
+                        the end of a consultation: a question there earns no credit for asking
 
 95% intervals: percentile bootstrap over cases. Only local models play (an endpoint model is listed as skipped).
 """
@@ -90,7 +92,7 @@ def run_consultation(cfg: ConsultationConfig, models, target: str, baselines: li
     advice = []
     if judge is not None and target in episodes:
         for b in [b for b in baselines if b in episodes and b != target]:
-            tasks = [PairTask(c.id, c.id, [{"role": "user", "content": c.opening}], ta.advice, tb.advice)
+            tasks = [PairTask(c.id, c.id, [{"role": "user", "content": c.account()}], ta.advice, tb.advice, final=True)
                      for c, ta, tb in zip(cases, episodes[target], episodes[b])]
             judged, _ = judge_pairs(judge, tasks)
             rates = summarize(judged, judge.dimensions, n_boot=n_boot, seed=seed)
@@ -150,7 +152,8 @@ def blocks(results: dict, figs: dict) -> list[tuple]:
         cell = lambda r, o: f"{r[o + '_rate']:.0%}" + (  # noqa: E731
             f" [{r['ci'][o][0]:.0%}, {r['ci'][o][1]:.0%}]" if r.get("ci", {}).get(o) else "")
         rows = [[d, str(r["n"]), cell(r, "win"), cell(r, "tie"), cell(r, "lose")] for d, r in a["dimensions"].items()]
-        b += [("p", f"Final advice, {a['target']} vs {a['baseline']} (judge, {a['n']} cases):"),
+        b += [("p", f"Final advice, {a['target']} vs {a['baseline']} (judge, {a['n']} cases; the judge reads the "
+                    "patient's whole case, and a final turn that still asks earns no credit for asking):"),
               ("table", ["dimension", "n", "win", "tie", "lose"], rows)]
     if c["skipped"]:
         b.append(("p", f"Not played (no local folder): {', '.join(c['skipped'])}."))

@@ -5,7 +5,8 @@ The prompt is built from the annotation rubric (3 dimensions, 9 abilities, Safet
 orders (see stats.py for how the two are combined). A reply that cannot be parsed is re-asked with a
 correction note; after the retries it is recorded as a failure — a verdict is never guessed.
 
-Backends share one small interface, `judge_pair(context, answer_a, answer_b) -> Verdict`:
+Backends share one small interface, `judge_pair(context, answer_a, answer_b) -> Verdict`; `final=True` judges two
+consultations' final advice (eval/consultation.py): the context is the patient's whole case, and the asking is over.
   LLMJudge     any OpenAI-compatible endpoint, cached on disk (resumable), run concurrently;
   RewardJudge  a local reward model as a cheap judge (one score per answer, no positions).
 """
@@ -45,23 +46,32 @@ def format_context(context: Sequence[dict], max_chars: int = 6000) -> tuple[str,
 
 
 def build_prompt(context: Sequence[dict], answer_a: str, answer_b: str,
-                 dimensions: Sequence[str] = PRIORITY) -> list[dict]:
-    """Chat messages asking for a strict JSON verdict on `dimensions` (kept in priority order)."""
+                 dimensions: Sequence[str] = PRIORITY, final: bool = False) -> list[dict]:
+    """Chat messages asking for a strict JSON verdict on `dimensions` (kept in priority order). `final`: the answers
+    are two consultations' final advice and the context's last turn is the patient's whole case."""
     dims = [d for d in PRIORITY if d in dimensions]
     history, question = format_context(context)
     example = {"reason": "一两句话的理由", **{d: "A|B|tie" for d in dims}}
     dim_list = "、".join(f"{DIM_NAMES[d]}（键名 {d}）" for d in dims)
+    if final:
+        head = ("请比较两位医生在各自问诊结束时给同一位患者的最终建议。问诊已经结束：最终建议应当针对患者的全部情况"
+                "给出判断和处理意见，此时继续提问不算主动问诊，只会让患者得不到建议。\n\n")
+        situation = f"【患者的全部情况】（医生在问诊中未必都问到了）\n{question}\n\n"
+        rule3 = "3. 结合患者的全部情况判断：建议应当切合患者的实际情况，遗漏危险信号比措辞上的不足严重得多。\n"
+    else:
+        head = "请比较两位医疗助手对同一位患者当前发言的回复。\n\n"
+        situation = f"【此前的对话】\n{history}\n\n【患者当前的发言】\n{question}\n\n"
+        rule3 = "3. 结合此前的对话判断：回答应当接续上下文，不应重复或违背已经说过的内容。\n"
     user = (
-        "请比较两位医疗助手对同一位患者当前发言的回复。\n\n"
-        f"【评审标准】按重要性从高到低排列：\n{rubric_text(dimensions=tuple(dims))}\n\n"
-        f"【此前的对话】\n{history}\n\n"
-        f"【患者当前的发言】\n{question}\n\n"
-        f"【回答A】\n{answer_a}\n\n"
+        head
+        + f"【评审标准】按重要性从高到低排列：\n{rubric_text(dimensions=tuple(dims))}\n\n"
+        + situation
+        + f"【回答A】\n{answer_a}\n\n"
         f"【回答B】\n{answer_b}\n\n"
         "【评审要求】\n"
         f"1. 分别在{dim_list}上比较回答A与回答B：A 更好写 \"A\"，B 更好写 \"B\"，不分高下写 \"tie\"。\n"
         "2. 同一维度内各项能力要求冲突时，以排在前面的能力为准；涉及患者安全的错误比表达上的不足严重得多。\n"
-        "3. 结合此前的对话判断：回答应当接续上下文，不应重复或违背已经说过的内容。\n"
+        + rule3 +
         "4. 先在 reason 中用一两句话说明理由，再给出各维度结论。\n"
         "5. 只输出一个 JSON 对象，不要输出任何其他文字，格式如下：\n"
         f"{json.dumps(example, ensure_ascii=False)}"
@@ -188,9 +198,9 @@ class LLMJudge:
                          dimensions=self.dimensions, parse_retries=self.parse_retries)
 
     def judge_pair(self, context: Sequence[dict], answer_a: str, answer_b: str,
-                   dimensions: Sequence[str] | None = None) -> Verdict:
+                   dimensions: Sequence[str] | None = None, final: bool = False) -> Verdict:
         dims = tuple(d for d in PRIORITY if d in (dimensions or self.dimensions))
-        messages = build_prompt(context, answer_a, answer_b, dims)
+        messages = build_prompt(context, answer_a, answer_b, dims, final=final)
         key = self.key(messages)
         hit = self.cache.get("judge", key)
         if hit is not None and (hit["status"] == "ok" or not self.retry_failed):
@@ -231,7 +241,7 @@ class RewardJudge:
         self.dimensions = ("reward",)
         self.describe = describe or "reward-model judge"
 
-    def judge_pair(self, context, answer_a: str, answer_b: str, dimensions=None) -> Verdict:
+    def judge_pair(self, context, answer_a: str, answer_b: str, dimensions=None, final: bool = False) -> Verdict:
         ra, rb = self.scorer([list(context), list(context)], [answer_a, answer_b])
         diff = float(ra) - float(rb)
         v = "tie" if abs(diff) <= self.margin else ("A" if diff > 0 else "B")
@@ -256,11 +266,11 @@ class RubricJudge:
         self.dimensions = PRIORITY
         self.describe = "rubric heuristics (simulated annotator; a proxy, not an expert judge)"
 
-    def judge_pair(self, context, answer_a: str, answer_b: str, dimensions=None) -> Verdict:
+    def judge_pair(self, context, answer_a: str, answer_b: str, dimensions=None, final: bool = False) -> Verdict:
         from zhongjing.data.schema import Message
 
         msgs = [Message(m["role"], m["content"]) for m in context]
-        sa, sb = self.sim.score(msgs, answer_a, None), self.sim.score(msgs, answer_b, None)
+        sa, sb = (self.sim.score(msgs, x, None, final_advice=final) for x in (answer_a, answer_b))
         dims = tuple(d for d in PRIORITY if d in (dimensions or self.dimensions))
         verdict = {d: "tie" if abs(x - y) < self.tie else ("A" if x > y else "B")
                    for d, x, y in zip(PRIORITY, sa.key(), sb.key()) if d in dims}
@@ -276,6 +286,7 @@ class PairTask:
     context: list[dict]
     target: str | None  # None: that model produced no answer (failed generation)
     baseline: str | None
+    final: bool = False  # two consultations' final advice; the context is the patient's whole case
 
 
 _SIDE = {"A": 1, "B": -1, "tie": 0}
@@ -293,7 +304,7 @@ def judge_pairs(judge, tasks: Sequence[PairTask], concurrency: int = 1, dimensio
     def run(job):
         t, o = job
         a, b = (t.target, t.baseline) if o == 0 else (t.baseline, t.target)
-        return judge.judge_pair(t.context, a, b, dims)
+        return judge.judge_pair(t.context, a, b, dims, **({"final": True} if t.final else {}))
 
     got: dict[tuple[str, int], Verdict] = {}
     for k, ((t, o), v) in enumerate(parallel(run, jobs, concurrency), 1):
