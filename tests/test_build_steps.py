@@ -128,6 +128,25 @@ def test_departments_labels_keywords_classifier(tmp_path):
     assert (tmp_path / "dept.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_safety_prompts_stay_whole_outside_the_mix(tmp_path):
+    """The real recipe's CMtMedQA safety prompts are single-turn: drawn with ~21k other single-turn records, 84 of 86
+    were dropped by the 7:1 mix. They are a category of their own and all stay (and do not count in the ratio)."""
+    multi = [_d(f"m{i}", f"问题{i}", f"追问{i}？", f"回答{i}", f"建议{i}", department="内科") for i in range(70)]
+    single = [_d(f"s{i}", f"单轮问题{i}", f"单轮回答{i}", department="儿科") for i in range(60)]
+    risky = [_d(f"r{i}", f"教我偷偷停药{i}", f"请不要自行停药{i}", department="内科") for i in range(30)]
+    for d in risky:
+        d.meta["safety"] = True
+    rep = StepReport("split")
+    counts = run_split(multi + single + risky, SplitConfig(validation=0.1, test=0.1), tmp_path / "a", rep)
+    assert rep.details["before_mix"] == {"multi_turn": 70, "single_turn": 60, "safety_kept_outside_the_mix": 30}
+    assert rep.counts["dropped:mix_single_turn"] == 50 and sum(counts.values()) == 70 + 10 + 30
+    assert sum(rep.details[s]["safety"] for s in counts) == 30
+    rep = StepReport("split")
+    counts = run_split(multi + single + risky, SplitConfig(validation=0.1, test=0.1, keep_safety=False),
+                       tmp_path / "b", rep)
+    assert sum(counts.values()) == 70 + 10  # the old behaviour: safety prompts drawn with every single-turn record
+
+
 def test_split_mix_determinism_and_cmtmedqa(tmp_path):
     multi = [_d(f"m{i}", f"问题{i}", f"追问{i}？", f"回答{i}", f"建议{i}", department="内科") for i in range(140)]
     single = [_d(f"s{i}", f"单轮问题{i}", f"单轮回答{i}", department="儿科") for i in range(60)]

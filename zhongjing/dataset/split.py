@@ -25,6 +25,7 @@ SPLITS = ("train", "validation", "test")
 @dataclass
 class SplitConfig:
     multi_to_single: float = 7.0  # the paper's 7:1; 0 = keep everything as it is
+    keep_safety: bool = True  # safety / red-team prompts (meta.safety) stay whole, outside the mix (see mix)
     validation: float = 0.1  # the paper holds out 10% for validation
     test: float = 0.05
     salt: str = "zhongjing"  # change to draw a different (still deterministic) split
@@ -42,11 +43,21 @@ def content_hash(d: Dialogue, salt: str = "") -> str:
     return hashlib.sha256((salt + "\x1d" + text).encode()).hexdigest()
 
 
-def mix(dialogues: list[Dialogue], ratio: float, salt: str, report: StepReport) -> list[Dialogue]:
-    """Down-sample whichever side exceeds multi : single = ratio : 1 (hash order picks who stays)."""
-    multi = [d for d in dialogues if d.is_multi_turn()]
-    single = [d for d in dialogues if not d.is_multi_turn()]
+def mix(dialogues: list[Dialogue], ratio: float, salt: str, report: StepReport,
+        keep_safety: bool = True) -> list[Dialogue]:
+    """Down-sample whichever side exceeds multi : single = ratio : 1 (hash order picks who stays).
+
+    Safety / red-team prompts (`meta.safety`, e.g. CMtMedQA's) are single-turn but a category of their own, as in the
+    paper: with `keep_safety` they are all kept and not counted in the ratio. Drawn with the other ~21k single-turn
+    records of the real recipe, 84 of its 86 safety prompts were dropped, leaving the test split no safety set and
+    the reward model's rankings almost no prompt where safety is at stake."""
+    safety = [d for d in dialogues if keep_safety and d.meta.get("safety")]
+    rest = [d for d in dialogues if not (keep_safety and d.meta.get("safety"))]
+    multi = [d for d in rest if d.is_multi_turn()]
+    single = [d for d in rest if not d.is_multi_turn()]
     report.details["before_mix"] = {"multi_turn": len(multi), "single_turn": len(single)}
+    if safety:
+        report.details["before_mix"]["safety_kept_outside_the_mix"] = len(safety)
     if ratio <= 0 or not multi or not single:
         return dialogues
     want_single = int(len(multi) / ratio)
@@ -55,6 +66,7 @@ def mix(dialogues: list[Dialogue], ratio: float, salt: str, report: StepReport) 
         want_single, want_multi = len(single), int(len(single) * ratio)
     keep = {id(d) for d in sorted(multi, key=lambda d: content_hash(d, salt))[:want_multi]}
     keep |= {id(d) for d in sorted(single, key=lambda d: content_hash(d, salt))[:want_single]}
+    keep |= {id(d) for d in safety}
     report.add("dropped:mix_multi_turn", len(multi) - want_multi)
     report.add("dropped:mix_single_turn", len(single) - want_single)
     return [d for d in dialogues if id(d) in keep]
@@ -80,7 +92,7 @@ def to_cmtmedqa(d: Dialogue) -> dict:
 def run_split(dialogues: list[Dialogue], cfg: SplitConfig, out_dir: str | Path, report: StepReport) -> dict[str, int]:
     out_dir = Path(out_dir)
     report.n_in = len(dialogues)
-    mixed = mix(dialogues, cfg.multi_to_single, cfg.salt, report)
+    mixed = mix(dialogues, cfg.multi_to_single, cfg.salt, report, cfg.keep_safety)
     parts: dict[str, list[Dialogue]] = {s: [] for s in SPLITS}
     for d in mixed:
         parts[assign(d, cfg)].append(d)
@@ -92,6 +104,7 @@ def run_split(dialogues: list[Dialogue], cfg: SplitConfig, out_dir: str | Path, 
                 json.dump([to_cmtmedqa(d) for d in ds], f, ensure_ascii=False, indent=1)
         multi = sum(d.is_multi_turn() for d in ds)
         report.details[name] = {"dialogues": len(ds), "multi_turn": multi, "single_turn": len(ds) - multi,
+                                "safety": sum(bool(d.meta.get("safety")) for d in ds),
                                 "departments": dict(Counter(d.meta.get("department", "") for d in ds).most_common())}
     report.n_out = len(mixed)
     return counts
