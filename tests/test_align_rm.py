@@ -45,6 +45,21 @@ def test_medicalgpt_pairs_held_out_accuracy(medical_rm):
     # the eval log shows the metrics, not the per-batch sums they are computed from
     logged = [json.loads(line) for line in (medical_rm / "logs" / "eval.jsonl").read_text().splitlines()]
     assert logged and all("val_accuracy" in r and "val_reward_sq" not in r and "val_pairs" not in r for r in logged)
+    # the trivial baseline on the same held-out pairs, beside the accuracy (meta, every eval line)
+    assert 0 <= meta["metrics"]["val_longer_wins"] <= 1 and all("val_longer_wins" in r for r in logged)
+
+
+def test_longer_answer_baseline_hand_worked():
+    """Pairs (better, worse) over answers of 5, 9, 9, 3 tokens: 0>1 shorter wins (0), 1>2 same length (½),
+    2>3 longer wins (1), 1>3 longer wins (1) → 2.5 of 4 pairs."""
+    import torch
+
+    from zhongjing.train.rm import longer_correct
+
+    batch = {"lengths": torch.tensor([5, 9, 9, 3]), "better": torch.tensor([0, 1, 2, 1]),
+             "worse": torch.tensor([1, 2, 3, 3])}
+    assert longer_correct(batch) == 2.5
+    assert longer_correct({"better": batch["better"], "worse": batch["worse"]}) != longer_correct(batch)  # NaN
 
 
 def test_folder_loads_with_plain_transformers_and_peft(medical_rm, medical_base):

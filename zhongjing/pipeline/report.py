@@ -87,8 +87,11 @@ def rm_summary(stage: str, w, cfg) -> dict:
     acc = m.get("val_accuracy")
     rel = {k: m.get(k) for k in ("val_relevance", "data_relevance")}
     on = ", ".join((meta.get("relevance") or {}).get("data_files") or []) or "data"
-    return {"val_accuracy": acc, "val_margin": m.get("val_margin"), **rel,
-            "text": f"held-out pairwise accuracy {_fmt(acc)} (chance 0.5), margin {_fmt(m.get('val_margin'))}; "
+    longer = m.get("val_longer_wins")
+    return {"val_accuracy": acc, "val_margin": m.get("val_margin"), "val_longer_wins": longer, **rel,
+            "text": f"held-out pairwise accuracy {_fmt(acc)} (chance 0.5"
+                    + (f"; the longer answer wins: {_fmt(longer)}" if longer is not None else "")
+                    + f"), margin {_fmt(m.get('val_margin'))}; "
                     f"relevance (own reply vs another dialogue's, chance 0.5): {_fmt(rel['val_relevance'])} held-out "
                     f"rankings, {_fmt(rel['data_relevance'])} on {on}"}
 

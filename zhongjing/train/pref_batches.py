@@ -36,7 +36,8 @@ class RankingBatches:
 
     With `pack` (default) the answers share rows, each with position ids restarting at 0 — transformers then keeps
     attention inside each answer — and `ends` (N, 2) gives the (row, column) of every answer's last token, `seg`
-    (rows, width) which answer each position belongs to (−1 = padding)."""
+    (rows, width) which answer each position belongs to (−1 = padding), `lengths` (N,) each answer's tokens with its
+    dialogue (the same dialogue for every answer of a ranking: the "longer answer wins" baseline reads it)."""
 
     def __init__(self, train: list[Encoded], val: list[Encoded], batch_size: int, *, seed: int, group: int,
                  pad_id: int, pair_norm: str = "ckn", per: str = "ranking", pack: bool = True):
@@ -70,7 +71,8 @@ class RankingBatches:
                 ends[i] = torch.tensor([r, col + n - 1])
                 col += n
         batch |= {"better": better, "worse": worse, "owner": owner, "norm": torch.tensor(norms), "seg": seg,
-                  "ends": ends, "n": len(items) if self.per == "ranking" else len(better)}
+                  "ends": ends, "lengths": torch.tensor([len(a.input_ids) for a in answers]),
+                  "n": len(items) if self.per == "ranking" else len(better)}
         if items and items[0].targets is None:
             del batch["targets"]
         return batch

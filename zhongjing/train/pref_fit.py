@@ -41,6 +41,9 @@ def fit_prefs(stage: str, cfg, model, tokenizer, data: RankingBatches, counts: C
         best = next((h for h in result.history if h["step"] == result.best_step), None)
         if best is not None:
             final["metrics"] |= {"val_accuracy": best["val_accuracy"], "val_margin": best["val_margin"]}
+            longer = best.get("val_longer_wins")  # the RM's trivial baseline (absent for DPO; NaN without lengths)
+            if longer is not None and longer == longer:
+                final["metrics"]["val_longer_wins"] = longer
             final |= best_extra(best) if best_extra else {}
         final["seconds"] = round(time.time() - t0, 1)
         write_json(out / "meta.json", final)

@@ -5,7 +5,7 @@ by default — the paper's choice: the SFT model's chat habits interfere with ju
 −1/C(K,2) · Σ log σ(r_better − r_worse) over its pairs (`pair_norm: pairs` divides by the pairs present instead);
 a batch holds whole rankings, so every answer is encoded once however many pairs it takes part in. Rankings whose
 answers were all wrong learn the honest "I don't know" reply as best (zhongjing/train/prefs.py).
-Validation reports pairwise accuracy and mean margin; the best checkpoint (lowest validation loss) is the result,
+Validation reports pairwise accuracy (beside the "longer answer wins" baseline on the same pairs) and mean margin; the best checkpoint (lowest validation loss) is the result,
 and its reward mean/std on the validation answers go to meta.json for PPO's reward normalisation.
 """
 
@@ -65,7 +65,17 @@ def rm_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
     rd = r.detach()
     return per_ranking.sum(), {"pairs": float(diff.numel()), "correct": float((diff > 0).sum()),
                                "margin": float(diff.sum()), "answers": float(rd.numel()),
-                               "reward": float(rd.sum()), "reward_sq": float((rd ** 2).sum())}
+                               "reward": float(rd.sum()), "reward_sq": float((rd ** 2).sum()),
+                               "longer_correct": longer_correct(batch)}
+
+
+def longer_correct(batch: dict) -> float:
+    """The trivial baseline beside pairwise accuracy: pairs whose better answer is the longer one (a tie in length
+    counts half, like a coin). A reward model that learnt only length scores this; the report shows both."""
+    if "lengths" not in batch:
+        return float("nan")
+    d = batch["lengths"][batch["better"]] - batch["lengths"][batch["worse"]]  # (P,) tokens, better − worse
+    return float((d > 0).sum()) + 0.5 * float((d == 0).sum())
 
 
 def rm_metrics(rec: dict) -> dict:
@@ -74,6 +84,7 @@ def rm_metrics(rec: dict) -> dict:
     mean = rec["val_reward"] / answers
     var = max(rec["val_reward_sq"] / answers - mean ** 2, 0.0)
     return {"val_accuracy": rec["val_correct"] / pairs, "val_margin": rec["val_margin"] / pairs,
+            "val_longer_wins": rec.get("val_longer_correct", float("nan")) / pairs,
             "val_reward_mean": mean, "val_reward_std": math.sqrt(var)}
 
 
@@ -131,6 +142,7 @@ def main(argv: list[str]) -> int:
     m = read_meta(out).get("metrics", {})
     acc = m.get("val_accuracy")
     rel = "".join(f", {k.replace('_', ' ')} {m[k]:.3f}" for k in ("val_relevance", "data_relevance") if k in m)
+    rel = (f" [the longer answer wins: {m['val_longer_wins']:.3f}]" if "val_longer_wins" in m else "") + rel
     print_once(f"reward model → {out}" + (f" (val pairwise accuracy {acc:.3f}, margin {m.get('val_margin'):.3f}{rel})"
                                       if acc is not None else ""))
     return 0
