@@ -128,6 +128,26 @@ def test_departments_labels_keywords_classifier(tmp_path):
     assert (tmp_path / "dept.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_platform_boilerplate_is_cut_from_doctor_turns():
+    """A leading sentence that opens ≥ N doctor turns word for word is a site's preamble, not a doctor's content;
+    a rarer opener stays, a turn that is nothing but the preamble keeps its text, patient turns are never touched."""
+    from zhongjing.dataset.normalize import strip_boilerplate
+
+    plate = "感谢您的信任，病情资料我已详细阅读。根据您现有的资料，建议："
+    ds = [_d(f"b{i}", f"发烧{i}天了。", plate + f"多喝水，观察{i}天。") for i in range(5)]
+    ds += [_d("rare", "咳嗽。", "当然可以。先做个检查。"), _d("only", "谢谢。", "感谢您的信任，病情资料我已详细阅读。"),
+           _d("pat", plate + "我想问问。", "好的。请说。")]
+    rep = StepReport("normalize")
+    out = {d.id: d for d in strip_boilerplate(ds, 5, rep)}
+    assert out["b3"].messages[1].content == "多喝水，观察3天。" and out["b3"].messages[0].content == "发烧3天了。"
+    assert out["rare"].messages[1].content == "当然可以。先做个检查。"
+    assert out["only"].messages[1].content == "感谢您的信任，病情资料我已详细阅读。"
+    assert out["pat"].messages[0].content.startswith(plate)
+    assert rep.details["boilerplate"] == {"感谢您的信任，病情资料我已详细阅读。": 6, "根据您现有的资料，建议：": 5}
+    assert rep.counts["boilerplate_stripped_turns"] == 5
+    assert strip_boilerplate(ds, 0, StepReport("normalize")) is ds  # off by default
+
+
 def test_safety_prompts_stay_whole_outside_the_mix(tmp_path):
     """The real recipe's CMtMedQA safety prompts are single-turn: drawn with ~21k other single-turn records, 84 of 86
     were dropped by the 7:1 mix. They are a category of their own and all stay (and do not count in the ratio)."""

@@ -3,6 +3,12 @@
 Chinese text gets full-width punctuation (，。？！：；（）), digits and Latin letters are
 half-width everywhere, whitespace is collapsed, speaker tags left in the text by a source
 ("医生：", "病人：") are removed and consecutive turns of one speaker are merged.
+
+With `strip_boilerplate: N`, a platform's boilerplate is cut from the start of doctor turns: a leading sentence
+(up to 。！？：) that opens at least N doctor turns of the whole input word for word, such as a consultation site's
+"thank you for your trust, I have read your records" preamble. It is no doctor's content, and a reward model that
+sees it on every real reply of one source learns to pay for it (measured: PPO then loops it). Each stripped
+sentence and its count are in the step's report.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ class NormalizeConfig:
     strip_speaker_tags: bool = True
     merge_same_role: bool = True
     merge_separator: str = "\n"
+    strip_boilerplate: int = 0  # cut leading doctor-turn sentences that open at least this many turns (0 = off)
 
 
 CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
@@ -130,3 +137,53 @@ def normalize_dialogue(d: Dialogue, cfg: NormalizeConfig, report: StepReport) ->
         report.add("dropped_no_exchange" if "assistant" not in roles else "dropped_role_order")
         return None
     return Dialogue(d.id, system + body, dict(d.meta))
+
+
+_LEAD = re.compile(r"^[^。！？：]{4,40}[。！？：]")
+
+
+def _leading(text: str) -> list[str]:
+    """The leading sentences of `text` one after another (each up to 。！？：), the first 3 at most."""
+    out = []
+    while len(out) < 3:
+        m = _LEAD.match(text)
+        if not m:
+            break
+        out.append(m.group(0))
+        text = text[m.end():]
+    return out
+
+
+def strip_boilerplate(ds: list[Dialogue], min_count: int, report: StepReport) -> list[Dialogue]:
+    """Cut boilerplate sentences (see the module docstring) from the start of doctor turns; a turn that would be left
+    empty keeps its text."""
+    if min_count <= 0:
+        return ds
+    from collections import Counter
+
+    leads = [_leading(m.content) for d in ds for m in d.messages if m.role == "assistant"]
+    counts: Counter = Counter(lead[0] for lead in leads if lead)
+    plate = {s for s, n in counts.items() if n >= min_count}
+    for depth in (1, 2):  # a next sentence counts where every sentence before it is boilerplate
+        more = Counter(lead[depth] for lead in leads if len(lead) > depth and all(x in plate for x in lead[:depth]))
+        counts.update(more)
+        plate |= {s for s, n in more.items() if n >= min_count}
+    if not plate:
+        return ds
+    out = []
+    for d in ds:
+        msgs = []
+        for m in d.messages:
+            text = m.content
+            if m.role == "assistant":
+                while True:
+                    lead = _leading(text)
+                    if not lead or lead[0] not in plate or not text[len(lead[0]):].strip():
+                        break
+                    text = text[len(lead[0]):].lstrip()
+                if text != m.content:
+                    report.add("boilerplate_stripped_turns")
+            msgs.append(Message(m.role, text) if text != m.content else m)
+        out.append(Dialogue(d.id, msgs, d.meta) if any(a is not b for a, b in zip(msgs, d.messages)) else d)
+    report.details["boilerplate"] = {s: counts[s] for s in sorted(plate, key=lambda s: -counts[s])}
+    return out

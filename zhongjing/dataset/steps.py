@@ -79,7 +79,7 @@ def _deid(ds, cfg, ctx, rep):
 def _normalize(ds, cfg, ctx, rep):
     rep.n_in = len(ds)
     out = [normalize.normalize_dialogue(d, cfg.normalize, rep) for d in ctx.bar(ds, desc="normalize")]
-    return [d for d in out if d is not None]
+    return normalize.strip_boilerplate([d for d in out if d is not None], cfg.normalize.strip_boilerplate, rep)
 
 
 def _drug_matcher(cfg):
