@@ -146,6 +146,20 @@ def test_platform_boilerplate_is_cut_from_doctor_turns():
     assert rep.details["boilerplate"] == {"感谢您的信任，病情资料我已详细阅读。": 6, "根据您现有的资料，建议：": 5}
     assert rep.counts["boilerplate_stripped_turns"] == 5
     assert strip_boilerplate(ds, 0, StepReport("normalize")) is ds  # off by default
+    # in the build it is its own step right after de-identification (its report lists the cut sentences)
+    from zhongjing.dataset.chain import BuildConfig
+    from zhongjing.dataset.steps import DEFAULT_ORDER, STEPS
+
+    assert DEFAULT_ORDER.index("boilerplate") == DEFAULT_ORDER.index("deid") + 1
+    cfg = BuildConfig()
+    assert not STEPS["boilerplate"].enabled(cfg)
+    cfg.normalize.strip_boilerplate = 50
+    assert STEPS["boilerplate"].enabled(cfg)
+    from zhongjing.dataset.normalize import NormalizeConfig
+    from zhongjing.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="strip_boilerplate is set but steps has no 'boilerplate'"):
+        BuildConfig(steps=["import", "deid", "split"], normalize=NormalizeConfig(strip_boilerplate=50))
 
 
 def test_safety_prompts_stay_whole_outside_the_mix(tmp_path):

@@ -66,6 +66,8 @@ class BuildConfig:
             raise ConfigError("steps must start with import, deid: nothing may see patient text before de-identification")
         if "split" in self.steps and self.steps[-1] != "split":
             raise ConfigError("steps: split must be the last step")
+        if self.normalize.strip_boilerplate > 0 and "boilerplate" not in self.steps:
+            raise ConfigError("normalize.strip_boilerplate is set but steps has no 'boilerplate' (put it after deid)")
 
 
 def code_version(modules) -> str:

@@ -7,8 +7,8 @@ half-width everywhere, whitespace is collapsed, speaker tags left in the text by
 With `strip_boilerplate: N`, a platform's boilerplate is cut from the start of doctor turns: a leading sentence
 (up to 。！？：) that opens at least N doctor turns of the whole input word for word, such as a consultation site's
 "thank you for your trust, I have read your records" preamble. It is no doctor's content, and a reward model that
-sees it on every real reply of one source learns to pay for it (measured: PPO then loops it). Each stripped
-sentence and its count are in the step's report.
+sees it on every real reply of one source learns to pay for it (measured: PPO then loops it). The build runs it as
+its own step after de-identification (`boilerplate`); each cut sentence and its count are in the step's report.
 """
 
 from __future__ import annotations

@@ -79,7 +79,12 @@ def _deid(ds, cfg, ctx, rep):
 def _normalize(ds, cfg, ctx, rep):
     rep.n_in = len(ds)
     out = [normalize.normalize_dialogue(d, cfg.normalize, rep) for d in ctx.bar(ds, desc="normalize")]
-    return normalize.strip_boilerplate([d for d in out if d is not None], cfg.normalize.strip_boilerplate, rep)
+    return [d for d in out if d is not None]
+
+
+def _boilerplate(ds, cfg, ctx, rep):  # after deid: the report lists the cut sentences, so no identifier may be in them
+    rep.n_in = len(ds)
+    return normalize.strip_boilerplate(ds, cfg.normalize.strip_boilerplate, rep)
 
 
 def _drug_matcher(cfg):
@@ -126,6 +131,7 @@ class Step:
 STEPS: dict[str, Step] = {
     "normalize": Step(_normalize, ("normalize",), (normalize,)),
     "deid": Step(_deid, ("deid",), (deid,)),
+    "boilerplate": Step(_boilerplate, ("normalize",), (normalize,), lambda cfg: cfg.normalize.strip_boilerplate > 0),
     "rewrite": Step(_rewrite, ("rewrite", "kg"), (rewrite, kg, matcher), lambda cfg: cfg.rewrite.enabled),
     "kg_check": Step(_kg, ("kg",), (kg_check, kg, matcher), lambda cfg: bool(cfg.kg.path)),
     "screen": Step(_screen, ("screen",), (screen,)),
@@ -133,7 +139,7 @@ STEPS: dict[str, Step] = {
     "split": Step(_split, ("split",), (split,)),
 }
 # the chain's default order (import is always first: it reads the raw files and runs `normalize`)
-DEFAULT_ORDER = ["import", "deid", "rewrite", "kg_check", "screen", "departments", "split"]
+DEFAULT_ORDER = ["import", "deid", "boilerplate", "rewrite", "kg_check", "screen", "departments", "split"]
 
 
 def run_step(name: str, ds: list[Dialogue], cfg, ctx: StepContext) -> tuple[list[Dialogue] | None, StepReport]:
