@@ -17,7 +17,7 @@ class OfflineJudge:
     dimensions = ("safety", "professionalism", "fluency")
     describe = "offline"
 
-    def judge_pair(self, context, a, b, dimensions=None):
+    def judge_pair(self, context, a, b, dimensions=None, final=False):
         return Verdict("ok", {d: "A" if len(a) >= len(b) else "B" for d in (dimensions or self.dimensions)})
 
 

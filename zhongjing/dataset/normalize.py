@@ -139,29 +139,32 @@ def normalize_dialogue(d: Dialogue, cfg: NormalizeConfig, report: StepReport) ->
     return Dialogue(d.id, system + body, dict(d.meta))
 
 
-_LEAD = re.compile(r"^[^。！？：]{4,40}[。！？：]")
+_LEAD = re.compile(r"[^。！？：]{4,40}[。！？：]")  # used with .match: anchored at the position given
 
 
-def _leading(text: str) -> list[str]:
-    """The leading sentences of `text` one after another (each up to 。！？：), the first 3 at most."""
-    out = []
+def _leading(text: str) -> list[tuple[str, int]]:
+    """The leading sentences of `text` one after another (each up to 。！？：, whitespace between them skipped), the
+    first 3 at most, each with the offset in `text` where it ends."""
+    out, pos = [], 0
     while len(out) < 3:
-        m = _LEAD.match(text)
+        pos += len(text[pos:]) - len(text[pos:].lstrip())
+        m = _LEAD.match(text, pos)
         if not m:
             break
-        out.append(m.group(0))
-        text = text[m.end():]
+        out.append((m.group(0), m.end()))
+        pos = m.end()
     return out
 
 
 def strip_boilerplate(ds: list[Dialogue], min_count: int, report: StepReport) -> list[Dialogue]:
     """Cut boilerplate sentences (see the module docstring) from the start of doctor turns; a turn that would be left
-    empty keeps its text."""
+    empty keeps its last sentence."""
     if min_count <= 0:
         return ds
     from collections import Counter
 
-    leads = [_leading(m.content) for d in ds for m in d.messages if m.role == "assistant"]
+    spans = {id(m): _leading(m.content) for d in ds for m in d.messages if m.role == "assistant"}
+    leads = [[s for s, _ in span] for span in spans.values()]
     counts: Counter = Counter(lead[0] for lead in leads if lead)
     plate = {s for s, n in counts.items() if n >= min_count}
     for depth in (1, 2):  # a next sentence counts where every sentence before it is boilerplate
@@ -170,19 +173,22 @@ def strip_boilerplate(ds: list[Dialogue], min_count: int, report: StepReport) ->
         plate |= {s for s, n in more.items() if n >= min_count}
     if not plate:
         return ds
+
+    def cut(text: str, span: list[tuple[str, int]]) -> str:
+        end = 0
+        for s, e in span:
+            if s not in plate or not text[e:].strip():
+                break
+            end = e
+        return text[end:].lstrip() if end else text
+
     out = []
     for d in ds:
         msgs = []
         for m in d.messages:
-            text = m.content
-            if m.role == "assistant":
-                while True:
-                    lead = _leading(text)
-                    if not lead or lead[0] not in plate or not text[len(lead[0]):].strip():
-                        break
-                    text = text[len(lead[0]):].lstrip()
-                if text != m.content:
-                    report.add("boilerplate_stripped_turns")
+            text = cut(m.content, spans[id(m)]) if m.role == "assistant" else m.content
+            if text != m.content:
+                report.add("boilerplate_stripped_turns")
             msgs.append(Message(m.role, text) if text != m.content else m)
         out.append(Dialogue(d.id, msgs, d.meta) if any(a is not b for a, b in zip(msgs, d.messages)) else d)
     report.details["boilerplate"] = {s: counts[s] for s in sorted(plate, key=lambda s: -counts[s])}

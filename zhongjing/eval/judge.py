@@ -304,7 +304,7 @@ def judge_pairs(judge, tasks: Sequence[PairTask], concurrency: int = 1, dimensio
     def run(job):
         t, o = job
         a, b = (t.target, t.baseline) if o == 0 else (t.baseline, t.target)
-        return judge.judge_pair(t.context, a, b, dims, **({"final": True} if t.final else {}))
+        return judge.judge_pair(t.context, a, b, dims, final=t.final)
 
     got: dict[tuple[str, int], Verdict] = {}
     for k, ((t, o), v) in enumerate(parallel(run, jobs, concurrency), 1):
