@@ -5,8 +5,9 @@ The prompt is built from the annotation rubric (3 dimensions, 9 abilities, Safet
 orders (see stats.py for how the two are combined). A reply that cannot be parsed is re-asked with a
 correction note; after the retries it is recorded as a failure — a verdict is never guessed.
 
-Backends share one small interface, `judge_pair(context, answer_a, answer_b) -> Verdict`; `final=True` judges two
-consultations' final advice (eval/consultation.py): the context is the patient's whole case, and the asking is over.
+Backends share one small interface, `judge_pair(context, answer_a, answer_b, dimensions, final) -> Verdict`;
+`final=True` judges two consultations' final advice (eval/consultation.py): the context is the patient's whole case,
+and the asking is over.
   LLMJudge     any OpenAI-compatible endpoint, cached on disk (resumable), run concurrently;
   RewardJudge  a local reward model as a cheap judge (one score per answer, no positions).
 """
