@@ -110,6 +110,17 @@ def test_a_partial_run_points_only_at_what_exists(tmp_path):
     assert "changed: config" in init and "output" not in init and "skip" in build
 
 
+def test_a_validation_eval_judges_the_validation_split_and_never_overwrites_the_test_report(tmp_path):
+    w, configs = _load([f"work_dir={tmp_path}"])
+    assert configs["eval"].output == str(tmp_path / "eval")
+    t = configs["eval"].testsets[0]  # the built split first, then the config's own sets
+    assert (t.name, t.path) == ("test", str(tmp_path / "data" / "test.jsonl"))
+    w, configs = _load([f"work_dir={tmp_path}", "splits.eval=validation"])
+    assert configs["eval"].output == str(tmp_path / "eval-validation") == str(w.output("eval").parent)
+    t = configs["eval"].testsets[0]
+    assert (t.name, t.path) == ("validation", str(tmp_path / "data" / "validation.jsonl"))
+
+
 def test_demo_and_paper_configs_wire_every_stage(tmp_path):
     from zhongjing.pipeline.stages import STAGES
 
@@ -141,6 +152,7 @@ def test_demo_and_paper_configs_wire_every_stage(tmp_path):
     (["sft.train.lr=fast"], "sft"),
     (["stages=[init,build,pt,sft,rm,eval]"], "rm needs rank"),
     (["splits.generate=dev"], "splits.generate"),
+    (["splits.eval=train"], "splits.eval: expected test or validation"),
     (["rm_parent=base"], "rm_parent: expected pt or sft"),
     (["stages=[init,build,pt,rank,rm]", "rankings=exported.jsonl", "rm_parent=sft"], "rm needs sft"),
 ])

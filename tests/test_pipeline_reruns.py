@@ -35,6 +35,13 @@ def test_reruns_redo_the_changed_stage_and_what_follows_and_the_result_chats(tin
     run(cfg_path, "rm.train.lr=5e-4", "--from", "ppo")
     assert [s for s, a in actions(work).items() if a != "skipped"] == ["ppo", "eval"]
 
+    # 6b. the eval stage on the validation split (to choose settings): its own folder, the test report stays
+    report = (work / "eval" / "report.md").read_text()
+    run(cfg_path, "rm.train.lr=5e-4", "--only", "eval", "splits.eval=validation")
+    assert (work / "eval-validation" / "results.json").exists() and "validation" in (
+        work / "eval-validation" / "report.md").read_text()
+    assert (work / "eval" / "report.md").read_text() == report
+
     # 7. the aligned model chats
     p = subprocess.run([sys.executable, "-m", "zhongjing", "chat", "--model", str(work / "ppo"),
                         "--max-new-tokens", "8", "--temperature", "0"],

@@ -54,13 +54,18 @@ class SplitUse:
     generate_limit: int = 0  # dialogues drawn; 0 = all
     ppo: str = "train"  # split whose patient turns are the PPO prompts
     ppo_limit: int = 0
-    test_limit: int = 0  # dialogues of the test split evaluated; 0 = all
+    test_limit: int = 0  # dialogues of the evaluated split; 0 = all
+    # the split the eval stage judges: "test" (the report) or "validation" — to choose settings without looking at
+    # test numbers (`--only eval splits.eval=validation`); its results go to eval-validation/, beside eval/
+    eval: str = "test"
     seed: int = 0
 
     def __post_init__(self):
         for key in ("generate", "ppo"):
             if getattr(self, key) not in ("train", "validation", "test"):
                 raise ConfigError(f"splits.{key}: expected train, validation or test, got {getattr(self, key)!r}")
+        if self.eval not in ("test", "validation"):
+            raise ConfigError(f"splits.eval: expected test or validation, got {self.eval!r}")
 
 
 @dataclass

@@ -132,8 +132,10 @@ def _wire_consult(section, cfg, w):
 
 
 def _wire_eval(section, cfg, w):
-    """Aligned model vs the SFT model, the pre-trained (pt) model and the base, on the built test split unless test sets
-    are given; every model is a baseline of the aligned one, so the Bradley–Terry leaderboard ranks them all."""
+    """Aligned model vs the SFT model, the pre-trained (pt) model and the base, on the built test split (or the
+    validation split: `splits.eval`) plus any test sets given; every model is a baseline of the aligned one, so the
+    Bradley–Terry leaderboard ranks them all."""
+    split = cfg.splits.eval
     models = [{"name": STAGES[s].model_name, "path": str(w.output(s))} for s in ("ppo", "consult", "sft", "pt")
               if s in w.stages]
     models.append({"name": BASE_NAME, "path": str(w.base())})  # the model the chain started from (before pt)
@@ -145,9 +147,9 @@ def _wire_eval(section, cfg, w):
         section["notes"] = [report.SIMULATED_NOTE] + list(section.get("notes") or [])
     if "consult" in w.stages:  # the consultation kind on the held-out test split's dialogues; the consult model's
         # final advice is the one judged against every other model's (it is what consultation RL trained)
-        section["consultation"] = ({"dialogues": [str(w.built("test"))], "target": STAGES["consult"].model_name}
+        section["consultation"] = ({"dialogues": [str(w.built(split))], "target": STAGES["consult"].model_name}
                                    | dict(section.get("consultation") or {}))
-    built = {"name": "test", "path": str(w.built("test")), "format": "dialogue", "limit": cfg.splits.test_limit}
+    built = {"name": split, "path": str(w.built(split)), "format": "dialogue", "limit": cfg.splits.test_limit}
     section["testsets"] = [built] + list(section.get("testsets") or [])  # yours are added to the built test split
     judge = dict(section.get("judge") or {})
     if judge.get("backend") == "reward_model" and not judge.get("reward_model"):
@@ -250,6 +252,8 @@ class Wiring:
 
     # -------------------------------------------------------------------- paths
     def output(self, stage: str) -> Path:
+        if stage == "eval" and self.cfg.splits.eval != "test":  # a validation eval never overwrites the test report
+            return self.work / f"eval-{self.cfg.splits.eval}" / Path(STAGES[stage].output).name
         return self.work / STAGES[stage].output
 
     def base(self) -> Path:
