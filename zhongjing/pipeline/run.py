@@ -335,7 +335,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--only", help="run just these stages (comma-separated); the others must be finished")
     p.add_argument("--plan", action="store_true", help="print what would run or be skipped, and why; run nothing")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. work_dir=runs/x sft.train.lr=1e-4")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)  # key=value overrides may come before and after the flags
     if a.start and a.only:
         raise ConfigError("use --from or --only, not both")
     only = [s.strip() for s in a.only.split(",") if s.strip()] if a.only else None
