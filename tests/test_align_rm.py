@@ -198,9 +198,15 @@ def test_real_dialogues_vs_corrupted_answers(medical_base, tmp_path):
     # an item where every answer was wrong: the honest reply must become the best answer
     wrong = Ranking("all-wrong", rankings[0].messages, ["乱说一", "乱说二"], ranking=[], all_wrong=True)
     data = write_jsonl(tmp_path / "rankings.jsonl", rankings + [wrong])
-    out = train_rm(rm_config(medical_base, [data], tmp_path / "rm", max_length=160, epochs=2))
+    cfg = rm_config(medical_base, [data], tmp_path / "rm", max_length=160, epochs=2)
+    cfg.relevance_data = [str(write_jsonl(tmp_path / "held-out.jsonl", real_dialogues(230)[200:]))]
+    out = train_rm(cfg)
     meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
     assert meta["counts"]["all_wrong"] == 1
+    # relevance on held-out dialogues, its bigram-overlap baseline on the very pairs scored beside it
+    rel = meta["relevance"]["data"]
+    assert rel["pairs"] >= 20 and 0 <= rel["overlap_baseline"] <= 1 and 0 <= rel["accuracy"] <= 1
+    assert meta["metrics"]["data_relevance_overlap"] == rel["overlap_baseline"]
     # 3 pairs per held-out ranking (answer vs each corruption); chance is 0.5
     assert meta["metrics"]["val_accuracy"] >= 0.8, meta["metrics"]
 

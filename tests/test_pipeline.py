@@ -277,3 +277,18 @@ def test_paper_pipeline_follows_table_4_and_the_stage_configs(tmp_path, stage, t
     for cfg in (configs[stage], alone):
         t = cfg.train
         assert (t.lr, cfg.lora.r, t.epochs, t.batch_size, t.grad_accum) == table4
+
+
+def test_rm_summary_puts_each_trivial_baseline_beside_its_accuracy(tmp_path):
+    from types import SimpleNamespace
+
+    from zhongjing.pipeline.report import rm_summary
+
+    (tmp_path / "rm").mkdir()
+    (tmp_path / "rm" / "meta.json").write_text(json.dumps({
+        "metrics": {"val_accuracy": 0.64, "val_margin": 0.5, "val_longer_wins": 0.58, "val_relevance": 0.7,
+                    "data_relevance": 0.67, "val_relevance_overlap": 0.74, "data_relevance_overlap": 0.76},
+        "relevance": {"data_files": ["test.jsonl"]}}), encoding="utf-8")
+    text = rm_summary("rm", SimpleNamespace(output=lambda s: tmp_path / s), None)["text"]
+    assert "pairwise accuracy 0.640 (chance 0.5; the longer answer wins: 0.580)" in text
+    assert "0.700 (bigram overlap: 0.740) held-out rankings, 0.670 (bigram overlap: 0.760) on test.jsonl" in text

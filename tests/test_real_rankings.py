@@ -121,11 +121,30 @@ def test_relevance_accuracy_on_a_planted_case(tiny_tokenizer):
         assert p.responses[1].count("Q") != p.responses[0].count("Q")
     cfg = RMConfig(max_length=256, pack=False)
     data = SimpleNamespace(pad_id=tok.pad_token_id)
-    b = relevance.batches(cfg, tok, data, pairs)
+    b, kept = relevance.batches(cfg, tok, data, pairs)
+    assert kept == pairs  # every pair fits max_length: the baseline is taken on exactly the pairs scored
     good = Planted(q, start, +1.0)
     assert relevance.accuracy(good, b, rm_loss) == (1.0, 12)
     assert relevance.accuracy(Planted(q, start, -1.0), b, rm_loss) == (0.0, 12)
     assert good.training  # mode restored
+
+
+def test_relevance_overlap_baseline_hand_worked():
+    """Own reply "头痛多久了" shares 1 of its 4 bigrams with the patient's "头痛三天" (3 bigrams): F1 2·1/(4+3);
+    another dialogue's "腹泻怎么办" shares none → own wins (1). No overlap on either side → a tie (½). The other
+    dialogue's reply overlapping more → a loss (0). Baseline (1 + ½ + 0) / 3 = ½."""
+    from zhongjing.data.schema import Ranking
+    from zhongjing.data.simulate import overlap_f1
+
+    assert overlap_f1("头痛多久了", "头痛三天") == 2 * 1 / (4 + 3)
+
+    def pair(patient, own, other):
+        return Ranking("r", [Message("user", patient)], [own, other], [[0], [1]], ["relevance"], {})
+
+    rankings = [pair("头痛三天", "头痛多久了", "腹泻怎么办"), pair("头痛三天", "请多喝水", "腹泻怎么办"),
+                pair("腹泻两天", "头痛多久了", "腹泻怎么办")]
+    assert relevance.overlap_baseline(rankings) == 0.5
+    assert relevance.overlap_baseline(rankings[:1]) == 1.0
 
 
 # ------------------------------------------------------------------------------------------- configs/real.yaml

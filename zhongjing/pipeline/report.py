@@ -85,15 +85,20 @@ def rm_summary(stage: str, w, cfg) -> dict:
     meta = _meta(w.output(stage))
     m = meta.get("metrics") or {}
     acc = m.get("val_accuracy")
-    rel = {k: m.get(k) for k in ("val_relevance", "data_relevance")}
+    rel = {k: m.get(k) for k in ("val_relevance", "data_relevance", "val_relevance_overlap", "data_relevance_overlap")}
     on = ", ".join((meta.get("relevance") or {}).get("data_files") or []) or "data"
     longer = m.get("val_longer_wins")
+
+    def with_overlap(k: str) -> str:  # relevance beside its trivial baseline on the same pairs
+        o = rel[f"{k}_overlap"]
+        return _fmt(rel[k]) + (f" (bigram overlap: {_fmt(o)})" if o is not None else "")
+
     return {"val_accuracy": acc, "val_margin": m.get("val_margin"), "val_longer_wins": longer, **rel,
             "text": f"held-out pairwise accuracy {_fmt(acc)} (chance 0.5"
                     + (f"; the longer answer wins: {_fmt(longer)}" if longer is not None else "")
                     + f"), margin {_fmt(m.get('val_margin'))}; "
-                    f"relevance (own reply vs another dialogue's, chance 0.5): {_fmt(rel['val_relevance'])} held-out "
-                    f"rankings, {_fmt(rel['data_relevance'])} on {on}"}
+                    f"relevance (own reply vs another dialogue's, chance 0.5): {with_overlap('val_relevance')} "
+                    f"held-out rankings, {with_overlap('data_relevance')} on {on}"}
 
 
 def ppo_summary(stage: str, w, cfg) -> dict:

@@ -141,7 +141,9 @@ def main(argv: list[str]) -> int:
 
     m = read_meta(out).get("metrics", {})
     acc = m.get("val_accuracy")
-    rel = "".join(f", {k.replace('_', ' ')} {m[k]:.3f}" for k in ("val_relevance", "data_relevance") if k in m)
+    rel = "".join(f", {k.replace('_', ' ')} {m[k]:.3f}"
+                  + (f" [bigram overlap: {m[k + '_overlap']:.3f}]" if k + "_overlap" in m else "")
+                  for k in ("val_relevance", "data_relevance") if k in m)
     rel = (f" [the longer answer wins: {m['val_longer_wins']:.3f}]" if "val_longer_wins" in m else "") + rel
     print_once(f"reward model → {out}" + (f" (val pairwise accuracy {acc:.3f}, margin {m.get('val_margin'):.3f}{rel})"
                                       if acc is not None else ""))
