@@ -102,3 +102,25 @@ def test_stands_aside_where_it_does_not_apply(models, tmp_path):
                                                 num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
                                                 max_position_embeddings=512, sliding_window=16))
     assert lean_step(windowed) is None  # a window shorter than the context masks differently
+
+
+def test_output_layer_follows_weight_updates(models):
+    """The step keeps a transposed copy of the output weight on the CPU; an optimizer's in-place update (PPO between
+    rollouts) or a newly assigned tensor must be seen by the next step, never the stale copy."""
+    model, tok = models["llama"]
+    step = lean_step(model)
+    ids = torch.tensor(prompts(tok, 1))
+    mask, pos = torch.ones_like(ids), torch.arange(ids.shape[1])[None]
+    head = model.get_output_embeddings()
+    saved = head.weight.detach().clone()
+    try:
+        for change in (lambda w: w.mul_(-0.5), lambda w: setattr(head.weight, "data", w * 3.0)):
+            with torch.no_grad():
+                change(head.weight)
+            with torch.inference_mode():
+                got = step(ids, mask, pos, Decoder(model, tok)._new_cache())
+                ref = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1].float()
+            torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    finally:
+        with torch.no_grad():
+            head.weight.data = saved

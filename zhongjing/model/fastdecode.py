@@ -47,6 +47,22 @@ def lean_step(net) -> Callable | None:
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     rotary, layers, final_norm = inner.rotary_emb, list(inner.layers), inner.norm
     gqa = kv_heads != heads
+    head = net.lm_head
+    # On the CPU, the output layer's [vocab, hidden] weight read transposed (what F.linear does) is the GEMM's slow
+    # path: 2.10 ms against 1.41 ms with a [hidden, vocab] copy at 16 rows × 256 × 8,000 (2026-12-06, one thread;
+    # docs/serving.md), and it is the largest product of a small model's step. One copy of that weight,
+    # remade whenever the weight changes (PPO updates it between rollouts); other devices use the weight as it is.
+    transposed: dict = {}
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        w = head.weight
+        if w.device.type != "cpu":
+            return F.linear(x, w, head.bias).float()
+        key = (w.data_ptr(), w._version, w.dtype)
+        if transposed.get("key") != key:
+            transposed["key"], transposed["wt"] = key, w.detach().t().contiguous()
+        out = x @ transposed["wt"]
+        return (out if head.bias is None else out + head.bias).float()
 
     def norm(x, module):  # the models' RMSNorm: float32 statistics, weight applied in the input dtype
         h = x.float()
@@ -86,6 +102,6 @@ def lean_step(net) -> Callable | None:
                              * F.linear(h, m.up_proj.weight, m.up_proj.bias), m.down_proj.weight, m.down_proj.bias)
         if last_only:
             x = x[:, -1]
-        return F.linear(norm(x, final_norm), net.lm_head.weight, net.lm_head.bias).float()
+        return logits(norm(x, final_norm))
 
     return step
