@@ -29,7 +29,8 @@ KEYS = ["messages", "role", "content", "conversations", "from", "value", "instru
         "logit_bias", "seed", "top_k", "logprobs", "type", "tools", "stream_options", "frequency_penalty",
         "presence_penalty", "repetition_penalty", "seconds", "flags", "edited", "replacement", "comment", "key"]
 TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12) | st.sampled_from(
-    ["user", "assistant", "system", "human", "gpt", "头痛三天", "A", "B", "", " ", "\x00", "\n", "1", "-1"])
+    ["user", "assistant", "system", "human", "gpt", "头痛三天", "A", "B", "", " ", "\x00", "\n", "1", "-1",
+     "头\ud800", "\udfff"])  # half a UTF-16 pair: JSON can escape one, and Python's reader returns it
 SCALAR = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
           | st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=False) | TEXT)
 JSON = st.recursive(SCALAR, lambda inner: st.lists(inner, max_size=4)
@@ -37,7 +38,8 @@ JSON = st.recursive(SCALAR, lambda inner: st.lists(inner, max_size=4)
 
 
 def _dump(v) -> str:
-    return json.dumps(v, ensure_ascii=False)  # NaN / Infinity come out as Python writes them: clients do too
+    # NaN / Infinity come out as Python writes them: clients do too; a lone surrogate as its JSON escape (\ud800)
+    return json.dumps(v, ensure_ascii=False).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def one_line(e: Exception) -> None:
@@ -55,6 +57,8 @@ BASE = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     st.dictionaries(st.sampled_from(KEYS), JSON, max_size=6).map(lambda d: _dump({**BASE, **d})),
     st.builds(lambda k, v: _dump({**BASE, k: v}), st.sampled_from(KEYS), JSON),
     st.builds(lambda ms: _dump({**BASE, "messages": ms}), st.lists(st.dictionaries(st.sampled_from(KEYS), JSON), max_size=4)),
+    st.builds(lambda t, stop: _dump({**BASE, "messages": [{"role": "user", "content": t}], "stop": stop}),  # any text
+              TEXT, st.none() | TEXT | st.lists(TEXT, max_size=4)),
     st.binary(max_size=64).map(lambda b: b.decode("latin-1")),
 ))
 def test_request_parser_answers_every_body_with_a_clean_4xx(raw):
@@ -70,6 +74,8 @@ def test_request_parser_answers_every_body_with_a_clean_4xx(raw):
     for v in (req.temperature, req.top_p, req.repetition_penalty, req.frequency_penalty, req.presence_penalty,
               *req.logit_bias.values()):
         assert v == v and abs(v) != float("inf")  # only finite numbers get through
+    json.dumps(req.messages, ensure_ascii=False).encode("utf-8")  # only text gets through (tokenizers need it)
+    json.dumps(req.stop, ensure_ascii=False).encode("utf-8")
 
 
 # ---------------------------------------------------------------------------------------------- data readers
@@ -91,6 +97,11 @@ def _as_file(content, shape: str) -> tuple[str, str]:
     return text, ".txt"
 
 
+def _writable(unit) -> None:
+    """What a reader yields, `data convert` writes as UTF-8: it must be text."""
+    json.dumps(unit.to_dict() if hasattr(unit, "to_dict") else unit, ensure_ascii=False, default=str).encode("utf-8")
+
+
 @pytest.mark.parametrize("fmt", _formats())
 @bounded(25)
 @given(content=st.lists(JSON, max_size=4) | TEXT | JSON, shape=st.sampled_from(["jsonl", "json", "csv", "txt"]),
@@ -107,10 +118,10 @@ def test_every_reader_fails_cleanly(fmt, content, shape, cut):
             if FORMATS[fmt].kind == "aux":
                 count_aux(path, fmt)
             else:
-                for _ in read_records(path, fmt):
-                    pass
-            for _ in read_records(path, None, skip_bad=True, rejects=[]):  # auto-detected, bad records set aside
-                pass
+                for unit in read_records(path, fmt):
+                    _writable(unit)
+            for unit in read_records(path, None, skip_bad=True, rejects=[]):  # auto-detected, bad records set aside
+                _writable(unit)
         except ZhongjingError as e:
             one_line(e)
 

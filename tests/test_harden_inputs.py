@@ -89,3 +89,35 @@ def test_hints_and_help_name_a_command_that_runs(capsys):
     assert cli(["--help"]) == 0
     out = capsys.readouterr().out
     assert "init-model → build → pt → sft → generate → rank → rm → ppo → eval" in out
+
+
+def test_lone_surrogate_escapes_are_bad_records_not_tracebacks(tmp_path, capsys):
+    """JSON may escape half a UTF-16 pair; Python's reader returns it as a str no UTF-8 file or tokenizer takes.
+    `data convert` ended in a UnicodeEncodeError traceback while writing; now the record is bad, named by its field."""
+    good = json.dumps(RECORD, ensure_ascii=False)
+    bad = json.dumps(RECORD).replace("\\u5934", "\\ud800", 1)  # 头 -> half a pair, in the first user message
+    pair = json.dumps(RECORD).replace("\\u5934", "\\ud83d\\ude00", 1)  # a whole pair (an emoji) is text
+    src = tmp_path / "s.jsonl"
+    src.write_text(good + "\n" + bad + "\n" + pair.replace('"x1"', '"x2"') + "\n", encoding="utf-8")
+    out, rej = tmp_path / "o.jsonl", tmp_path / "rej.jsonl"
+    assert cli(["data", "convert", str(src), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"zhongjing: error: {src}:line 2: messages[0].content: a lone UTF-16 surrogate escape " \
+                  "(\\uD800-\\uDFFF without its pair) is not text" and not out.exists(), err
+    assert cli(["data", "convert", str(src), "-o", str(out), "--skip-bad", "--rejects", str(rej)]) == 0
+    assert [json.loads(line)["id"] for line in out.read_text(encoding="utf-8").splitlines()] == ["x1", "x2"]
+    assert [json.loads(line)["where"] for line in rej.read_text(encoding="utf-8").splitlines()] == ["line 2"]
+    whole = tmp_path / "s.json"  # a JSON list names the record
+    whole.write_text("[" + good + ", " + bad.replace('"x1"', '"x3"') + "]", encoding="utf-8")
+    assert cli(["data", "convert", str(whole), "-o", str(tmp_path / "w.jsonl")]) == 2
+    assert f"{whole}:record 2: messages[0].content: a lone" in capsys.readouterr().err
+
+
+def test_strict_json_names_the_field_holding_a_lone_surrogate():
+    from zhongjing.io import loads_strict
+
+    with pytest.raises(ValueError, match=r"^a\[1\]: a lone UTF-16 surrogate"):
+        loads_strict('{"a": ["ok", "x\\udfff"]}')
+    with pytest.raises(ValueError, match=r"^a\.b\\udc00: a lone"):  # a key can hold one too; the message stays text
+        loads_strict('{"a": {"b\\udc00": 1}}')
+    assert loads_strict('{"a": "\\ud83d\\ude00", "b": "\\\\ud800"}') == {"a": "\U0001F600", "b": "\\ud800"}

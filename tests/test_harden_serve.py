@@ -48,7 +48,10 @@ def test_non_finite_values_are_refused_by_the_engine_boundary_too():
 
 @pytest.mark.parametrize("raw", [b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 5000 + b"1" + b"}" * 5000,
                                  json.dumps(_body(logit_bias={"\u00b2": 1})).encode(),  # a digit int() refuses
-                                 json.dumps(_body(messages=[{"role": ["user"], "content": "x"}])).encode()])
+                                 json.dumps(_body(messages=[{"role": ["user"], "content": "x"}])).encode(),
+                                 # half a UTF-16 pair: valid JSON, not text (the tokenizer raised: a 500 until now)
+                                 json.dumps(_body(messages=[{"role": "user", "content": "头\ud800痛"}])).encode(),
+                                 json.dumps(_body(stop=["\udc00"])).encode()])
 def test_hostile_shapes_are_400(raw):
     with pytest.raises(ApiError) as e:
         parse_chat_request(raw)
@@ -176,3 +179,11 @@ def test_missing_key_file_is_one_line_before_loading(tmp_path):
                            str(port), "--api-key-file", str(tmp_path / "missing")], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and "--api-key-file" in proc.stderr
+
+
+def test_lone_surrogate_is_a_400_naming_the_field_and_the_server_keeps_serving(server):
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as c:
+        raw = json.dumps(_chat(server, max_tokens=4)).replace('"content": "', '"content": "\\ud800', 1)
+        r = c.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "messages[0].content" in r.json()["error"]["message"], r.text
+        assert c.post("/v1/chat/completions", json=_chat(server, max_tokens=4)).status_code == 200

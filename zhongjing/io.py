@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -80,9 +81,13 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
             if not line.strip():
                 continue
             try:
-                yield i, json.loads(line)
+                obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"invalid JSON ({e.msg} at column {e.colno})", str(path), f"line {i}") from None
+            fault = surrogate_fault(obj, line)
+            if fault:
+                raise DataError(fault, str(path), f"line {i}")
+            yield i, obj
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -98,6 +103,44 @@ def sha256_json(obj: Any) -> str:
 
 
 MAX_JSON_DEPTH = 64
+
+# JSON may escape half of a UTF-16 surrogate pair ("\ud800") and Python's reader returns it as a lone surrogate: a
+# str that is not text (tokenizers raise on it, UTF-8 files cannot hold it). Only such an escape can make one.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_REASON = "a lone UTF-16 surrogate escape (\\uD800-\\uDFFF without its pair) is not text"
+
+
+def surrogate_fault(obj: Any, text: str) -> str | None:
+    """The one-line reason why `obj`, parsed from the JSON `text`, holds a string that is not text, or None.
+    Cheap when `text` has no surrogate escape (the usual case): only then is `obj` walked."""
+    if not _SURROGATE_ESCAPE.search(text):
+        return None
+    where = lone_surrogate(obj)
+    return None if where is None else f"{where}: {_SURROGATE_REASON}"
+
+
+def lone_surrogate(obj: Any, where: str = "") -> str | None:
+    """Where in parsed JSON the first string (key or value) holding a lone surrogate is ('messages[0].content',
+    '$' for the top level), or None."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "$"
+        return None
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            name = str(k)[:40].encode("utf-8", "backslashreplace").decode("utf-8")  # the message must be text too
+            here = f"{where}.{name}" if where else name
+            found = lone_surrogate(k, here) or lone_surrogate(v, here)
+            if found:
+                return found
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            found = lone_surrogate(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None
 
 
 def _no_constant(name: str):
@@ -139,8 +182,12 @@ def loads_strict(raw: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
         elif ch in "]}":
             depth -= 1
     try:
-        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+        value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
     except RecursionError:
         raise ValueError(f"nested deeper than {max_depth} levels") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{e.msg} (line {e.lineno} column {e.colno})") from None
+    fault = surrogate_fault(value, raw)
+    if fault:
+        raise ValueError(fault)
+    return value

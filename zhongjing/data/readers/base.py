@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from zhongjing.data.schema import Dialogue
 from zhongjing.errors import DataError
+from zhongjing.io import surrogate_fault
 
 SNIFF_BYTES = 1 << 18  # enough for the first few records of every format we know
 PREVIEW_CHARS = 24  # rejects show at most this much of a record: never whole patient texts
@@ -185,15 +186,19 @@ def json_records(src: Source) -> Iterator[Raw | DataError]:
             yield from _json_lines(src, enumerate(text.split("\n"), 1))
             return
         raise _json_error(e, src) from None
+    check = surrogate_fault(whole, text) is not None  # one cheap look at the whole text; records only if needed
     if isinstance(whole, list):
-        for i, obj in enumerate(whole):
-            yield Raw(f"record {i + 1}", i, obj)
+        items: Iterable[tuple[Any, Any]] = ((None, obj) for obj in whole)
     elif isinstance(whole, dict) and len(whole) > 1 and all(isinstance(v, dict) for v in whole.values()):
-        # {"0": {...}, "1": {...}}: records keyed by id (the xywy KG files)
-        for i, (k, obj) in enumerate(whole.items()):
-            yield Raw(f"record {i + 1}", i, obj, key=str(k))
+        items = whole.items()  # {"0": {...}, "1": {...}}: records keyed by id (the xywy KG files)
     else:
-        yield Raw("record 1", 0, whole)
+        items = [(None, whole)]
+    for i, (k, obj) in enumerate(items):
+        fault = check and surrogate_fault({"": obj} if k is None else {k: obj}, text)
+        if fault:  # one bad record, like a bad line of JSON lines
+            yield src.error(fault.removeprefix("."), f"record {i + 1}")
+        else:
+            yield Raw(f"record {i + 1}", i, obj, key=None if k is None else str(k))
 
 
 def _parses(line: str) -> bool:
@@ -210,9 +215,12 @@ def _json_lines(src: Source, lines: Iterable[tuple[int, str]]) -> Iterator[Raw |
         if not line.strip():
             continue
         try:
-            yield Raw(f"line {n}", index, json.loads(line))
+            obj = json.loads(line)
         except json.JSONDecodeError as e:
             yield src.error(f"invalid JSON ({e.msg} at column {e.colno})", f"line {n}", line)
+        else:
+            fault = surrogate_fault(obj, line)
+            yield src.error(fault, f"line {n}") if fault else Raw(f"line {n}", index, obj)
         index += 1
 
 
