@@ -51,7 +51,10 @@ def test_non_finite_values_are_refused_by_the_engine_boundary_too():
                                  json.dumps(_body(messages=[{"role": ["user"], "content": "x"}])).encode(),
                                  # half a UTF-16 pair: valid JSON, not text (the tokenizer raised: a 500 until now)
                                  json.dumps(_body(messages=[{"role": "user", "content": "头\ud800痛"}])).encode(),
-                                 json.dumps(_body(stop=["\udc00"])).encode()])
+                                 json.dumps(_body(stop=["\udc00"])).encode(),
+                                 json.dumps(_body(stream=True, stream_options="yes")).encode(),  # was ignored
+                                 json.dumps(_body(stream=True, stream_options={"include_usage": "no"})).encode(),
+                                 json.dumps(_body(stream_options={"include_usage": True})).encode()])  # not streaming
 def test_hostile_shapes_are_400(raw):
     with pytest.raises(ApiError) as e:
         parse_chat_request(raw)

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 
 ROLE_ALIASES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 # accepted and ignored: they carry no meaning for generation, or only their neutral value is supported
-IGNORED = {"user", "store", "metadata", "service_tier", "parallel_tool_calls", "stream_options"}
+IGNORED = {"user", "store", "metadata", "service_tier", "parallel_tool_calls"}
 # key → its neutral values besides null/empty: what clients send by default (plain text, no tools)
 NEUTRAL = {"tools": (), "tool_choice": ("none",), "functions": (), "function_call": ("none",),
            "response_format": ({"type": "text"},), "top_logprobs": (0,)}
 KNOWN = {"model", "messages", "stream", "n", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
-         "seed", "stop", "logprobs", "frequency_penalty", "presence_penalty", "repetition_penalty", "logit_bias"}
+         "seed", "stop", "logprobs", "frequency_penalty", "presence_penalty", "repetition_penalty", "logit_bias",
+         "stream_options"}
 KNOWN |= IGNORED | set(NEUTRAL)
 
 
@@ -142,8 +143,15 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         if not isinstance(body["stream"], bool):
             raise ApiError(400, "'stream' must be a boolean", "stream", "invalid_type")
         req.stream = body["stream"]
-    opts = body.get("stream_options") or {}
-    req.include_usage = bool(isinstance(opts, dict) and opts.get("include_usage"))
+    opts = body.get("stream_options")
+    if opts is not None:  # as OpenAI: an object, and only beside stream: true
+        if not isinstance(opts, dict) or not isinstance(opts.get("include_usage", False), bool):
+            raise ApiError(400, "'stream_options' must be an object like {\"include_usage\": true}", "stream_options",
+                           "invalid_type")
+        if not req.stream:
+            raise ApiError(400, "'stream_options' is only allowed when 'stream' is true", "stream_options",
+                           "invalid_value")
+        req.include_usage = opts.get("include_usage", False)
     if body.get("n") is not None:
         req.n = _number(body, "n", 1, 16, integer=True)
     for key in ("max_completion_tokens", "max_tokens"):
