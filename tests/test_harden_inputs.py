@@ -121,3 +121,22 @@ def test_strict_json_names_the_field_holding_a_lone_surrogate():
     with pytest.raises(ValueError, match=r"^a\.b\\udc00: a lone"):  # a key can hold one too; the message stays text
         loads_strict('{"a": {"b\\udc00": 1}}')
     assert loads_strict('{"a": "\\ud83d\\ude00", "b": "\\\\ud800"}') == {"a": "\U0001F600", "b": "\\ud800"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["work_dir="], "work_dir: must name a folder"),  # was the current folder: every stage's output in the checkout
+    (["threads=-3"], "threads: expected 0"),
+])
+def test_pipeline_refuses_an_empty_work_dir_and_negative_threads(tmp_path, capsys, args, message):
+    assert cli(["pipeline", "--config", "configs/demo.yaml", *args, "--plan"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err
+
+
+def test_config_that_is_a_folder_or_not_text_is_one_line(tmp_path, capsys):
+    binary = tmp_path / "x.yaml"
+    binary.write_bytes(b"a: \xff\xfe\n")
+    for path, message in ((tmp_path, "is a folder, not a YAML config file"), (binary, "not UTF-8 text")):
+        assert cli(["pipeline", "--config", str(path), "--plan"]) == 2  # was an IsADirectoryError traceback
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"zhongjing: error: {path}: {message}") and "\n" not in err, err

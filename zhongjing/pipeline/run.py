@@ -90,6 +90,10 @@ class PipelineKeys:
             raise ConfigError(f"stages: unknown stage {bad[0]!r} (valid: {', '.join(NAMES)})")
         if self.rm_parent not in ("pt", "sft"):
             raise ConfigError(f"rm_parent: expected pt or sft, got {self.rm_parent!r}")
+        if not str(self.work_dir).strip():  # "" would be the current folder: every stage's output in the checkout
+            raise ConfigError("work_dir: must name a folder for the stages' outputs, got an empty value")
+        if self.threads < 0:
+            raise ConfigError(f"threads: expected 0 (torch's default) or a positive count, got {self.threads}")
 
     @property
     def simulated(self) -> bool:
