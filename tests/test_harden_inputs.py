@@ -140,3 +140,17 @@ def test_config_that_is_a_folder_or_not_text_is_one_line(tmp_path, capsys):
         assert cli(["pipeline", "--config", str(path), "--plan"]) == 2  # was an IsADirectoryError traceback
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"zhongjing: error: {path}: {message}") and "\n" not in err, err
+
+
+def test_out_of_range_port_is_a_usage_error_not_a_traceback(capsys):
+    for argv in (["serve", "--model", "x", "--port", "99999"], ["annotate", "serve", "--port", "-1"]):
+        with pytest.raises(SystemExit) as e:  # argparse: usage + one error line, exit 2 (was OverflowError on bind)
+            cli(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "argument --port: expected a port number (0-65535)" in err and "Traceback" not in err, err
+
+
+def test_a_device_path_is_not_called_missing(tmp_path, capsys):
+    assert cli(["data", "convert", "/dev/null", "-o", str(tmp_path / "o.jsonl")]) == 2
+    assert "/dev/null: not a regular file or folder" in capsys.readouterr().err

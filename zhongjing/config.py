@@ -203,6 +203,17 @@ def describe(cls, prefix: str = "", default: Any = None) -> list[str]:
     return lines
 
 
+def port_number(text: str) -> int:
+    """argparse type of a TCP port: a clear usage error instead of the socket's OverflowError traceback."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number (0-65535), got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number (0-65535), got {port}")
+    return port
+
+
 def stage_parser(prog: str, cls, description: str = "") -> argparse.ArgumentParser:
     """Parser shared by every stage: `--config FILE` plus `key=value` overrides."""
     p = argparse.ArgumentParser(

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from zhongjing.config import port_number
 from zhongjing.data.render import Renderer
 from zhongjing.errors import ZhongjingError, require
 from zhongjing.model.generation import SamplingParams
@@ -301,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     p.add_argument("--model-name", default=None, help="model id clients send (default: the folder name)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port_number, default=8000)
     p.add_argument("--max-batch", type=int, default=8, help="answers decoded together")
     p.add_argument("--queue", type=int, default=64, help="requests allowed to wait; more get 503")
     p.add_argument("--max-tokens", type=int, default=512, help="answer length when a request sets none")

@@ -59,7 +59,8 @@ def list_files(path: Any, report: ReadReport | None = None) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise DataError("no such file or directory", str(path))
+        raise DataError("not a regular file or folder (a device, pipe or socket)" if path.exists()
+                        else "no such file or directory", str(path))
     files = sorted(p for p in path.rglob("*") if p.is_file() and not any(x.startswith(".") for x in p.relative_to(path).parts))
     data = [p for p in files if p.suffix.lower() in DATA_SUFFIXES]
     if report is not None:
