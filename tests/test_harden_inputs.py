@@ -154,3 +154,14 @@ def test_out_of_range_port_is_a_usage_error_not_a_traceback(capsys):
 def test_a_device_path_is_not_called_missing(tmp_path, capsys):
     assert cli(["data", "convert", "/dev/null", "-o", str(tmp_path / "o.jsonl")]) == 2
     assert "/dev/null: not a regular file or folder" in capsys.readouterr().err
+
+
+def test_an_output_path_that_is_a_folder_is_one_line_and_writes_nothing(tmp_path, capsys):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps(RECORD, ensure_ascii=False) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert cli(["data", "convert", str(src), "-o", str(out)]) == 2  # was an IsADirectoryError traceback at the rename
+    err = capsys.readouterr().err.strip()
+    assert err == f"zhongjing: error: {out}: is a folder; give the path of a file to write", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out"] and not any(out.iterdir())

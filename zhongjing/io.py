@@ -49,6 +49,8 @@ def _rm(p: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
+    if Path(path).is_dir():  # checked before anything is written (the rename at the end would fail, with a traceback)
+        raise DataError("is a folder; give the path of a file to write", str(path))
     with atomic_path(path) as tmp:
         kw = {} if "b" in mode else {"encoding": encoding}
         with open(tmp, mode, **kw) as f:
