@@ -74,3 +74,34 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(setup, tmp_path, stage
     a, b = (json.loads((d / "meta.json").read_text()) for d in (out, ref))
     assert a["best_step"] == b["best_step"] and a["inputs_hash"] == b["inputs_hash"]
     assert a["metrics"]["best_val_loss"] == pytest.approx(b["metrics"]["best_val_loss"], rel=1e-6)
+
+
+def test_a_damaged_checkpoint_is_named_in_one_line_and_the_one_before_still_resumes(setup, tmp_path):
+    """Checkpoints are written atomically, so a damaged one is a disk's or a hand's doing: resuming from it ended in a
+    JSONDecodeError / torch / safetensors traceback. Now one line names the folder, the file and the ways out."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = tmp_path / "run"
+    first = command("sft", setup, out, "train.keep_checkpoints=2")
+    first[first.index(f"train.max_steps={STEPS}")] = "train.max_steps=10"
+    subprocess.run(first, check=True, env=env, capture_output=True, cwd=REPO)
+    last = out / "checkpoints" / "step-000010"
+    for damage, named in ((last / "trainer" / "optimizer-0.pt", "optimizer-0.pt:"),
+                          (last / "trainer" / "state.json", "state.json:"),
+                          (next(last.glob("*.safetensors")), "SafetensorError")):
+        good = damage.read_bytes()
+        damage.write_bytes(good[: len(good) // 3])
+        r = subprocess.run(command("sft", setup, out, "train.resume=true"), env=env, capture_output=True, text=True,
+                           cwd=REPO)
+        damage.write_bytes(good)
+        line = r.stderr.strip().splitlines()[-1]
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-1500:]
+        assert line.startswith(f"zhongjing: error: {last}: cannot resume from this checkpoint (") and named in line
+        assert "delete this folder to resume from the one before it" in line, line
+    (last / "trainer" / "rng-0.pt").unlink()  # a missing file is named too ...
+    r = subprocess.run(command("sft", setup, out, "train.resume=true"), env=env, capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and "(rng-0.pt is missing)" in r.stderr, r.stderr[-1500:]
+    import shutil
+
+    shutil.rmtree(last)  # ... and the way out it names works
+    r = subprocess.run(command("sft", setup, out, "train.resume=true"), env=env, capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0 and f"resumed from {out / 'checkpoints' / 'step-000005'} (step 5)" in r.stderr, r.stderr[-1500:]

@@ -172,7 +172,7 @@ def _prune(out: Path, keep: int, protect: set[int]) -> None:
 def check_resumable(path: Path, meta: dict) -> None:
     """Resuming on other data would make the saved data position meaningless: refuse. Other changes (more
     epochs, a new learning rate) are allowed but named, since the result then matches neither run."""
-    old = json.loads((Path(path) / "meta.json").read_text(encoding="utf-8"))
+    old = _read(Path(path) / "meta.json")
     was = [d.get("sha256") for d in old.get("data", [])]
     now = [d.get("sha256") for d in meta.get("data", [])]
     if was != now:
@@ -184,10 +184,22 @@ def check_resumable(path: Path, meta: dict) -> None:
         print(f"warning: resuming with a changed config ({', '.join(changed) or 'parent model'})", flush=True)
 
 
+def _read(file: Path):
+    """A checkpoint's JSON or torch file; a damaged one raises OSError naming it (Bookkeeper.resume words it)."""
+    try:
+        if file.suffix == ".json":
+            return json.loads(file.read_text(encoding="utf-8"))
+        return torch.load(file, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise OSError(f"{file.name} is missing") from None
+    except Exception as e:
+        raise OSError(f"{file.name}: {(str(e).strip().splitlines() or [type(e).__name__])[0][:160]}") from None
+
+
 def load_checkpoint(path: Path, *, accelerator, model, io, optimizer) -> dict:
     """Restore weights, optimizer, scaler and this process's RNG; return trainer state (step, epoch, ...)."""
     trainer = Path(path) / TRAINER
-    state = json.loads((trainer / "state.json").read_text(encoding="utf-8"))
+    state = _read(trainer / "state.json")
     if state.get("world_size") != accelerator.num_processes:
         raise ZhongjingError(f"{path} was written by {state.get('world_size')} processes, this run has "
                              f"{accelerator.num_processes}: resume with the same number of processes")
@@ -203,10 +215,10 @@ def load_checkpoint(path: Path, *, accelerator, model, io, optimizer) -> dict:
         if not opt_file.exists():
             raise ZhongjingError(f"{path}: no {opt_file.name} (written under DeepSpeed?): resume with the launch "
                                  "config that wrote it")
-        optimizer.load_state_dict(torch.load(opt_file, map_location="cpu", weights_only=False))
+        optimizer.load_state_dict(_read(opt_file))
     if accelerator.scaler is not None and (trainer / "scaler.pt").exists():
-        accelerator.scaler.load_state_dict(torch.load(trainer / "scaler.pt", weights_only=False))
-    set_rng_state(torch.load(trainer / f"rng-{accelerator.process_index}.pt", weights_only=False))
+        accelerator.scaler.load_state_dict(_read(trainer / "scaler.pt"))
+    set_rng_state(_read(trainer / f"rng-{accelerator.process_index}.pt"))
     return state
 
 
@@ -242,8 +254,16 @@ class Bookkeeper:
         last = latest_checkpoint(self.out) if self.settings.resume else None
         if last is None:
             return None
-        check_resumable(last, self.meta)  # other inputs refused, other settings named
-        st = load_checkpoint(last, accelerator=self.acc, model=self.model, io=self.io, optimizer=self.optimizer)
+        try:
+            check_resumable(last, self.meta)  # other inputs refused, other settings named
+            st = load_checkpoint(last, accelerator=self.acc, model=self.model, io=self.io, optimizer=self.optimizer)
+        except ZhongjingError:
+            raise
+        except Exception as e:  # a damaged or missing file (checkpoints are written atomically: a disk or a hand)
+            reason = (str(e).strip().splitlines() or [""])[0][:200]
+            reason = reason if isinstance(e, OSError) and not e.errno else f"{type(e).__name__}: {reason}"
+            raise ZhongjingError(f"{last}: cannot resume from this checkpoint ({reason}); delete this folder to "
+                                 "resume from the one before it, or set train.overwrite=true to start over") from None
         if any(st.get(k) != v for k, v in self.batch.items()):
             was = " ".join(f"{k}={st.get(k)}" for k in self.batch)
             raise ZhongjingError(f"{last}: written with {was}; resume with the same values (the data position "
