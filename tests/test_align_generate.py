@@ -103,3 +103,20 @@ def test_history_longer_than_the_models_context_keeps_the_latest_turns(medical_b
     prompts = load_prompts(PPOConfig(model=str(medical_base), prompts=[str(data)]), load_tokenizer(medical_base),
                            Counter())
     assert len(prompts) == 1 and 512 < len(prompts[0].ids) <= 1024 - PPOConfig().generation.max_new_tokens
+
+
+def test_partial_file_damage_is_dropped_or_named_never_a_traceback(tmp_path):
+    from zhongjing.errors import ZhongjingError
+    from zhongjing.generate import Partial, partial_paths
+
+    out = tmp_path / "gen.jsonl"
+    path, meta = partial_paths(out)
+    Partial(out, {"k": 4}, overwrite=False).close(remove=False)  # writes the settings file
+    path.write_text('{"id": "a#1", "x": 1}\n{"no_id": true}\n{"id": "b#1"}\n', encoding="utf-8")
+    p = Partial(out, {"k": 4}, overwrite=False)  # a line without an id was a KeyError; now the file ends before it
+    p.close(remove=False)
+    assert list(p.done) == ["a#1"] and path.read_text(encoding="utf-8") == '{"id": "a#1", "x": 1}\n'
+    meta.write_text("{cut", encoding="utf-8")  # was a JSONDecodeError traceback
+    with pytest.raises(ZhongjingError, match=r"other settings \(unknown: gen.jsonl.partial.json is unreadable\)"):
+        Partial(out, {"k": 4}, overwrite=False)
+    assert list(Partial(out, {"k": 4}, overwrite=True).done) == []  # overwrite=true, as the message says, starts over

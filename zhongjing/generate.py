@@ -73,7 +73,12 @@ class Partial:
             self.path.unlink(missing_ok=True)
             self.meta.unlink(missing_ok=True)
         if self.path.exists():
-            old = json.loads(self.meta.read_text(encoding="utf-8")) if self.meta.exists() else {}
+            try:
+                old = json.loads(self.meta.read_text(encoding="utf-8")) if self.meta.exists() else {}
+            except (ValueError, OSError):  # damaged: its items' settings are unknown, so they cannot be kept
+                old = None
+            if not isinstance(old, dict):
+                old = {"settings": f"unknown: {self.meta.name} is unreadable"}
             if old.get("settings_hash") != sha256_json(settings):
                 raise ZhongjingError(f"{self.path} was written with other settings ({old.get('settings')}); "
                                      "set overwrite=true to start over")
@@ -88,9 +93,10 @@ class Partial:
             for line in f:
                 try:
                     row = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError):
+                    uid = row["id"]
+                except (ValueError, TypeError, KeyError):  # (JSON and UTF-8 errors are ValueErrors)
                     break  # the kill cut this line; everything after it is unwritten
-                self.done[row["id"]] = row
+                self.done[uid] = row
                 good += len(line)
         os.truncate(self.path, good)
 
