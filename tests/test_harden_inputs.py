@@ -165,3 +165,15 @@ def test_an_output_path_that_is_a_folder_is_one_line_and_writes_nothing(tmp_path
     err = capsys.readouterr().err.strip()
     assert err == f"zhongjing: error: {out}: is a folder; give the path of a file to write", err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out"] and not any(out.iterdir())
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"{cut", "unreadable pipeline state"), (b"\xff\xfe", "unreadable pipeline state"),
+    (b"[1, 2]", "not a pipeline state"), (b'{"stages": 3}', "not a pipeline state"),  # were AttributeError tracebacks
+])
+def test_a_damaged_pipeline_state_is_one_line(tmp_path, capsys, content, message):
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "pipeline-state.json").write_bytes(content)
+    assert cli(["pipeline", "--config", "configs/demo.yaml", f"work_dir={tmp_path / 'w'}", "--plan"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "delete it to start over" in err and "\n" not in err, err

@@ -35,7 +35,11 @@ class State:
             self.data = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
         except json.JSONDecodeError as e:
             raise ZhongjingError(f"{self.path}: unreadable pipeline state ({e.msg}); delete it to start over") from None
-        self.data.setdefault("stages", {})
+        except (UnicodeDecodeError, OSError) as e:
+            raise ZhongjingError(f"{self.path}: unreadable pipeline state ({e}); delete it to start over") from None
+        if not isinstance(self.data, dict) or not isinstance(self.data.setdefault("stages", {}), dict):
+            raise ZhongjingError(f"{self.path}: not a pipeline state (expected an object with 'stages'); delete it "
+                                 "to start over")
 
     def get(self, stage: str) -> dict:
         return self.data["stages"].get(stage, {})
