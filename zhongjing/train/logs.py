@@ -19,11 +19,11 @@ def _trim(path: Path, step: int) -> None:
     if not path.exists():
         return
     keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():  # a kill can cut a character too
         try:
             if json.loads(line).get("step", 0) <= step:
                 keep.append(line)
-        except json.JSONDecodeError:  # a line cut by a kill
+        except (json.JSONDecodeError, AttributeError, TypeError):  # a line cut by a kill
             break
     with atomic_open(path) as f:
         f.write("".join(x + "\n" for x in keep))
