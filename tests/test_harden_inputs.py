@@ -177,3 +177,16 @@ def test_a_damaged_pipeline_state_is_one_line(tmp_path, capsys, content, message
     assert cli(["pipeline", "--config", "configs/demo.yaml", f"work_dir={tmp_path / 'w'}", "--plan"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "delete it to start over" in err and "\n" not in err, err
+
+
+def test_resumed_run_log_is_trimmed_at_a_cut_character_or_a_stray_line(tmp_path):
+    from zhongjing.train.logs import _trim
+
+    log = tmp_path / "train.jsonl"
+    rows = [json.dumps({"step": s, "note": "损失"}, ensure_ascii=False) for s in (1, 2, 3)]
+    log.write_bytes(("\n".join(rows[:2]) + "\n").encode() + rows[2].encode()[:-4])  # the kill cut 失 in two
+    _trim(log, 2)  # was a UnicodeDecodeError
+    assert log.read_text(encoding="utf-8").splitlines() == rows[:2]
+    log.write_text(rows[0] + "\n7\n" + rows[1] + "\n", encoding="utf-8")
+    _trim(log, 5)  # a line that is not an object was an AttributeError: it ends the kept part like a cut line
+    assert log.read_text(encoding="utf-8").splitlines() == rows[:1]
