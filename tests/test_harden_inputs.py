@@ -190,3 +190,21 @@ def test_resumed_run_log_is_trimmed_at_a_cut_character_or_a_stray_line(tmp_path)
     log.write_text(rows[0] + "\n7\n" + rows[1] + "\n", encoding="utf-8")
     _trim(log, 5)  # a line that is not an object was an AttributeError: it ends the kept part like a cut line
     assert log.read_text(encoding="utf-8").splitlines() == rows[:1]
+
+
+def test_a_negative_sample_limit_is_a_config_error_naming_where(capsys):
+    """`limit: -1` on a test set ended in random.sample's ValueError traceback after the models had loaded."""
+    from zhongjing.config import from_dict
+    from zhongjing.errors import ConfigError
+    from zhongjing.eval.consultation import ConsultationConfig
+    from zhongjing.eval.exams import ExamConfig
+    from zhongjing.eval.rubric_grading import RubricSetConfig
+    from zhongjing.eval.testsets import TestSetConfig
+    from zhongjing.eval.validation import JudgeValidationConfig
+
+    for cls in (TestSetConfig, ExamConfig, RubricSetConfig, ConsultationConfig, JudgeValidationConfig):
+        with pytest.raises(ConfigError, match=r"^config x\[0\]: limit must be ≥ 0, got -1$"):
+            from_dict(cls, {"limit": -1}, prefix="x[0].")
+        assert from_dict(cls, {"limit": 0}).limit == 0
+    assert cli(["eval", "models=[{name: a, path: x}]", "target=a", "testsets=[{name: t, path: y, limit: -1}]"]) == 2
+    assert capsys.readouterr().err.strip() == "zhongjing: error: config testsets[0]: limit must be ≥ 0, got -1"

@@ -203,6 +203,14 @@ def describe(cls, prefix: str = "", default: Any = None) -> list[str]:
     return lines
 
 
+def at_least(cfg: Any, minimum: int, *names: str) -> None:
+    """For a config's __post_init__: each named field must be ≥ minimum (e.g. `limit`, where 0 means all).
+    A ValueError, so that `from_dict` names where the config sits (`config testsets[0]: limit must be ≥ 0`)."""
+    for name in names:
+        if getattr(cfg, name) < minimum:
+            raise ValueError(f"{name} must be ≥ {minimum}, got {getattr(cfg, name)}")
+
+
 def port_number(text: str) -> int:
     """argparse type of a TCP port: a clear usage error instead of the socket's OverflowError traceback."""
     try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from zhongjing.config import at_least
 from zhongjing.consult.patients import PatientSettings
 
 METRICS = ("facts_elicited", "questions", "asked_before_advice", "premature_advice", "advised", "turns")
@@ -36,6 +37,9 @@ class ConsultationConfig:
     target: str = ""  # whose final advice is judged against every other model's (default: eval's target)
     system: str = ""  # doctor system prompt (a model's own `system` wins)
     patient: PatientSettings = field(default_factory=PatientSettings)
+
+    def __post_init__(self):
+        at_least(self, 0, "limit")
 
 
 def play(cfg: ConsultationConfig, spec, cases, patient, seed: int):

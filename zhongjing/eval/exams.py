@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
+from zhongjing.config import at_least
 from zhongjing.errors import ZhongjingError
 from zhongjing.llm.cache import Cache, cache_key
 from zhongjing.llm.client import Endpoint, parallel
@@ -41,6 +42,9 @@ class ExamConfig:
     scoring: Literal["letter", "option"] = "letter"  # local models: letter likelihood or option-text likelihood
     debias: Literal["cyclic", "none"] = "cyclic"  # also ask every cyclic shift of the options (n× the questions):
     # the debiased score averages over them, so a model that always picks one letter scores exactly chance
+
+    def __post_init__(self):
+        at_least(self, 0, "limit")
 
 
 def read_items(path: str, fmt: str = "auto") -> list:

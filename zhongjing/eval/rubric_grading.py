@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from zhongjing.config import at_least
 from zhongjing.errors import DataError, ZhongjingError
 from zhongjing.llm.cache import Cache, cache_key
 from zhongjing.llm.client import Endpoint, EndpointConfig, EndpointError, parallel
@@ -38,6 +39,9 @@ class RubricSetConfig:
     name: str = ""
     path: str = ""
     limit: int = 0  # cases sampled with the seed; 0 = all
+
+    def __post_init__(self):
+        at_least(self, 0, "limit")
 
 
 @dataclass

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from zhongjing.config import at_least
 from zhongjing.data.schema import Dialogue
 from zhongjing.errors import ZhongjingError
 
@@ -26,6 +27,9 @@ class TestSetConfig:
     limit: int = 0  # dialogues sampled per subset (regular / safety); 0 = all
     turns: Literal["all", "last", "first"] = "all"  # which doctor turns become items
     split_safety: bool = True  # safety prompts (meta.safety) become their own set "<name>-safety" (all of them: "<name>")
+
+    def __post_init__(self):
+        at_least(self, 0, "limit")
 
 
 @dataclass

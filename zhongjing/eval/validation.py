@@ -27,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
+from zhongjing.config import at_least
 from zhongjing.data.rubric import PRIORITY
 from zhongjing.errors import ZhongjingError
 
@@ -40,6 +41,9 @@ class JudgeValidationConfig:
     format: str = "auto"
     limit: int = 0  # labelled pairs per file, sampled with the seed; 0 = all
     max_pairs_per_ranking: int = 6  # a K=4 ranking gives 6 pairs
+
+    def __post_init__(self):
+        at_least(self, 0, "limit")
 
 
 def cohen_kappa(a: Sequence[int], b: Sequence[int], labels: Sequence[int] = LABELS) -> float:
