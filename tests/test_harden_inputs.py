@@ -208,3 +208,25 @@ def test_a_negative_sample_limit_is_a_config_error_naming_where(capsys):
         assert from_dict(cls, {"limit": 0}).limit == 0
     assert cli(["eval", "models=[{name: a, path: x}]", "target=a", "testsets=[{name: t, path: y, limit: -1}]"]) == 2
     assert capsys.readouterr().err.strip() == "zhongjing: error: config testsets[0]: limit must be ≥ 0, got -1"
+
+
+@pytest.mark.parametrize("override, message", [  # each was accepted and failed (or ran wrong) stages later
+    ("splits.ppo_limit=-1", "splits.ppo_limit: expected 0 (all)"),
+    ("generate.temperature=-1", "temperature must be >= 0"),
+    ("generate.top_p=2", "top_p must be in (0, 1]"),
+    ("rank.relevance_pairs=-5", "relevance_pairs must be ≥ 0"),
+    ("rank.tie=-1", "tie must be ≥ 0"),
+    ("ppo.eval_prompts=-1", "'eval_prompts': must be ≥ 0"),
+    ("ppo.ppo.kl_coef=-1", "kl_coef must be ≥ 0"),
+    ("ppo.ppo.clip_eps=0", "clip_eps must be > 0"),
+    ("ppo.ppo.gamma=2", "gamma must be in [0, 1]"),
+    ("ppo.generation.max_new_tokens=0", "max_new_tokens must be at least 1"),
+    ("consult.episode.temperature=-0.5", "temperature must be >= 0"),
+])
+def test_out_of_range_stage_settings_are_refused_when_the_config_loads(tmp_path, capsys, override, message):
+    args = ["pipeline", "--config", "configs/demo.yaml", f"work_dir={tmp_path}", override, "--plan"]
+    if override.startswith("consult."):
+        args.insert(-1, "stages=[init,build,pt,sft,consult]")
+    assert cli(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err

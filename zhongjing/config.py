@@ -211,6 +211,14 @@ def at_least(cfg: Any, minimum: int, *names: str) -> None:
             raise ValueError(f"{name} must be ≥ {minimum}, got {getattr(cfg, name)}")
 
 
+def within(cfg: Any, lo: float, hi: float, *names: str) -> None:
+    """For a config's __post_init__: each named number must lie in [lo, hi] (a ValueError, like at_least)."""
+    for name in names:
+        if not lo <= getattr(cfg, name) <= hi:  # (NaN fails too)
+            span = f"≥ {lo:g}" if hi == float("inf") else f"in [{lo:g}, {hi:g}]"
+            raise ValueError(f"{name} must be {span}, got {getattr(cfg, name)}")
+
+
 def port_number(text: str) -> int:
     """argparse type of a TCP port: a clear usage error instead of the socket's OverflowError traceback."""
     try:

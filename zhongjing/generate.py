@@ -47,8 +47,11 @@ class GenerateConfig:
     progress: bool = True
 
     def __post_init__(self):
+        from zhongjing.model.decoder import check_sampling
+
         if self.k < 1:
             raise ConfigError(f"config key 'k': must be at least 1, got {self.k}")
+        check_sampling(self)
         if self.turn not in ("last", "all") and not (self.turn.isdigit() and int(self.turn) >= 1):
             raise ConfigError(f"config key 'turn': 'last', 'all' or a patient-turn number ≥ 1, got {self.turn!r}")
 

@@ -20,6 +20,7 @@ from zhongjing.consult.patients import State
 from zhongjing.data.render import IGNORE, Renderer
 from zhongjing.data.text import asks_question
 from zhongjing.errors import ZhongjingError
+from zhongjing.model.decoder import check_sampling
 from zhongjing.train.rollout import Rollout
 
 
@@ -31,6 +32,11 @@ class EpisodeSettings:
     top_p: float = 1.0
     top_k: int = 0
     batch_size: int = 16
+
+    def __post_init__(self):
+        check_sampling(self)
+        if self.max_turns < 1:
+            raise ValueError(f"max_turns must be ≥ 1, got {self.max_turns}")
 
 
 @dataclass

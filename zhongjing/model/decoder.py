@@ -72,6 +72,15 @@ class SamplingParams:
             raise ZhongjingError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
 
 
+def check_sampling(cfg) -> None:
+    """For a config holding max_new_tokens / temperature / top_p / top_k (`__post_init__`): the checks SamplingParams
+    makes, at load time rather than when the stage starts sampling; a ValueError, so `from_dict` names the section."""
+    try:
+        SamplingParams(cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
+    except ZhongjingError as e:
+        raise ValueError(str(e)) from None
+
+
 def context_length(model) -> int | None:
     from zhongjing.model.load import context_from
 

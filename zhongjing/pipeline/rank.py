@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from zhongjing.config import at_least, within
 from zhongjing.data.readers import read_dialogues, read_rankings
 from zhongjing.data.simulate import load_annotator
 from zhongjing.dataset.sources import make_rankings
@@ -28,6 +29,8 @@ class RankSettings:
     def __post_init__(self):
         if self.mismatched_as not in ("pair", "last"):
             raise ConfigError(f"rank.mismatched_as: 'pair' or 'last', got {self.mismatched_as!r}")
+        at_least(self, 0, "mismatched", "relevance_pairs")
+        within(self, 0.0, float("inf"), "tie")
 
 
 @dataclass

@@ -66,6 +66,9 @@ class SplitUse:
                 raise ConfigError(f"splits.{key}: expected train, validation or test, got {getattr(self, key)!r}")
         if self.eval not in ("test", "validation"):
             raise ConfigError(f"splits.eval: expected test or validation, got {self.eval!r}")
+        for key in ("generate_limit", "ppo_limit", "test_limit"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"splits.{key}: expected 0 (all) or a number of dialogues, got {getattr(self, key)}")
 
 
 @dataclass

@@ -43,6 +43,12 @@ class PPOSettings:
     ptx_format: str | None = None
 
     def __post_init__(self):
+        from zhongjing.config import within
+
+        within(self, 0.0, 1.0, "gamma", "lam")
+        within(self, 0.0, float("inf"), "value_clip", "vf_coef", "entropy_coef", "kl_coef", "kl_target", "ptx_coef")
+        if not self.clip_eps > 0:
+            raise ValueError(f"clip_eps must be > 0, got {self.clip_eps}")
         if self.ptx_coef and not self.ptx_data:
             raise ConfigError("ppo.ptx_coef > 0 needs ppo.ptx_data (dialogue files for the LM loss)")
 

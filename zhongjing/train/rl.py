@@ -36,6 +36,13 @@ class GenSettings:
     batch_size: int = 16  # rows decoded together
     forward_batch: int = 16  # rows per scoring forward pass (policy, reference, critic)
 
+    def __post_init__(self):
+        from zhongjing.config import at_least
+        from zhongjing.model.decoder import check_sampling
+
+        check_sampling(self)
+        at_least(self, 1, "batch_size", "forward_batch")
+
 
 @dataclass
 class RLConfig:
@@ -68,6 +75,9 @@ class RLConfig:
             raise ConfigError(f"config key 'update_epochs': must be ≥ 1, got {self.update_epochs}")
         if self.select not in ("best", "last"):
             raise ConfigError(f"config key 'select': 'best' or 'last', got {self.select!r}")
+        for key in ("eval_prompts", "rollout_prompts", "stop_kl", "update_kl"):
+            if not getattr(self, key) >= 0:
+                raise ConfigError(f"config key '{key}': must be ≥ 0 (0 = off), got {getattr(self, key)}")
 
 
 # ----------------------------------------------------------------------------- the trained modules
