@@ -208,6 +208,8 @@ def test_a_negative_sample_limit_is_a_config_error_naming_where(capsys):
         assert from_dict(cls, {"limit": 0}).limit == 0
     assert cli(["eval", "models=[{name: a, path: x}]", "target=a", "testsets=[{name: t, path: y, limit: -1}]"]) == 2
     assert capsys.readouterr().err.strip() == "zhongjing: error: config testsets[0]: limit must be ≥ 0, got -1"
+    assert cli(["eval", "models=[{name: a, path: x}]", "target=a", "report.bootstrap=-1"]) == 2  # was a numpy
+    assert capsys.readouterr().err.strip() == "zhongjing: error: config report: bootstrap must be ≥ 1, got -1"
 
 
 @pytest.mark.parametrize("override, message", [  # each was accepted and failed (or ran wrong) stages later

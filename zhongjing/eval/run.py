@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from zhongjing.data.rubric import PRIORITY
-from zhongjing.config import parse_stage_args, to_dict
+from zhongjing.config import at_least, parse_stage_args, to_dict
 from zhongjing.errors import ConfigError
 from zhongjing.eval.answers import (GenerationConfig, LocalModel, ModelSpec, Throttle, endpoint_answers, local_answers,
                                     log)
@@ -56,6 +56,10 @@ class ReportConfig:
     examples: int = 3  # side-by-side example dialogues in the report
     bootstrap: int = 2000  # resamples for the 95% intervals
     tokenizer: Literal["char", "jieba"] = "char"  # for BLEU / ROUGE
+
+    def __post_init__(self):
+        at_least(self, 0, "examples")
+        at_least(self, 1, "bootstrap")
 
 
 @dataclass
