@@ -232,3 +232,13 @@ def test_out_of_range_stage_settings_are_refused_when_the_config_loads(tmp_path,
     assert cli(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err, err
+
+
+@pytest.mark.parametrize("content, message", [(b"\xff[]", "not UTF-8 text (invalid start byte at byte 0)"),
+                                              (b'[{"data": {"prompt": "\\ud800"}}]', "[0].data.prompt: a lone UTF-16")])
+def test_label_studio_export_that_is_not_text_is_one_line(tmp_path, capsys, content, message):
+    src = tmp_path / "ls.json"
+    src.write_bytes(content)
+    assert cli(["annotate", "interop", "from-label-studio", str(src), str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"zhongjing: error: {src}: {message}") and "\n" not in err, err

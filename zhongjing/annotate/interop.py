@@ -225,8 +225,17 @@ def read_rankings_jsonl(path: str) -> list[dict]:
 def read_json_file(path: str) -> Any:
     import json
 
+    from zhongjing.io import surrogate_fault
+
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            text = f.read()
+        value = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"invalid JSON ({e.msg} at column {e.colno})", path, f"line {e.lineno}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", path) from None
+    fault = surrogate_fault(value, text)
+    if fault:
+        raise DataError(fault, path)
+    return value
