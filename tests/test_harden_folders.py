@@ -47,7 +47,23 @@ CASES = {  # name → (damage, loader that must fail, words the one line must co
     "broken tokenizer.json": (lambda d: (d / "tokenizer.json").write_text("{oops"), load_tokenizer,
                               "tokenizer.json or tokenizer_config.json is damaged"),
     "broken meta.json": (lambda d: (d / "meta.json").write_text("{"), None, "meta.json: invalid JSON"),
+    # a chat template with a syntax error, or one that raises, failed at the first conversation with a jinja traceback
+    "broken chat template": (lambda d: _template(d, "{% for m in messages %}{{ m.content "), load_tokenizer,
+                             "the chat template cannot render a one-message conversation (TemplateSyntaxError"),
+    "raising chat template": (lambda d: _template(d, "{{ raise_exception('roles') }}"), load_tokenizer,
+                              "(TemplateError: roles)"),
 }
+
+
+def _template(d: Path, text: str) -> None:
+    (d / "chat_template.jinja").write_text(text, encoding="utf-8")
+    cfg = d / "tokenizer_config.json"  # the template may live in either file: put it in both
+    import json
+
+    data = json.loads(cfg.read_text(encoding="utf-8"))
+    if "chat_template" in data:
+        data["chat_template"] = text
+        cfg.write_text(json.dumps(data), encoding="utf-8")
 
 
 def _broken(good: Path, tmp_path: Path, case: str) -> Path:

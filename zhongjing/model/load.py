@@ -196,6 +196,12 @@ def load_tokenizer(path: str | Path, light: bool = False):
         tok = AutoTokenizer.from_pretrained(str(src), local_files_only=True, trust_remote_code=remote)
     if not getattr(tok, "chat_template", None):
         raise ZhongjingError(f"{src}: tokenizer has no chat template; dialogues cannot be rendered")
+    try:  # a template with a syntax error (or one that raises) fails here, named, not at the first conversation
+        tok.apply_chat_template([{"role": "user", "content": "你好"}], tokenize=False, add_generation_prompt=True)
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [""])[0][:160]
+        raise ZhongjingError(f"{src}: the chat template cannot render a one-message conversation ({type(e).__name__}: "
+                             f"{reason}); fix chat_template.jinja or the chat_template in tokenizer_config.json") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
