@@ -112,10 +112,10 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE_REASON = "a lone UTF-16 surrogate escape (\\uD800-\\uDFFF without its pair) is not text"
 
 
-def surrogate_fault(obj: Any, text: str) -> str | None:
+def surrogate_fault(obj: Any, text: str | None) -> str | None:
     """The one-line reason why `obj`, parsed from the JSON `text`, holds a string that is not text, or None.
-    Cheap when `text` has no surrogate escape (the usual case): only then is `obj` walked."""
-    if not _SURROGATE_ESCAPE.search(text):
+    Cheap when `text` has no surrogate escape (the usual case): only then is `obj` walked (text=None: always)."""
+    if text is not None and not _SURROGATE_ESCAPE.search(text):
         return None
     where = lone_surrogate(obj)
     return None if where is None else f"{where}: {_SURROGATE_REASON}"
