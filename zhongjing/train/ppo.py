@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from zhongjing.config import parse_stage_args
+from zhongjing.config import parse_stage_args, within
 from zhongjing.errors import ConfigError
 from zhongjing.model.wrappers import unwrap
 from zhongjing.train.common import print_once
@@ -43,8 +43,6 @@ class PPOSettings:
     ptx_format: str | None = None
 
     def __post_init__(self):
-        from zhongjing.config import within
-
         within(self, 0.0, 1.0, "gamma", "lam")
         within(self, 0.0, float("inf"), "value_clip", "vf_coef", "entropy_coef", "kl_coef", "kl_target", "ptx_coef")
         if not self.clip_eps > 0:

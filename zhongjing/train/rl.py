@@ -20,7 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from zhongjing.config import at_least
 from zhongjing.errors import ConfigError, ZhongjingError
+from zhongjing.model.decoder import check_sampling
 from zhongjing.model.lora import LoraSettings, TrainedIO
 from zhongjing.train.common import TrainSettings
 from zhongjing.train.monitor import MonitorSettings
@@ -37,9 +39,6 @@ class GenSettings:
     forward_batch: int = 16  # rows per scoring forward pass (policy, reference, critic)
 
     def __post_init__(self):
-        from zhongjing.config import at_least
-        from zhongjing.model.decoder import check_sampling
-
         check_sampling(self)
         at_least(self, 1, "batch_size", "forward_batch")
 
