@@ -242,3 +242,19 @@ def test_label_studio_export_that_is_not_text_is_one_line(tmp_path, capsys, cont
     assert cli(["annotate", "interop", "from-label-studio", str(src), str(tmp_path / "o.jsonl")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"zhongjing: error: {src}: {message}") and "\n" not in err, err
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_tie_margins_must_be_finite_and_not_negative(tmp_path, capsys, value):
+    for argv in (["annotate", "suggest", "--reward-model", "x", "--tie", value, "a", "b"],
+                 ["annotate", "simulate", "--tie", value, "-o", "o", "a"]):  # both took nan, inf and -1 silently
+        with pytest.raises(SystemExit) as e:
+            cli(argv)
+        assert e.value.code == 2 and "argument --tie: expected a finite number ≥ 0" in capsys.readouterr().err
+
+
+def test_consultation_cases_refuse_a_negative_limit(tmp_path, capsys):
+    src = tmp_path / "d.jsonl"
+    src.write_text(json.dumps(RECORD, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert cli(["data", "cases", f"inputs=[{src}]", f"output={tmp_path / 'c.jsonl'}", "limit=-3"]) == 2  # was [:-3]
+    assert "limit must be ≥ 0, got -3" in capsys.readouterr().err and not (tmp_path / "c.jsonl").exists()

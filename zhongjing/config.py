@@ -219,6 +219,17 @@ def within(cfg: Any, lo: float, hi: float, *names: str) -> None:
             raise ValueError(f"{name} must be {span}, got {getattr(cfg, name)}")
 
 
+def non_negative(text: str) -> float:
+    """argparse type of a finite number ≥ 0 (a tie margin, a threshold): float() alone takes nan, inf and -1."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got {text!r}") from None
+    if not 0 <= x < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number ≥ 0, got {text!r}")
+    return x
+
+
 def port_number(text: str) -> int:
     """argparse type of a TCP port: a clear usage error instead of the socket's OverflowError traceback."""
     try:

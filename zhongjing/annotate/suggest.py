@@ -17,6 +17,7 @@ import argparse
 from typing import Callable, Iterable, Sequence
 
 from zhongjing.annotate.interop import LABELS
+from zhongjing.config import non_negative
 from zhongjing.errors import ZhongjingError
 
 
@@ -64,7 +65,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("input")
     p.add_argument("output")
     p.add_argument("--reward-model", required=True, help="a `zhongjing train rm` folder")
-    p.add_argument("--tie", type=float, default=0.0, help="score differences up to this are tied")
+    p.add_argument("--tie", type=non_negative, default=0.0, help="score differences up to this are tied")
     args = p.parse_args(argv)
     from zhongjing.model.reward import RewardModelScorer
 

@@ -12,7 +12,7 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from zhongjing.config import parse_stage_args
+from zhongjing.config import at_least, parse_stage_args
 from zhongjing.data.text import asks_question, sentences
 from zhongjing.errors import DataError
 
@@ -126,6 +126,9 @@ class CasesConfig:
     limit: int = 0  # at most this many cases (0 = all)
     patient_dialogues: str = ""  # also write role-swapped dialogues (persona system prompt, the doctor as 'user'):
     # `train sft` on them learns the patient's side → a `model` patient simulator
+
+    def __post_init__(self):
+        at_least(self, 0, "limit")
 
 
 def build_cases(cfg: CasesConfig, swapped: list | None = None) -> tuple[list[Case], Counter]:

@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
+from zhongjing.config import non_negative
 from zhongjing.data.kg import KGConfig, check_dialogue, load_index
 from zhongjing.data.readers import read_rankings
 from zhongjing.data.rubric import IDK_TEMPLATES
@@ -139,7 +140,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("file", help="Ranking JSONL with empty rankings (from zhongjing generate)")
     p.add_argument("-o", "--out", required=True)
     p.add_argument("--kg", help="knowledge graph file for the drug check (xywy format)")
-    p.add_argument("--tie", type=float, default=0.02)
+    p.add_argument("--tie", type=non_negative, default=0.02)
     a = p.parse_args(argv)
 
     ranked = list(simulate(read_rankings(a.file), load_annotator(a.kg, a.tie)))
