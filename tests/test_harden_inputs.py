@@ -258,3 +258,27 @@ def test_consultation_cases_refuse_a_negative_limit(tmp_path, capsys):
     src.write_text(json.dumps(RECORD, ensure_ascii=False) + "\n", encoding="utf-8")
     assert cli(["data", "cases", f"inputs=[{src}]", f"output={tmp_path / 'c.jsonl'}", "limit=-3"]) == 2  # was [:-3]
     assert "limit must be ≥ 0, got -3" in capsys.readouterr().err and not (tmp_path / "c.jsonl").exists()
+
+
+@pytest.mark.parametrize("argv, flag, expected", [
+    (["annotate", "serve", "--session-hours", "nan"], "--session-hours", "a finite number > 0"),  # served with NaN
+    (["serve", "--model", "x", "--threads", "-2"], "--threads", "a whole number ≥ 1"),  # was torch's RuntimeError
+    (["data", "stats", "x", "--top", "-1"], "--top", "a whole number ≥ 1"),  # listed nothing ([: -1])
+])
+def test_numeric_flags_refuse_nan_and_out_of_range_values(capsys, argv, flag, expected):
+    with pytest.raises(SystemExit) as e:
+        cli(argv)
+    assert e.value.code == 2 and f"argument {flag}: expected {expected}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--temperature", "--repetition-penalty"])
+def test_chat_refuses_nan_sampling_flags(capsys, flag):  # NaN passed the '< 0' / '<= 0' checks
+    assert cli(["chat", "--model", "x", flag, "nan"]) == 2
+    assert f"{flag} must be" in capsys.readouterr().err
+
+
+def test_a_sampling_flag_set_after_the_config_loads_is_still_one_line(tmp_path, capsys):
+    src = tmp_path / "d.jsonl"
+    src.write_text(json.dumps(RECORD, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert cli(["generate", "--model", "x", str(src), "-o", str(tmp_path / "g.jsonl"), "--temperature", "nan"]) == 2
+    assert capsys.readouterr().err.strip() == "zhongjing: error: temperature must be a finite number, got nan"

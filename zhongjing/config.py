@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-from zhongjing.errors import ConfigError
+from zhongjing.errors import ConfigError, RangeError
 
 T = TypeVar("T")
 
@@ -205,28 +205,43 @@ def describe(cls, prefix: str = "", default: Any = None) -> list[str]:
 
 def at_least(cfg: Any, minimum: int, *names: str) -> None:
     """For a config's __post_init__: each named field must be ≥ minimum (e.g. `limit`, where 0 means all).
-    A ValueError, so that `from_dict` names where the config sits (`config testsets[0]: limit must be ≥ 0`)."""
+    A RangeError, so that `from_dict` names where the config sits (`config testsets[0]: limit must be ≥ 0`)."""
     for name in names:
         if getattr(cfg, name) < minimum:
-            raise ValueError(f"{name} must be ≥ {minimum}, got {getattr(cfg, name)}")
+            raise RangeError(f"{name} must be ≥ {minimum}, got {getattr(cfg, name)}")
 
 
 def within(cfg: Any, lo: float, hi: float, *names: str) -> None:
-    """For a config's __post_init__: each named number must lie in [lo, hi] (a ValueError, like at_least)."""
+    """For a config's __post_init__: each named number must lie in [lo, hi] (a RangeError, like at_least)."""
     for name in names:
         if not lo <= getattr(cfg, name) <= hi:  # (NaN fails too)
             span = f"≥ {lo:g}" if hi == float("inf") else f"in [{lo:g}, {hi:g}]"
-            raise ValueError(f"{name} must be {span}, got {getattr(cfg, name)}")
+            raise RangeError(f"{name} must be {span}, got {getattr(cfg, name)}")
 
 
 def non_negative(text: str) -> float:
     """argparse type of a finite number ≥ 0 (a tie margin, a threshold): float() alone takes nan, inf and -1."""
+    return _number(text, float, False)
+
+
+def positive_number(text: str) -> float:
+    """argparse type of a finite number > 0 (hours, a penalty factor)."""
+    return _number(text, float, True)
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a whole number ≥ 1 (threads, a count)."""
+    return _number(text, int, True)
+
+
+def _number(text: str, kind: type, positive: bool):
+    what = ("a whole number ≥ 1" if kind is int else "a finite number > 0") if positive else "a finite number ≥ 0"
     try:
-        x = float(text)
+        x = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got {text!r}") from None
-    if not 0 <= x < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number ≥ 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not (0 < x if positive else 0 <= x) or not x < float("inf"):  # (NaN fails both)
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
     return x
 
 

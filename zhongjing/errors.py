@@ -11,6 +11,11 @@ class ConfigError(ZhongjingError):
     pass
 
 
+class RangeError(ConfigError, ValueError):
+    """A config value out of its range, raised by a config's __post_init__. Also a ValueError, so that `from_dict`
+    names the section it sits in; built any other way (a CLI flag set afterwards) it is still one line."""
+
+
 class DataError(ZhongjingError):
     """Bad input record. `where` is 'line 12' or 'record 3'; `path` the file."""
 

@@ -15,7 +15,7 @@ import os
 import sys
 
 from zhongjing.annotate import auth, db, export, store
-from zhongjing.config import port_number
+from zhongjing.config import port_number, positive_number
 from zhongjing.errors import ZhongjingError
 from zhongjing.io import atomic_open, iter_jsonl, write_jsonl
 
@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     s = cmd("serve", "run the web server")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     s.add_argument("--port", type=port_number, default=8080)
-    s.add_argument("--session-hours", type=float, default=12.0)
+    s.add_argument("--session-hours", type=positive_number, default=12.0)
     s.add_argument("--secure-cookie", action="store_true", help="mark cookies Secure (serve over HTTPS)")
     s.add_argument("--synchronous", default="FULL", choices=db.SYNC_MODES,
                    help="SQLite fsync policy; FULL keeps every acknowledged submission through power loss")

@@ -19,7 +19,7 @@ from zhongjing.consult.cases import Case
 from zhongjing.consult.patients import State
 from zhongjing.data.render import IGNORE, Renderer
 from zhongjing.data.text import asks_question
-from zhongjing.errors import ZhongjingError
+from zhongjing.errors import RangeError, ZhongjingError
 from zhongjing.model.decoder import check_sampling
 from zhongjing.train.rollout import Rollout
 
@@ -36,7 +36,7 @@ class EpisodeSettings:
     def __post_init__(self):
         check_sampling(self)
         if self.max_turns < 1:
-            raise ValueError(f"max_turns must be ≥ 1, got {self.max_turns}")
+            raise RangeError(f"max_turns must be ≥ 1, got {self.max_turns}")
 
 
 @dataclass

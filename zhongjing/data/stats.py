@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from zhongjing.config import positive_int
 from zhongjing.data.readers import FORMATS, ExamItem, ReadReport, count_aux, detect_format, list_files, read_records
 from zhongjing.data.schema import Dialogue, Document, Ranking
 from zhongjing.data.text import asks_question
@@ -176,7 +177,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--format", help="input format (default: detected per file)")
     p.add_argument("--encoding", help="input text encoding (default: UTF-8, else GB18030)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("--top", type=int, default=15, help="how many departments/subjects to list")
+    p.add_argument("--top", type=positive_int, default=15, help="how many departments/subjects to list")
     p.add_argument("--strict", action="store_true", help="stop at the first bad record")
     args = p.parse_args(argv)
     if args.format and args.format not in FORMATS:

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from zhongjing.errors import ZhongjingError
+from zhongjing.errors import RangeError, ZhongjingError
 from zhongjing.model.fastdecode import lean_step
 from zhongjing.model.kvcache import assemble as _assemble, grow_update as _grow_update, layers as _layers
 from zhongjing.model.kvcache import lpad as _lpad, set_layers as _set_layers
@@ -74,11 +74,11 @@ class SamplingParams:
 
 def check_sampling(cfg) -> None:
     """For a config holding max_new_tokens / temperature / top_p / top_k (`__post_init__`): the checks SamplingParams
-    makes, at load time rather than when the stage starts sampling; a ValueError, so `from_dict` names the section."""
+    makes, at load time rather than when the stage starts sampling; a RangeError, so `from_dict` names the section."""
     try:
         SamplingParams(cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
     except ZhongjingError as e:
-        raise ValueError(str(e)) from None
+        raise RangeError(str(e)) from None
 
 
 def context_length(model) -> int | None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from zhongjing.config import positive_int
+
 # Written for this project. Shown to the model as the system turn when the user gives none.
 SAFETY_PROMPT = (
     "你是一个医疗健康咨询助手，不是医生，你的回答不能代替医生的面诊、诊断和治疗。"
@@ -45,4 +47,4 @@ def add_model_args(p) -> None:
     p.add_argument("--system", default=None, help="system prompt (default: a medical safety prompt)")
     p.add_argument("--no-safety-prompt", action="store_true", help="do not add the default safety system prompt")
     p.add_argument("--dtype", default="float32", help="float32 | float16 | bfloat16 | auto")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")

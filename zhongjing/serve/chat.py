@@ -150,11 +150,11 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.max_new_tokens < 1:
         raise ZhongjingError("--max-new-tokens must be at least 1")
-    if args.temperature < 0:  # checked before the model loads, not once per message
+    if not 0 <= args.temperature < float("inf"):  # checked before the model loads, not once per message (NaN too)
         raise ZhongjingError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
     if not 0 < args.top_p <= 1:
         raise ZhongjingError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.repetition_penalty <= 0:
+    if not 0 < args.repetition_penalty < float("inf"):
         raise ZhongjingError(f"--repetition-penalty must be > 0 (1 = off), got {args.repetition_penalty}")
     for stream_ in (sys.stdin, sys.stdout):
         if hasattr(stream_, "reconfigure") and not stream_.isatty():

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from zhongjing.config import parse_stage_args, within
-from zhongjing.errors import ConfigError
+from zhongjing.errors import ConfigError, RangeError
 from zhongjing.model.wrappers import unwrap
 from zhongjing.train.common import print_once
 from zhongjing.train.rl import Algorithm, RLConfig, run_rl
@@ -46,7 +46,7 @@ class PPOSettings:
         within(self, 0.0, 1.0, "gamma", "lam")
         within(self, 0.0, float("inf"), "value_clip", "vf_coef", "entropy_coef", "kl_coef", "kl_target", "ptx_coef")
         if not self.clip_eps > 0:
-            raise ValueError(f"clip_eps must be > 0, got {self.clip_eps}")
+            raise RangeError(f"clip_eps must be > 0, got {self.clip_eps}")
         if self.ptx_coef and not self.ptx_data:
             raise ConfigError("ppo.ptx_coef > 0 needs ppo.ptx_data (dialogue files for the LM loss)")
 
