@@ -27,6 +27,13 @@ class DataError(ZhongjingError):
         super().__init__(f"{loc}: {reason}" if loc else reason)
 
 
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's message cut to its first line (at most `limit` characters), or its type's name if empty:
+    the part of a library's error worth quoting in a one-line message."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else type(e).__name__
+
+
 class MissingExtra(ZhongjingError):
     pass
 

@@ -49,9 +49,10 @@ def lean_step(net) -> Callable | None:
     gqa = kv_heads != heads
     head = net.lm_head
     # On the CPU, the output layer's [vocab, hidden] weight read transposed (what F.linear does) is the GEMM's slow
-    # path: 2.10 ms against 1.41 ms with a [hidden, vocab] copy at 16 rows × 256 × 8,000 (2026-12-06, one thread;
-    # docs/serving.md), and it is the largest product of a small model's step. One copy of that weight,
-    # remade whenever the weight changes (PPO updates it between rollouts); other devices use the weight as it is.
+    # path, and it is the largest product of a small model's step: 2.10 ms against 1.41 ms with a [hidden, vocab]
+    # copy at 16 rows × 256 × 8,000 (2026-12-06, one thread, a one-off timing); benchmarks/bench_decode.py went from
+    # 1.08-1.11× to 1.15-1.19× of generate. One copy of that weight, remade whenever the weight changes (PPO updates
+    # it between rollouts); other devices use the weight as it is.
     transposed: dict = {}
 
     def logits(x: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import struct
 from pathlib import Path
 from typing import Any, Iterator
 
-from zhongjing.errors import ZhongjingError
+from zhongjing.errors import ZhongjingError, first_line
 
 FIX = "the folder is damaged or incomplete; copy or export it again"
 
@@ -73,7 +73,7 @@ def explained(p: Path, what: str) -> Iterator[None]:
     except ZhongjingError:
         raise
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError) as e:  # safetensors/tokenizers too
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = first_line(e, 10_000)
         name = type(e).__name__
         if what == "tokenizer" and not (p / "tokenizer.json").exists():
             hint = "tokenizer.json is missing"

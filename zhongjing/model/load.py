@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from zhongjing.errors import ZhongjingError
+from zhongjing.errors import ZhongjingError, first_line
 from zhongjing.model.folder_check import check_folder, explained, read_json_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -199,7 +199,7 @@ def load_tokenizer(path: str | Path, light: bool = False):
     try:  # a template with a syntax error (or one that raises) fails here, named, not at the first conversation
         tok.apply_chat_template([{"role": "user", "content": "你好"}], tokenize=False, add_generation_prompt=True)
     except Exception as e:
-        reason = (str(e).strip().splitlines() or [""])[0][:160]
+        reason = first_line(e, 160)
         raise ZhongjingError(f"{src}: the chat template cannot render a one-message conversation ({type(e).__name__}: "
                              f"{reason}); fix chat_template.jinja or the chat_template in tokenizer_config.json") from None
     if tok.pad_token_id is None:

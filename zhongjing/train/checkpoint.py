@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zhongjing.errors import ZhongjingError
+from zhongjing.errors import ZhongjingError, first_line
 from zhongjing.io import atomic_path, sha256_json, write_json
 
 CKPT = "checkpoints"
@@ -193,7 +193,7 @@ def _read(file: Path):
     except FileNotFoundError:
         raise OSError(f"{file.name} is missing") from None
     except Exception as e:
-        raise OSError(f"{file.name}: {(str(e).strip().splitlines() or [type(e).__name__])[0][:160]}") from None
+        raise OSError(f"{file.name}: {first_line(e, 160)}") from None
 
 
 def load_checkpoint(path: Path, *, accelerator, model, io, optimizer) -> dict:
@@ -260,7 +260,7 @@ class Bookkeeper:
         except ZhongjingError:
             raise
         except Exception as e:  # a damaged or missing file (checkpoints are written atomically: a disk or a hand)
-            reason = (str(e).strip().splitlines() or [""])[0][:200]
+            reason = first_line(e)
             reason = reason if isinstance(e, OSError) and not e.errno else f"{type(e).__name__}: {reason}"
             raise ZhongjingError(f"{last}: cannot resume from this checkpoint ({reason}); delete this folder to "
                                  "resume from the one before it, or set train.overwrite=true to start over") from None

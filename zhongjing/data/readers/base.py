@@ -194,9 +194,9 @@ def json_records(src: Source) -> Iterator[Raw | DataError]:
     else:
         items = [(None, whole)]
     for i, (k, obj) in enumerate(items):
-        fault = check and surrogate_fault({"": obj} if k is None else {k: obj}, None)  # (the text was looked at)
+        fault = check and surrogate_fault(obj if k is None else {k: obj}, None)  # (the text was looked at)
         if fault:  # one bad record, like a bad line of JSON lines
-            yield src.error(fault.removeprefix("."), f"record {i + 1}")
+            yield src.error(fault, f"record {i + 1}")
         else:
             yield Raw(f"record {i + 1}", i, obj, key=None if k is None else str(k))
 
