@@ -282,3 +282,59 @@ def test_a_sampling_flag_set_after_the_config_loads_is_still_one_line(tmp_path, 
     src.write_text(json.dumps(RECORD, ensure_ascii=False) + "\n", encoding="utf-8")
     assert cli(["generate", "--model", "x", str(src), "-o", str(tmp_path / "g.jsonl"), "--temperature", "nan"]) == 2
     assert capsys.readouterr().err.strip() == "zhongjing: error: temperature must be a finite number, got nan"
+
+
+def test_a_file_where_an_output_folder_should_be_is_one_line_before_any_work(tmp_path, capsys, tiny_model_dir):
+    """A stage whose output (or a parent folder of it) is an existing file ended in a FileExistsError /
+    NotADirectoryError traceback — for `init-model` after the tokenizer was trained, for `build` after every step,
+    for training stages after the model loaded. Each is now refused in one line naming the file, writing nothing."""
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("keep me", encoding="utf-8")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "头痛三天了，发烧吗？"}\n', encoding="utf-8")
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps(RECORD, ensure_ascii=False) + "\n", encoding="utf-8")
+    inside = blocker / "sub"
+    runs = [
+        (["init-model", "--corpus", str(corpus), "-o", str(blocker)], "is a file; give the path of a folder"),
+        (["init-model", "--corpus", str(corpus), "-o", str(inside)], f"is a file, so '{inside}' cannot be made"),
+        (["data", "convert", str(src), "-o", str(inside / "o.jsonl")], "is a file, so"),
+        (["train", "pt", f"model={tiny_model_dir}", f"data=[{{path: {corpus}}}]", f"output={blocker}",
+          "block_size=4", "train.max_steps=1"], "is a file; give the path of a folder"),
+        (["build", f"inputs=[{{path: {src}}}]", f"output={blocker}", f"work_dir={tmp_path / 'w'}"],
+         "is a file; give the path of a folder"),
+        (["build", f"inputs=[{{path: {src}}}]", f"output={tmp_path / 'o'}", f"work_dir={inside}"], "is a file, so"),
+        (["pipeline", "--config", "configs/demo.yaml", f"work_dir={blocker}"], "is a file; give the path of a folder"),
+        (["export", "--merge", str(tmp_path), "-o", str(inside)], "not a LoRA adapter folder"),  # its own check first
+        (["annotate", "serve", "--db", str(inside / "a.sqlite"), "--port", "0"], "is a file"),
+    ]
+    for argv, message in runs:
+        assert cli(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) >= 1 and err[-1].startswith("zhongjing: error: ") and message in err[-1], (argv, err)
+        assert not any("Traceback" in line for line in err), (argv, err)
+        assert blocker.read_text(encoding="utf-8") == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.jsonl", "in.jsonl", "notes.txt"]
+    out = tmp_path / "dir"
+    out.mkdir()
+    assert cli(["generate", "--model", str(tiny_model_dir), str(src), "-o", str(out)]) == 2  # was IsADirectoryError
+    assert capsys.readouterr().err.strip() == f"zhongjing: error: {out}: is a folder; give the path of a file to write"
+
+
+def test_check_output_refuses_the_other_kind_and_files_among_the_parents(tmp_path):
+    from zhongjing.errors import DataError
+    from zhongjing.io import atomic_path, check_output, make_dir
+
+    f = tmp_path / "f"
+    f.write_text("x")
+    assert check_output(tmp_path / "new" / "deeper", folder=True) == tmp_path / "new" / "deeper"
+    for path, folder in ((f, True), (tmp_path, False), (f / "a", True), (f / "a" / "b", False)):
+        with pytest.raises(DataError):
+            check_output(path, folder)
+    with pytest.raises(DataError):
+        make_dir(f / "a")
+    ran = []
+    with pytest.raises(DataError):
+        with atomic_path(f, folder=True):
+            ran.append(1)  # refused before the block runs: no work is done for an output that cannot be written
+    assert not ran and f.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["f"]

@@ -22,7 +22,7 @@ from zhongjing.config import describe, load_config
 from zhongjing.data.schema import Ranking
 from zhongjing.data.turns import select_turns
 from zhongjing.errors import ConfigError, ZhongjingError
-from zhongjing.io import iter_jsonl, sha256_json, write_json, write_jsonl
+from zhongjing.io import check_output, iter_jsonl, sha256_json, write_json, write_jsonl
 
 
 @dataclass
@@ -123,7 +123,7 @@ def generate(cfg: GenerateConfig) -> dict:
 
     if not cfg.model or not cfg.input or not cfg.output:
         raise ConfigError("generate needs model, input and output (e.g. --model runs/sft dialogues.jsonl -o out.jsonl)")
-    output = Path(cfg.output)
+    output = check_output(cfg.output, folder=False)
     if output.exists() and not cfg.overwrite:
         n = sum(1 for _ in iter_jsonl(output))
         print(f"{output} already complete ({n} items); set overwrite=true to generate again", file=sys.stderr)

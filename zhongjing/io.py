@@ -14,14 +14,38 @@ from typing import Any, Iterable, Iterator
 from zhongjing.errors import DataError
 
 
+def check_output(path: str | os.PathLike, folder: bool) -> Path:
+    """Refuse, as one line and before any work, an output path that cannot become a `folder` (or a file): the
+    other kind already there, or a file where one of its parent folders should be."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise DataError("is a file; give the path of a folder to write", str(path))
+    if not folder and path.is_dir():
+        raise DataError("is a folder; give the path of a file to write", str(path))
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise DataError(f"is a file, so {str(path)!r} cannot be made inside it", str(parent))
+            break
+    return path
+
+
+def make_dir(path: str | os.PathLike) -> Path:
+    """mkdir -p, with a file in the way named in one line instead of a FileExistsError traceback."""
+    path = check_output(path, folder=True)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
+def atomic_path(path: str | os.PathLike, folder: bool = False):
     """Yield a temporary path next to `path`; rename it over `path` only if the block succeeds.
 
-    Works for files and directories, so a killed job never leaves a half-written output.
+    Works for files and directories (`folder=True`: the block makes a folder), so a killed job never leaves a
+    half-written output; an output path of the other kind is refused before the block runs.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_output(path, folder)
+    make_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     os.unlink(tmp)
@@ -49,8 +73,6 @@ def _rm(p: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
-    if Path(path).is_dir():  # checked before anything is written (the rename at the end would fail, with a traceback)
-        raise DataError("is a folder; give the path of a file to write", str(path))
     with atomic_path(path) as tmp:
         kw = {} if "b" in mode else {"encoding": encoding}
         with open(tmp, mode, **kw) as f:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from zhongjing.errors import ZhongjingError
+from zhongjing.io import make_dir
 
 ROLES = ("admin", "annotator", "expert")
 SYNC_MODES = ("FULL", "NORMAL", "OFF")
@@ -115,7 +116,7 @@ def connect(path: str | Path, *, synchronous: str = "FULL", create: bool = True,
     path = Path(path)
     if not create and not path.exists():
         raise ZhongjingError(f"{path}: annotation database not found (create it with 'annotate users add')")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     # check_same_thread=False: the web server opens a connection per request and may hand it
     # between worker threads, but never uses it from two threads at once.
     conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from zhongjing.errors import ZhongjingError
-from zhongjing.io import sha256_json
+from zhongjing.io import make_dir, sha256_json
 
 
 def request_sha(messages: list[dict]) -> str:
@@ -22,7 +22,7 @@ def request_sha(messages: list[dict]) -> str:
 class RewriteCache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(self.path.parent)
         try:
             self.db = sqlite3.connect(self.path, timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")

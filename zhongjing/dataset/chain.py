@@ -31,7 +31,7 @@ from zhongjing.dataset.split import SplitConfig
 from zhongjing.dataset.steps import DEFAULT_ORDER, STEPS, StepContext, load_dialogues, run_step
 from zhongjing.config import describe, load_config, to_dict
 from zhongjing.errors import ConfigError, DataError, ZhongjingError
-from zhongjing.io import sha256_file, sha256_json, write_json, write_jsonl
+from zhongjing.io import check_output, make_dir, sha256_file, sha256_json, write_json, write_jsonl
 
 
 @dataclass
@@ -144,7 +144,7 @@ def run_chain(cfg: BuildConfig) -> list[StepReport]:
         raise ConfigError("inputs: no input files configured")
     _check_paths(cfg)
     work, out_dir = Path(cfg.work_dir), Path(cfg.output)
-    work.mkdir(parents=True, exist_ok=True)
+    make_dir(work)
     _sweep_stale_temps(work)
     reports: list[StepReport] = []
     key = _import_key(cfg)
@@ -212,6 +212,7 @@ def _check_paths(cfg: BuildConfig) -> None:
     for key, path in named:
         if not Path(path).exists():
             raise ConfigError(f"{key}: {path} not found")
+    check_output(cfg.output, folder=True)  # the outputs are written last, after every step
 
 
 _STALE_TEMP = re.compile(r"\.\d\d-[a-z_]+-[0-9a-f]{16}\..+\.tmp(\.old)?")

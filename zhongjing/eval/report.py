@@ -14,7 +14,7 @@ from pathlib import Path
 from zhongjing.eval.consultation import blocks as consultation_blocks
 from zhongjing.eval.plots import DIM_LABELS, ablation_figure, pairwise_figure
 from zhongjing.eval import report_blocks as extra
-from zhongjing.io import atomic_open, write_json
+from zhongjing.io import atomic_open, make_dir, write_json
 
 
 def pct(x) -> str:
@@ -302,7 +302,7 @@ def finite(obj):
 def write_report(results: dict, out: str | Path) -> dict[str, Path]:
     """results.json, report.md, report.html and the PNG figures under `out`."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     figs = make_figures(results, out)
     results = {**results, "figures": figs}
     blocks = build_blocks(results, figs)

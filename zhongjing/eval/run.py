@@ -19,6 +19,7 @@ from typing import Literal
 from zhongjing.data.rubric import PRIORITY
 from zhongjing.config import at_least, parse_stage_args, to_dict
 from zhongjing.errors import ConfigError
+from zhongjing.io import check_output
 from zhongjing.eval.answers import (GenerationConfig, LocalModel, ModelSpec, Throttle, endpoint_answers, local_answers,
                                     log)
 from zhongjing.llm.cache import Cache
@@ -242,7 +243,7 @@ def run(cfg: EvalConfig) -> dict[str, Path]:
 
     check(cfg)
     setup_torch(seed=cfg.seed)
-    out = Path(cfg.output)
+    out = check_output(cfg.output, folder=True)  # the report is written last, after every answer
     sets = load_testsets(cfg.testsets, cfg.seed)
     for s in sets:
         log(f"test set {s.name}: {len(s.dialogues)} dialogues → {len(s.items)} items")

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zhongjing.io import sha256_json
+from zhongjing.io import make_dir, sha256_json
 
 
 def cache_key(**parts: Any) -> str:
@@ -27,7 +27,7 @@ class Cache:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(self.path.parent)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
         with self._lock:

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from zhongjing.errors import ZhongjingError
-from zhongjing.io import atomic_path, write_json
+from zhongjing.io import atomic_path, check_output, write_json
 
 
 def merge_adapter(adapter_dir: str | Path, out: str | Path, dtype: str = "float32") -> Path:
@@ -17,16 +17,16 @@ def merge_adapter(adapter_dir: str | Path, out: str | Path, dtype: str = "float3
     src = Path(adapter_dir)
     if not is_adapter_dir(src):
         raise ZhongjingError(f"{src}: not a LoRA adapter folder (no adapter_config.json); nothing to merge")
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and read_meta(out).get("stage") != "export":
+    out = check_output(out, folder=True)  # before the model loads: no file in the way
+    if out.exists() and any(out.iterdir()) and read_meta(out).get("stage") != "export":
         # replacing the adapter itself or a model it stands on (its base) would destroy it — or silently apply the
         # adapter twice for everything trained over that base; only an earlier export may be replaced
-        what = read_meta(out).get("stage") if out.is_dir() else "a file"
+        what = read_meta(out).get("stage")
         raise ZhongjingError(f"{out}: already exists ({what or 'not an export'}); choose a new folder for -o")
     model = load_model(src, dtype=dtype).merge_and_unload()
     tokenizer = load_tokenizer(src)
     src_meta = read_meta(src)
-    with atomic_path(out) as tmp:
+    with atomic_path(out, folder=True) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         write_json(tmp / "meta.json", {

@@ -14,7 +14,7 @@ from typing import Iterable
 
 from zhongjing.config import load_config, describe
 from zhongjing.errors import ZhongjingError
-from zhongjing.io import atomic_path, sha256_file, write_json
+from zhongjing.io import atomic_path, check_output, sha256_file, write_json
 
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 CHAT_TEMPLATE = (
@@ -119,6 +119,7 @@ def init_model(cfg: InitModelConfig) -> Path:
     from zhongjing.model.load import setup_torch
 
     setup_torch(seed=cfg.seed)
+    check_output(cfg.output, folder=True)  # before the tokenizer is trained
     corpus = cfg.corpus or default_corpus()
     files = corpus_files(corpus)
     if not files:
@@ -127,7 +128,7 @@ def init_model(cfg: InitModelConfig) -> Path:
     tokenizer = train_tokenizer(corpus_texts([str(c) for c in corpus]), cfg.vocab_size, cfg.min_frequency)
     model = build_model(cfg, tokenizer)
     out = Path(cfg.output)
-    with atomic_path(out) as tmp:
+    with atomic_path(out, folder=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "meta.json", {

@@ -34,7 +34,7 @@ import yaml
 
 from zhongjing.config import describe, load_config, to_dict
 from zhongjing.errors import ConfigError, ZhongjingError
-from zhongjing.io import atomic_open
+from zhongjing.io import atomic_open, make_dir
 from zhongjing.model.identity import code_hash, external_inputs
 from zhongjing.model.identity import output_fingerprint as fingerprint
 from zhongjing.pipeline import report
@@ -234,7 +234,7 @@ def child_cpu_seconds() -> float:
 
 def run_child(cmd: list[str], log_path: Path, threads: int = 0) -> None:
     """Run a stage process, copying its output to the terminal and to the stage's log file."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(log_path.parent)
     with open(log_path, "ab") as log:
         log.write(f"\n$ {shlex.join(cmd)}\n".encode())
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_child_env(threads),
@@ -289,7 +289,7 @@ def run_stage(p: Plan, cfg: PipelineConfig, w: Wiring) -> None:
 def run_pipeline(cfg: PipelineConfig, *, start: str | None = None, only: list[str] | None = None,
                  dry_run: bool = False, out=print) -> dict:
     work = Path(cfg.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
+    make_dir(work)
     with lock(work):
         state = State(work)
         plans = plan(cfg, state, start=start, only=only)

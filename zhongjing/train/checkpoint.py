@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from zhongjing.errors import ZhongjingError, first_line
-from zhongjing.io import atomic_path, sha256_json, write_json
+from zhongjing.io import atomic_path, check_output, make_dir, sha256_json, write_json
 
 CKPT = "checkpoints"
 TRAINER = "trainer"
@@ -62,7 +62,7 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse to mix two runs in one folder; drop the stale result marker so a crash never looks finished."""
-    out = Path(out)
+    out = check_output(out, folder=True)
     has_ckpt = bool(checkpoints(out))
     if has_ckpt and not resume and not overwrite:
         raise ZhongjingError(f"{out} holds checkpoints of an earlier run: set train.resume=true to continue it "
@@ -70,7 +70,7 @@ def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
     if overwrite and not resume and out.exists():
         for child in out.iterdir():
             shutil.rmtree(child) if child.is_dir() else child.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     (out / "meta.json").unlink(missing_ok=True)
     if (out / CKPT).is_dir():  # temp folders of a save that was killed half-way
         for p in (out / CKPT).iterdir():
@@ -150,7 +150,7 @@ class _main_atomic:
     """atomic_path on the main process; a no-op context elsewhere (the path comes by broadcast)."""
 
     def __init__(self, path: Path, main: bool):
-        self.ctx = atomic_path(path) if main else None
+        self.ctx = atomic_path(path, folder=True) if main else None
 
     def __enter__(self):
         return self.ctx.__enter__() if self.ctx else None

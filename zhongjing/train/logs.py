@@ -12,7 +12,7 @@ import math
 import sys
 from pathlib import Path
 
-from zhongjing.io import atomic_open
+from zhongjing.io import atomic_open, make_dir
 
 
 def _trim(path: Path, step: int) -> None:
@@ -41,7 +41,7 @@ class RunLogger:
         self._files = {}
         if not enabled:
             return
-        log_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(log_dir)
         for name in ("train", "eval"):
             _trim(log_dir / f"{name}.jsonl", start_step)
             self._files[name] = open(log_dir / f"{name}.jsonl", "a", encoding="utf-8")
