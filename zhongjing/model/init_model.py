@@ -12,11 +12,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from zhongjing.config import load_config, describe
-from zhongjing.errors import ZhongjingError
+from zhongjing.config import at_least, describe, load_config
+from zhongjing.errors import RangeError, ZhongjingError
 from zhongjing.io import atomic_path, check_output, sha256_file, write_json
 
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+MIN_VOCAB = 256 + 3  # the byte alphabet + PAD, IM_START, IM_END
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
@@ -39,6 +40,16 @@ class InitModelConfig:
     max_position_embeddings: int = 4096
     tie_word_embeddings: bool = True
     seed: int = 0
+
+    def __post_init__(self):  # checked when the config loads, before the tokenizer is trained
+        at_least(self, MIN_VOCAB, "vocab_size")  # byte-level BPE: 256 bytes + the special tokens, whatever is asked
+        at_least(self, 1, "min_frequency", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
+                 "intermediate_size", "max_position_embeddings")
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise RangeError("hidden_size must divide by num_heads, and num_heads by num_kv_heads")
+        if (self.hidden_size // self.num_heads) % 2:
+            raise RangeError(f"hidden_size / num_heads (the head size, {self.hidden_size // self.num_heads}) must be "
+                             "even: rotary position embeddings turn pairs of numbers")
 
 
 def corpus_texts(paths: list[str]) -> Iterable[str]:
@@ -93,8 +104,6 @@ def build_model(cfg: InitModelConfig, tokenizer):
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    if cfg.hidden_size % cfg.num_heads or cfg.num_heads % cfg.num_kv_heads:
-        raise ZhongjingError("hidden_size must divide by num_heads, and num_heads by num_kv_heads")
     torch.manual_seed(cfg.seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
