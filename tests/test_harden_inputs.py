@@ -338,3 +338,17 @@ def test_check_output_refuses_the_other_kind_and_files_among_the_parents(tmp_pat
         with atomic_path(f, folder=True):
             ran.append(1)  # refused before the block runs: no work is done for an output that cannot be written
     assert not ran and f.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["score", "--rm", "r", "f.jsonl", "--threads", "-1"], "argument --threads: expected a whole number ≥ 0"),  # torch
+    (["score", "--rm", "r", "f.jsonl", "--batch-size", "0"], "argument --batch-size: expected a whole number ≥ 1"),
+    (["data", "criteria", "--input", "f", "--output", "o", "--limit", "-2"],  # silently sliced [:-2]
+     "argument --limit: expected a whole number ≥ 0"),
+])
+def test_negative_counts_on_the_command_line_are_usage_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        cli(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err

@@ -141,3 +141,32 @@ def test_whitening_across_processes_uses_global_statistics():
     mean = [L.masked_mean(x, m)]
     parts = [L.masked_whiten(xs, ms, reduce_sum=fake_reduce(i)) for i, (xs, ms) in enumerate(halves)]
     assert close(torch.cat(parts), whole, tol=1e-6)
+
+
+def test_end_token_advantage_reads_the_stop_token_of_finished_answers_only():
+    adv = torch.tensor([[0.1, 0.2, -0.5, 0.0],   # ended at its 3rd token
+                        [0.3, 0.4, 0.5, 0.6],    # cut at the limit: no stop token
+                        [-0.7, 0.0, 0.0, 0.0]])  # ended at once
+    got = L.end_token_advantage(adv, torch.tensor([3, 4, 1]), torch.tensor([True, False, True]))
+    assert close(got, torch.tensor([-0.5, -0.7]))
+    assert L.end_token_advantage(adv, torch.tensor([3, 4, 1]), torch.tensor([False] * 3)).numel() == 0
+
+
+def test_a_cold_critic_under_a_negative_mean_reward_discourages_ending():
+    """The mechanism behind answers that grow under PPO: with V = 0 and whitening over tokens, the stop token's
+    advantage is centred on the token mean, which the long answers' early tokens (lam^k ≈ 0) pull towards 0 — so a
+    reward whose mean is below 0 leaves the stop tokens a negative mean advantage; a critic that predicts the mean
+    reward (warm) centres them."""
+    torch.manual_seed(0)
+    B, T = 64, 40
+    lens = torch.randint(10, T + 1, (B,))
+    mask = (torch.arange(T)[None] < lens[:, None]).float()
+    score = torch.randn(B) * 0.5 - 0.5  # mean −0.5, like normalised RM scores of the SFT model's answers
+    rewards = torch.zeros(B, T)
+    rewards[torch.arange(B), lens - 1] = score
+    finished = torch.ones(B, dtype=torch.bool)
+    cold, _ = L.gae(rewards, torch.zeros(B, T), mask, 1.0, 0.95)
+    cold_end = L.end_token_advantage(L.masked_whiten(cold, mask), lens, finished).mean()
+    warm, _ = L.gae(rewards, torch.full((B, T), score.mean().item()) * mask, mask, 1.0, 0.95)
+    warm_end = L.end_token_advantage(L.masked_whiten(warm, mask), lens, finished).mean()
+    assert cold_end < -0.3 and abs(warm_end) < 0.15, (cold_end, warm_end)

@@ -234,8 +234,14 @@ def positive_int(text: str) -> int:
     return _number(text, int, True)
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type of a whole number ≥ 0 (threads where 0 means torch's default)."""
+    return _number(text, int, False)
+
+
 def _number(text: str, kind: type, positive: bool):
-    what = ("a whole number ≥ 1" if kind is int else "a finite number > 0") if positive else "a finite number ≥ 0"
+    what = (f"a whole number ≥ {int(positive)}" if kind is int
+            else "a finite number > 0" if positive else "a finite number ≥ 0")
     try:
         x = kind(text)
     except ValueError:

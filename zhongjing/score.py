@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from zhongjing.config import non_negative_int, positive_int
 from zhongjing.data.schema import group_pairs
 from zhongjing.errors import ZhongjingError
 
@@ -80,14 +81,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("files", nargs="+", help="ranking or dialogue files/folders (any supported format)")
     p.add_argument("--format", default=None, help="input format (default: detected per file)")
     p.add_argument("-o", "--output", default=None, help="write JSONL here instead of stdout")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-length", type=int, default=4096)
+    # 0 would leave every answer unscored (or loop forever) instead of saying why; -1 threads was torch's traceback
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--max-length", type=positive_int, default=4096)
     p.add_argument("--normalize", action="store_true", help="(r − mean)/std with the RM's validation statistics")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (0 = torch's default)")
     a = p.parse_args(argv)
-    for flag, v in (("--batch-size", a.batch_size), ("--max-length", a.max_length)):
-        if v < 1:  # 0 would leave every answer unscored (or loop forever) instead of saying why
-            p.error(f"{flag} must be at least 1, got {v}")
     if a.threads:
         from zhongjing.model.load import setup_torch
 

@@ -18,6 +18,7 @@ import argparse
 import json
 from typing import Iterable
 
+from zhongjing.config import non_negative_int
 from zhongjing.data.kg import KGConfig, check_dialogue, load_index
 from zhongjing.data.schema import Dialogue
 from zhongjing.errors import DataError
@@ -155,7 +156,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--output", required=True, help="draft rubric cases (JSONL, the eval rubric-set format)")
     p.add_argument("--kg", default="", help="knowledge graph (file or folder) for disease-specific criteria")
     p.add_argument("--turns", choices=("all", "first", "last"), default="all")
-    p.add_argument("--limit", type=int, default=0, help="first N dialogues (0 = all)")
+    p.add_argument("--limit", type=non_negative_int, default=0, help="first N dialogues (0 = all)")  # -2 sliced [:-2]
     p.add_argument("--label-studio", help="also write Label Studio review tasks here (+ .config.xml)")
     p.add_argument("--from-label-studio", help="apply a Label Studio export of the review to --input cases instead")
     args = p.parse_args(argv)

@@ -177,6 +177,17 @@ def gae(
     return adv, adv + values
 
 
+def end_token_advantage(
+    advantages: torch.Tensor,  # (B, T) per answer token
+    response_len: torch.Tensor,  # (B,) answer tokens per row (the stop token included when the answer ended)
+    finished: torch.Tensor,  # (B,) bool: the answer ended with a stop token
+) -> torch.Tensor:
+    """The advantage given to the stop token of each finished answer → (F,), F = finished rows. Its mean says which
+    way a PPO update moves answer length: below 0, ending is discouraged."""
+    rows = finished.bool().nonzero()[:, 0]
+    return advantages[rows, (response_len[rows] - 1).clamp(min=0)]
+
+
 def policy_loss(
     logprobs: torch.Tensor,  # (B, T) log π_θ(a_t) now
     old_logprobs: torch.Tensor,  # (B, T) log π at sampling time

@@ -102,13 +102,21 @@ class PPO(Algorithm):
                        returns=ret, texts=sampled.texts)
 
     def after_rollout(self, rollout) -> dict:
+        from zhongjing.train.losses import end_token_advantage
+
+        ends = end_token_advantage(rollout.advantages, rollout.response_len, rollout.finished)
+        totals = torch.stack([ends.sum(), ends.new_tensor(float(len(ends)))])
+        end_sum, n_end = (self.reduce_sum(totals) if self.reduce_sum else totals).tolist()
+        # < 0 on average: the stop token of a finished answer is made less likely, so answers grow (the cold critic
+        # of a reward whose mean on the policy's answers is below 0); NaN when no answer ended
+        logged = {"adv_stop": end_sum / n_end if n_end else float("nan")}
         if self.s.kl_target > 0:  # proportional controller on the KL per answer
             # of the whole rollout: with a per-process KL each process would steer its own kl_coef apart
             totals = torch.stack([rollout.kl.sum(), rollout.kl.new_tensor(float(len(rollout)))])
             kl_sum, n = (self.reduce_sum(totals) if self.reduce_sum else totals).tolist()
             err = max(-0.2, min(0.2, kl_sum / n / self.s.kl_target - 1))
             self.kl_coef *= 1 + err * n / self.s.kl_horizon
-        return {"kl_coef": self.kl_coef}
+        return logged | {"kl_coef": self.kl_coef}
 
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
         """Σ over answer tokens of clipped policy loss + vf_coef · clipped value loss − entropy bonus (+ ptx)."""
