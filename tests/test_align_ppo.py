@@ -118,3 +118,23 @@ def test_resume_after_kill_gives_the_same_policy(sft_policy, tmp_path):
     assert [x["step"] for x in b] == list(range(1, 7))
     assert [round(x["reward"], 6) for x in a] == [round(x["reward"], 6) for x in b]
     assert logs(full, "eval")[-1]["eval_reward"] == pytest.approx(logs(killed, "eval")[-1]["eval_reward"])
+
+
+def test_critic_warmup_sets_the_value_head_before_the_first_update(sft_policy, tmp_path, capsys):
+    """ppo.critic_warmup=N: before update 1 the value head starts at the starting policy's mean return (its weights
+    0, the policy untouched), saved in the step-0 checkpoint that a resume starts from."""
+    import re
+
+    from zhongjing.model.value_head import ValueHead
+
+    out = train_ppo(load_config(PPOConfig, overrides=ppo_args(
+        sft_policy, tmp_path / "ppo", **{"reward.ask_question": 1.0, "ppo.critic_warmup": 2, "train.max_steps": 1,
+                                         "eval_prompts": 8})))
+    said = re.search(r"critic warm-up: the value head starts at ([+-][0-9.]+)", capsys.readouterr().err)
+    assert said, "the warm-up is logged"
+    start = float(said.group(1))
+    assert 0.0 < start < 1.0  # the rule pays 1 for a question, 0 otherwise, and KL is 0 before any update
+    head = ValueHead.load(out / "checkpoints" / "step-000000", 64)
+    assert head.summary.weight.abs().sum().item() == 0 and head.summary.bias.item() == pytest.approx(start, abs=1e-3)
+    first = logs(out, "eval")[0]
+    assert first["step"] == 0 and first["eval_kl"] == 0.0  # the policy was not updated by the warm-up

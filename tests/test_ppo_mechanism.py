@@ -42,3 +42,16 @@ def test_shaped_reward_and_gae_for_a_finished_and_a_cut_answer():
     assert adv[0].tolist() == pytest.approx([1.87, 1.92, 1.9])
     assert adv[1].tolist() == pytest.approx([-1.07, -1.04, 0.0])
     assert torch.equal(ret, adv)
+
+
+def test_returns_sum_is_the_monte_carlo_return_over_answer_tokens():
+    """What the critic warm-up sets the value head to: Σ over answer tokens of the return-to-go (λ = 1, V = 0) / tokens.
+    Rows of 3 and 2 tokens, scores 2 and −1, β = 0.1: rewards as above; returns 1.87, 1.92, 1.9 and −1.07, −1.04."""
+    from zhongjing.train.ppo import PPO, PPOSettings
+
+    algo = PPO(PPOSettings(kl_coef=0.1, lam=0.5))  # the warm-up ignores λ: a cold critic's estimates are no target
+    scored = {"action_mask": torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]),
+              "kl": torch.tensor([[0.5, -0.2, 1.0], [0.3, 0.4, 0.0]])}
+    total, n = algo.returns_sum(scored, torch.tensor([2.0, -1.0]))
+    assert n.item() == 5 and total.item() == pytest.approx(1.87 + 1.92 + 1.9 - 1.07 - 1.04)
+

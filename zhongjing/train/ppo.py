@@ -38,12 +38,15 @@ class PPOSettings:
     kl_target: float = 0.0  # > 0: adapt β so the KL per answer approaches this (Ziegler et al. 2019)
     kl_horizon: int = 10000
     whiten_advantages: bool = True
+    critic_warmup: int = 0  # > 0: the value head starts at the mean return of this many rollouts of the starting
+    # policy instead of 0 (its weights stay 0; the policy is not updated): the first advantages are centred
     ptx_coef: float = 0.0  # PPO-ptx: + this × LM loss on ptx_data (0 = off)
     ptx_data: list[str] = field(default_factory=list)  # SFT dialogues for PPO-ptx
     ptx_format: str | None = None
 
     def __post_init__(self):
         within(self, 0.0, 1.0, "gamma", "lam")
+        within(self, 0, float("inf"), "critic_warmup")
         within(self, 0.0, float("inf"), "value_clip", "vf_coef", "entropy_coef", "kl_coef", "kl_target", "ptx_coef")
         if not self.clip_eps > 0:
             raise RangeError(f"clip_eps must be > 0, got {self.clip_eps}")
@@ -86,6 +89,17 @@ class PPO(Algorithm):
 
     def __init__(self, s: PPOSettings, ptx: PtxData | None = None, temperature: float = 1.0):
         self.s, self.ptx, self.temperature, self.kl_coef = s, ptx, temperature, s.kl_coef
+        self.critic_warmup = s.critic_warmup
+
+    def returns_sum(self, scored: dict, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Σ over answer tokens of the Monte Carlo return, answer tokens): what a constant critic would learn
+        (λ = 1, so a cold critic's own estimates play no part)."""
+        from zhongjing.train.losses import gae
+        from zhongjing.train.rollout import shape_rewards
+
+        act = scored["action_mask"]
+        _, ret = gae(shape_rewards(scores, scored["kl"], act, self.kl_coef), torch.zeros_like(act), act, self.s.gamma, 1.0)
+        return (ret * act).sum(), act.sum()
 
     def make_rollout(self, sampled, scored: dict, scores: torch.Tensor):
         from zhongjing.train.losses import gae, masked_whiten

@@ -184,6 +184,7 @@ class Algorithm:
     name = "rl"
     samples_per_prompt = 1
     critic = False
+    critic_warmup = 0  # rollouts that set the critic's starting level before the first update (see returns_sum)
     reduce_sum = None  # set by the loop: sums a tensor over processes (statistics of the whole rollout)
 
     def make_rollout(self, sampled, scored: dict, scores: torch.Tensor):  # → Rollout
@@ -191,6 +192,9 @@ class Algorithm:
 
     def loss(self, model: ActorCritic, batch: dict) -> tuple[torch.Tensor, dict]:  # batch["rollout"] → (Σ, sums)
         raise NotImplementedError
+
+    def returns_sum(self, scored: dict, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError  # critic algorithms: (Σ return over answer tokens, answer tokens)
 
     def after_rollout(self, rollout) -> dict:  # adaptive controllers; returns values to log
         return {}
@@ -365,7 +369,27 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
         best = best_step()
         book.save(step, state, best, protect={step, best})
 
+    def warm_critic(n: int) -> None:
+        """The value head's starting level: the mean return of the starting policy's answers on n rollouts of
+        training prompts (its weights stay 0). A zero head under a reward whose mean is below 0 discourages ending
+        from the first update on (adv_stop < 0). Nothing else is updated; the prompts' order for training is kept."""
+        order = rng(tc.seed, "critic-warmup").permutation(len(train_p)).tolist()
+        total = torch.zeros(2, device=acc.device)
+        for i in range(n):
+            batch = [train_p[order[(i * per_update + j) % len(order)]] for j in range(per_update)][rank::world]
+            _, scored, scores, _ = rollout_for(batch, derive_seed(tc.seed, 99991, i), K)
+            total += torch.stack([x.float().to(acc.device) for x in algo.returns_sum(scored, scores)])
+        if world > 1:
+            total = acc.reduce(total, "sum")
+        start = (total[0] / total[1].clamp(min=1)).item()
+        with torch.no_grad():
+            unwrapped.value_head.summary.bias.fill_(start)
+        log.info(f"{stage}: critic warm-up: the value head starts at {start:+.3f}, the mean return of the starting "
+                 f"policy's answers on {n} rollout(s) of {per_update} prompts")
+
     if step == 0 and not history:
+        if algo.critic and algo.critic_warmup:
+            warm_critic(algo.critic_warmup)
         evaluate(0)  # the starting policy, for comparison
         if cfg.select == "best" and eval_p:
             save(0)  # selectable: if no update beats it on held-out reward, the output is the starting policy
