@@ -352,3 +352,22 @@ def test_negative_counts_on_the_command_line_are_usage_errors(capsys, argv, mess
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
+
+
+def test_wrong_formats_are_named_without_quoting_whole_records(tmp_path, capsys):
+    src = tmp_path / "d.jsonl"
+    src.write_text(json.dumps(RECORD | {"meta": {"note": "长" * 400}}, ensure_ascii=False) + "\n", encoding="utf-8")
+    # a CSV format on a JSON file quoted the whole first line (a whole patient record) as its "columns"
+    assert cli(["data", "convert", str(src), "--format", "cmexam", "-o", str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "CSV is missing column(s) Question, Options, Answer" in err and len(err) < 400 and "长" * 200 not in err
+    # a side-file format named by the user: the file is not that file, so say what the format is instead
+    assert cli(["data", "convert", str(src), "--format", "dxy_kb", "-o", str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "format 'dxy_kb' is a side file" in err and "this is DXY" not in err, err
+    # one record holding one nested object of numbers was detected as DXY disease statistics
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text('{"turns": {"a": 1}}\n', encoding="utf-8")
+    assert cli(["data", "convert", str(odd), "-o", str(tmp_path / "o.jsonl")]) == 2
+    assert "unknown format (first record's fields: turns)" in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()

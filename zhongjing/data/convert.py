@@ -16,7 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
-from zhongjing.data.readers.aux import AUX_WHAT
+from zhongjing.data.readers.aux import no_units
 from zhongjing.data.readers import FORMATS, ReadReport, detect_format, iter_units, kind_of, list_files
 from zhongjing.errors import DataError, ZhongjingError
 from zhongjing.io import atomic_open, write_jsonl
@@ -57,8 +57,7 @@ def native_kind(inputs: list[str], format: str | None, encoding: str | None) -> 
     if not by_kind:
         if side:
             f, fmt = side[0]
-            raise DataError(f"this is {AUX_WHAT[fmt]}, not dialogues, documents, rankings or exam questions:"
-                            " nothing to convert", str(f))
+            raise no_units(fmt, str(f), forced=bool(format))
         raise ZhongjingError(f"no convertible data files in {' '.join(inputs)}")
     if len(by_kind) > 1:
         seen = "; ".join(f"{k}: {', '.join(v[:3])}{' …' if len(v) > 3 else ''}" for k, v in by_kind.items())

@@ -50,9 +50,18 @@ def load_entity_list(src: Source) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def no_units(fmt: str, path: str, forced: bool = False) -> DataError:
+    """The error for a side file asked for its units: it holds none. `forced`: the user named the format, so the
+    file was not recognised as one, only read as one."""
+    what = AUX_WHAT[fmt]
+    if forced:
+        return DataError(f"format {fmt!r} is a side file ({what}) with nothing to convert; leave --format out to "
+                         "detect the file's format, or name a format of dialogues, documents, rankings or exams", path)
+    return DataError(f"this is {what}, not dialogues, documents, rankings or exam questions: nothing to convert", path)
+
+
 def _no_units(src: Source) -> Iterator[Any]:
-    raise DataError(f"this is {AUX_WHAT[src.format]}, not dialogues, documents, rankings or exam questions:"
-                    " nothing to convert", src.name)
+    raise no_units(src.format, src.name)
     yield  # pragma: no cover  (makes this a generator like the other readers)
 
 

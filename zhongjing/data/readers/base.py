@@ -256,7 +256,9 @@ def csv_rows(src: Source, required: tuple[str, ...]) -> Iterator[Raw | DataError
             raise DataError(f"invalid CSV header ({e})", src.name, "line 1") from None
         missing = [c for c in required if c not in header]
         if missing:
-            raise DataError(f"CSV is missing column(s) {', '.join(missing)} (found: {', '.join(header) or 'none'})",
+            found = ", ".join(header)
+            found = found if len(found) <= 120 else found[:120] + "…"  # a file that is not a CSV: its first line
+            raise DataError(f"CSV is missing column(s) {', '.join(missing)} (found: {found or 'none'})",
                             src.name, "line 1")
         index, start = 0, 2
         while True:

@@ -96,9 +96,11 @@ def _object_format(obj: dict) -> str | None:
     if values and all(isinstance(v, list) for v in values):
         if all(_record_format(x) == "dxy_goals" for v in values for x in v[:3]):
             return "dxy_goals"
-        if all(isinstance(x, str) for v in values for x in v):
+        if len(values) > 1 and all(isinstance(x, str) for v in values for x in v):
             return "dxy_kb"
-    if values and all(isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values()) for v in values):
+    # statistics name several diseases: one record with one nested object ({"turns": {...}}) is not that file
+    if len(values) > 1 and all(isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values())
+                               for v in values):
         return "dxy_kb"
     return None
 
