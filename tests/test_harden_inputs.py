@@ -371,3 +371,19 @@ def test_wrong_formats_are_named_without_quoting_whole_records(tmp_path, capsys)
     assert cli(["data", "convert", str(odd), "-o", str(tmp_path / "o.jsonl")]) == 2
     assert "unknown format (first record's fields: turns)" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.parametrize("stage, key, message", [
+    ("dpo", "beta=nan", "'beta': must be positive, got nan"),  # trained to a NaN loss and wrote the model
+    ("dpo", "val_ratio=-1", "'val_ratio': must be in [0, 1)"),  # held nothing out, silently
+    ("dpo", "max_length=0", "max_length must be ≥ 1"),  # was "no usable rankings (too_long: …)"
+    ("rm", "max_length=0", "max_length must be ≥ 1"),
+    ("rm", "relevance_limit=-1", "relevance_limit must be ≥ 0"),
+    ("sft", "group_size=0", "group_size must be ≥ 1"),  # 0 and −5 trained, batched some other way than asked
+    ("sft", "pack_length=-5", "pack_length must be ≥ 0"),
+])
+def test_training_ranges_are_refused_when_the_config_loads(tmp_path, capsys, stage, key, message):
+    assert cli(["train", stage, "model=nowhere", f"output={tmp_path / 'o'}", key]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err
+    assert not (tmp_path / "o").exists()

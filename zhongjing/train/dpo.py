@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from zhongjing.config import parse_stage_args
+from zhongjing.config import at_least, parse_stage_args
 from zhongjing.errors import ConfigError
 from zhongjing.model.lora import LoraSettings
 from zhongjing.train.common import TrainSettings, print_once
@@ -43,10 +43,13 @@ class DPOConfig:
     skip_bad: bool = False
 
     def __post_init__(self):
-        if self.beta <= 0:
+        if not 0 < self.beta < float("inf"):  # (NaN fails too: it trained to a NaN loss and wrote the model)
             raise ConfigError(f"config key 'beta': must be positive, got {self.beta}")
         if not 0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"config key 'label_smoothing': must be in [0, 0.5), got {self.label_smoothing}")
+        if not 0 <= self.val_ratio < 1:  # -1 held nothing out silently; 1.5 said "no usable rankings"
+            raise ConfigError(f"config key 'val_ratio': must be in [0, 1), got {self.val_ratio}")
+        at_least(self, 1, "max_length", "length_group")
 
 
 def sequence_logprobs(model, batch: dict) -> torch.Tensor:

@@ -18,7 +18,7 @@ from typing import Literal
 
 import torch
 
-from zhongjing.config import parse_stage_args
+from zhongjing.config import at_least, parse_stage_args
 from zhongjing.errors import ConfigError
 from zhongjing.model.lora import Finetune, LoraSettings, apply_lora
 from zhongjing.train.common import TrainSettings, print_once
@@ -51,6 +51,8 @@ class RMConfig:
     def __post_init__(self):
         if not 0 <= self.val_ratio < 1:
             raise ConfigError(f"config key 'val_ratio': must be in [0, 1), got {self.val_ratio}")
+        at_least(self, 1, "max_length")
+        at_least(self, 0, "relevance_limit")
 
 
 def rm_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from zhongjing.config import parse_stage_args
+from zhongjing.config import at_least, parse_stage_args
 from zhongjing.data.render import Renderer, Strategy
 from zhongjing.errors import ConfigError, DataError
 from zhongjing.model.lora import Finetune, LoraSettings
@@ -59,6 +59,8 @@ class SFTConfig:
             raise ConfigError(f"max_length must be ≥ 8, got {self.max_length}")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        at_least(self, 1, "group_size")  # 0 and -5 were accepted and batched some other way than asked
+        at_least(self, 0, "pack_length")
 
 
 def default_sources() -> list[SFTSource]:
