@@ -387,3 +387,20 @@ def test_training_ranges_are_refused_when_the_config_loads(tmp_path, capsys, sta
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err, err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("key, message", [
+    ("train.seed=99999999999999999999999", "seed must be in [0, 4294967295]"),  # OverflowError traceback
+    ("train.seed=-1", "seed must be in [0, 4294967295]"),  # numpy's ValueError traceback
+    ("train.lr=1e400", "train.lr must be positive, got inf"),  # trained to a NaN loss and wrote the model
+    ("train.lr=nan", "train.lr must be positive, got nan"),  # torch's traceback
+    ("train.betas=[1.5,0.9]", "train.betas must each be in [0, 1)"),  # torch's traceback
+    ("train.warmup_ratio=2", "warmup_ratio must be in [0, 1]"),  # accepted
+    ("train.max_grad_norm=-1", "max_grad_norm must be ≥ 0"),  # accepted
+    ("train.explode_lr_decay=0", "explode_lr_decay must be in (0, 1]"),
+    ("train.eps=nan", "eps must be ≥ 0"),
+])
+def test_train_settings_ranges_are_refused_when_the_config_loads(tmp_path, capsys, key, message):
+    assert cli(["train", "sft", "model=nowhere", f"output={tmp_path / 'o'}", key]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err

@@ -215,7 +215,8 @@ def within(cfg: Any, lo: float, hi: float, *names: str) -> None:
     """For a config's __post_init__: each named number must lie in [lo, hi] (a RangeError, like at_least)."""
     for name in names:
         if not lo <= getattr(cfg, name) <= hi:  # (NaN fails too)
-            span = f"≥ {lo:g}" if hi == float("inf") else f"in [{lo:g}, {hi:g}]"
+            g = lambda x: f"{x:g}" if isinstance(x, float) else str(x)  # noqa: E731  (2**32 - 1, not 4.29497e+09)
+            span = f"≥ {g(lo)}" if hi == float("inf") else f"in [{g(lo)}, {g(hi)}]"
             raise RangeError(f"{name} must be {span}, got {getattr(cfg, name)}")
 
 

@@ -6,7 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zhongjing.errors import ConfigError
+from zhongjing.config import at_least, within
+from zhongjing.errors import ConfigError, RangeError
 
 
 @dataclass
@@ -45,10 +46,20 @@ class TrainSettings:
         for k in ("epochs", "batch_size", "grad_accum"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"train.{k} must be ≥ 1, got {getattr(self, k)}")
-        if self.lr <= 0:
+        if not 0 < self.lr < float("inf"):  # (NaN fails too: it was torch's traceback, inf trained to NaN)
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
         if len(self.betas) != 2:
             raise ConfigError(f"train.betas must be two numbers, got {self.betas}")
+        if not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas):  # torch's traceback at start
+            raise ConfigError(f"train.betas must each be in [0, 1), got {self.betas}")
+        # ranges refused here, not minutes later in torch, numpy or accelerate (or accepted and silently meaningless)
+        within(self, 0, 1, "warmup_ratio", "min_lr_ratio")
+        within(self, 0, float("inf"), "weight_decay", "eps", "max_grad_norm", "explode_grad_norm")
+        if not 0 < self.explode_lr_decay <= 1:
+            raise RangeError(f"explode_lr_decay must be in (0, 1], got {self.explode_lr_decay}")
+        at_least(self, 0, "max_steps", "warmup_steps", "eval_every", "save_every", "max_eval_batches",
+                 "keep_checkpoints", "threads")
+        within(self, 0, 2**32 - 1, "seed")  # numpy's limit; 2**70 was an OverflowError traceback
         if self.fp32_matmul not in ("fast", "exact"):
             raise ConfigError(f"train.fp32_matmul must be fast or exact, got {self.fp32_matmul!r}")
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
