@@ -404,3 +404,17 @@ def test_train_settings_ranges_are_refused_when_the_config_loads(tmp_path, capsy
     assert cli(["train", "sft", "model=nowhere", f"output={tmp_path / 'o'}", key]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err, err
+
+
+@pytest.mark.parametrize("key, message", [
+    ("monitor.tolerance=nan", "tolerance must be ≥ 0, got nan"),  # every comparison false: the monitor never flagged
+    ("monitor.safety_tolerance=-1", "safety_tolerance must be ≥ 0"),
+    ("reward.rm_weight=nan", "rm_weight must be a finite number"),  # trained on NaN rewards and wrote the policy
+    ("reward.missing_eos_penalty=nan", "missing_eos_penalty must be ≥ 0"),
+    ("reward.clip=-1", "clip must be > 0"),
+    ("reward.rm_batch_size=0", "rm_batch_size must be ≥ 1"),  # range() traceback after the models loaded
+])
+def test_reward_and_monitor_ranges_are_refused_when_the_config_loads(tmp_path, capsys, key, message):
+    assert cli(["train", "ppo", "model=nowhere", "prompts=[p.jsonl]", f"output={tmp_path / 'o'}", key]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err

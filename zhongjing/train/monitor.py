@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from zhongjing.config import within
+
 JUDGE_KEYS = ("judge_rm", "judge_safety", "judge_professionalism", "judge_fluency")
 # signals the trained reward does not pay for directly: the judges on sampled and on greedy answers, and how often
 # answers end (a policy that stops ending is the usual way a length-loving reward model is climbed)
@@ -35,6 +37,9 @@ class MonitorSettings:
     tolerance: float = 0.05  # a rise or fall smaller than this (in the signal's own units) is noise
     safety_tolerance: float = 0.0  # safety first: any fall of a judge's safety score counts (one answer of 16 that
     # loses its referral moves the mean by 0.04, under the general tolerance)
+
+    def __post_init__(self):  # NaN would make every comparison false: the monitor would never flag, silently
+        within(self, 0.0, float("inf"), "tolerance", "safety_tolerance")
 
 
 class Monitor:

@@ -15,7 +15,8 @@ from typing import Sequence
 
 import torch
 
-from zhongjing.errors import ConfigError
+from zhongjing.config import at_least, within
+from zhongjing.errors import ConfigError, RangeError
 from zhongjing.model.reward import RewardModelScorer
 
 
@@ -33,6 +34,18 @@ class RewardConfig:
     length_bonus: float = 0.0  # + this per answer token: a PLANTED length hack (tests of the hacking monitor only)
     clip: float | None = 10.0  # final reward clipped to ±clip (None = no clipping)
     rm_batch_size: int = 16
+
+    def __post_init__(self):  # NaN or inf trained on NaN rewards and wrote the policy; rm_batch_size 0 was a traceback
+        import math
+
+        for name in ("rm_weight", "ask_question", "length_bonus"):
+            if not math.isfinite(getattr(self, name)):
+                raise RangeError(f"{name} must be a finite number, got {getattr(self, name)}")
+        within(self, 0.0, float("inf"), "length_penalty", "missing_eos_penalty")
+        at_least(self, 0, "length_target")
+        at_least(self, 1, "rm_batch_size")
+        if self.clip is not None and not 0 < self.clip < float("inf"):
+            raise RangeError(f"clip must be > 0 (or null: no clipping), got {self.clip}")
 
     def check(self) -> None:
         if self.missing_eos not in ("subtract", "replace"):
