@@ -418,3 +418,22 @@ def test_reward_and_monitor_ranges_are_refused_when_the_config_loads(tmp_path, c
     assert cli(["train", "ppo", "model=nowhere", "prompts=[p.jsonl]", f"output={tmp_path / 'o'}", key]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err, err
+
+
+@pytest.mark.parametrize("key, message", [
+    ("screen.max_turns=0", "1 ≤ min ≤ max"),  # screened every dialogue out and "finished" with none
+    ("screen.min_turns=5 screen.max_turns=2", "1 ≤ min ≤ max"),
+    ("split.multi_to_single=nan", "split.multi_to_single must be ≥ 0"),  # ValueError traceback at the mix
+    ("departments.nb_min_confidence=nan", "nb_min_confidence must be a probability"),  # never confident, silently
+    ("kg.min_term_len=0", "kg.min_term_len must be ≥ 1"),
+    ("normalize.strip_boilerplate=-1", "strip_boilerplate must be ≥ 0"),
+    ("rewrite.temperature=nan", "rewrite.temperature must be in [0, 2]"),
+])
+def test_build_ranges_are_refused_when_the_config_loads(tmp_path, capsys, key, message):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps(RECORD, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert cli(["build", f"inputs=[{{path: {src}}}]", f"output={tmp_path / 'o'}", f"work_dir={tmp_path / 'w'}",
+                *key.split()]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err
+    assert not (tmp_path / "o").exists()

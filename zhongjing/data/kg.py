@@ -43,6 +43,10 @@ class KGConfig:
     default_action: Action = "review"  # for flag kinds missing from `policy`
     min_term_len: int = 2
 
+    def __post_init__(self):
+        if self.min_term_len < 1:  # 0 let an empty name match everywhere
+            raise ConfigError(f"kg.min_term_len must be ≥ 1, got {self.min_term_len}")
+
 
 # dosage forms stripped to get the generic name a doctor actually says (阿莫西林胶囊 → 阿莫西林)
 _FORMS = re.compile(

@@ -31,6 +31,12 @@ class DepartmentsConfig:
     relabel: bool = False  # also re-classify dialogues whose label is unknown to the map (default: fallback)
     plot: bool = True
 
+    def __post_init__(self):  # NaN made the classifier never confident, silently
+        if not 0 <= self.nb_min_confidence <= 1:
+            raise ConfigError(f"departments.nb_min_confidence must be a probability in [0, 1], got {self.nb_min_confidence}")
+        if self.nb_min_per_class < 1:
+            raise ConfigError(f"departments.nb_min_per_class must be ≥ 1, got {self.nb_min_per_class}")
+
 
 @dataclass
 class DepartmentMap:

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 from zhongjing.dataset.report import StepReport
+from zhongjing.config import at_least
 from zhongjing.data.schema import Dialogue, Message
 
 
@@ -27,6 +28,9 @@ class NormalizeConfig:
     merge_same_role: bool = True
     merge_separator: str = "\n"
     strip_boilerplate: int = 0  # cut leading doctor-turn sentences that open at least this many turns (0 = off)
+
+    def __post_init__(self):
+        at_least(self, 0, "strip_boilerplate")
 
 
 CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"

@@ -56,6 +56,8 @@ class RewriteConfig:
             raise ConfigError("rewrite.max_retries must be ≥ 0, rewrite.concurrency and rewrite.max_tokens ≥ 1")
         if self.timeout <= 0 or self.backoff_base < 0 or self.backoff_max < 0:
             raise ConfigError("rewrite.timeout must be > 0 and rewrite.backoff_base/backoff_max ≥ 0")
+        if not 0 <= self.temperature <= 2:  # the OpenAI range; NaN was sent to the endpoint
+            raise ConfigError(f"rewrite.temperature must be in [0, 2], got {self.temperature}")
         if not 0 <= self.min_length_ratio <= self.max_length_ratio:
             raise ConfigError("rewrite.min_length_ratio and max_length_ratio must satisfy 0 ≤ min ≤ max")
 

@@ -51,6 +51,13 @@ class ScreenConfig:
         for key in ("min_cjk_share", "min_inquiry_ratio"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ConfigError(f"screen.{key} must be a fraction in [0, 1]")
+        # max_turns 0, or below min_turns, screened every dialogue out and the build "finished" with none
+        if not 1 <= self.min_turns <= self.max_turns:
+            raise ConfigError(f"screen.min_turns and max_turns must satisfy 1 ≤ min ≤ max, got {self.min_turns} and "
+                              f"{self.max_turns}")
+        for key in ("min_doctor_chars", "max_turn_chars", "max_dialogue_chars", "copy_paste_min_chars"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"screen.{key} must be ≥ 0, got {getattr(self, key)}")
 
 
 _PUNCT = re.compile(r"[\s，。？！：；、（）“”‘’…—～,.?!:;()\"'~\-·]+")

@@ -34,7 +34,7 @@ class SplitConfig:
     def __post_init__(self):
         if not (0 <= self.validation < 1 and 0 <= self.test < 1 and self.validation + self.test < 1):
             raise ConfigError("split.validation and split.test must be fractions with validation + test < 1")
-        if self.multi_to_single < 0:
+        if not 0 <= self.multi_to_single < float("inf"):  # (NaN was a ValueError traceback at the mix)
             raise ConfigError("split.multi_to_single must be ≥ 0")
 
 
