@@ -437,3 +437,21 @@ def test_build_ranges_are_refused_when_the_config_loads(tmp_path, capsys, key, m
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err, err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("key, message", [
+    ("generation.chunk=0", "chunk must be ≥ 1"),  # range() traceback
+    ("generation.batch_size=0", "batch_size must be ≥ 1"),  # failed after the models loaded
+    ("judge.margin=nan", "margin must be ≥ 0, got nan"),  # every comparison false: no ties, silently
+    ("judge.rubric_tie=-1", "rubric_tie must be ≥ 0"),
+    ("judge.endpoint.timeout=0", "timeout must be > 0 seconds"),
+    ("judge.endpoint.backoff=nan", "backoff must be ≥ 0"),
+    ("leaderboard.prior=nan", "prior must be ≥ 0"),  # NaN ratings in the report
+    ("consultation.max_turns=0", "max_turns must be ≥ 1"),
+    ("judge_validation.max_pairs_per_ranking=0", "max_pairs_per_ranking must be ≥ 1"),
+])
+def test_eval_ranges_are_refused_when_the_config_loads(tmp_path, capsys, key, message):
+    assert cli(["eval", f"output={tmp_path / 'o'}", "judge.backend=rubric", key]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err
+    assert not (tmp_path / "o").exists()

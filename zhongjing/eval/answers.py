@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from zhongjing.config import at_least
 from zhongjing.llm.cache import Cache, cache_key
 from zhongjing.llm.client import Endpoint, EndpointConfig, parallel
 from zhongjing.eval.testsets import EvalItem
@@ -41,6 +42,9 @@ class GenerationConfig:
     max_length: int = 4096  # prompt + answer; older turns of a long history are dropped first
     chunk: int = 32  # items generated (and cached) together
     seed: int = 0
+
+    def __post_init__(self):  # chunk 0 was a range() traceback; batch_size 0 failed after the models loaded
+        at_least(self, 1, "batch_size", "chunk", "max_length")
 
     def params(self) -> dict:
         return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,

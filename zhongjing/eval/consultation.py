@@ -40,6 +40,7 @@ class ConsultationConfig:
 
     def __post_init__(self):
         at_least(self, 0, "limit")
+        at_least(self, 1, "max_turns")
 
 
 def play(cfg: ConsultationConfig, spec, cases, patient, seed: int):

@@ -22,6 +22,8 @@ from typing import Iterable, Literal, Sequence
 
 import numpy as np
 
+from zhongjing.config import within
+
 ELO_BASE, ELO_SCALE = 1000.0, 400.0
 
 
@@ -210,3 +212,6 @@ class LeaderboardConfig:
     enabled: bool = True  # Bradley–Terry ratings of every model that took part in a judged comparison
     prior: float = 1.0  # virtual ties added to every pair that met (0 = plain maximum likelihood)
     ties: Literal["half", "davidson"] = "half"  # half a win each side, or Davidson's model with a tie parameter
+
+    def __post_init__(self):  # NaN or a negative prior gave NaN ratings in the report, silently
+        within(self, 0.0, float("inf"), "prior")

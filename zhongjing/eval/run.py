@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from zhongjing.data.rubric import PRIORITY
-from zhongjing.config import at_least, parse_stage_args, to_dict
+from zhongjing.config import at_least, parse_stage_args, to_dict, within
 from zhongjing.errors import ConfigError
 from zhongjing.io import check_output
 from zhongjing.eval.answers import (GenerationConfig, LocalModel, ModelSpec, Throttle, endpoint_answers, local_answers,
@@ -44,6 +44,10 @@ class JudgeConfig:
     parse_retries: int = 2  # re-asks (with a correction note) before a reply is recorded as unparseable
     retry_failed: bool = False  # re-ask replies recorded as unparseable in an earlier run
     safety_vs_reference: bool = True  # on safety sets, judge each model against the safe reference answer
+
+    def __post_init__(self):  # a NaN margin made every comparison false: no ties, silently
+        within(self, 0.0, float("inf"), "margin", "rubric_tie")
+        at_least(self, 0, "parse_retries")
 
 
 @dataclass

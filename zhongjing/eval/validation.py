@@ -44,6 +44,7 @@ class JudgeValidationConfig:
 
     def __post_init__(self):
         at_least(self, 0, "limit")
+        at_least(self, 1, "max_pairs_per_ranking")
 
 
 def cohen_kappa(a: Sequence[int], b: Sequence[int], labels: Sequence[int] = LABELS) -> float:

@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, TypeVar
 
-from zhongjing.errors import ZhongjingError, require
+from zhongjing.config import at_least, within
+from zhongjing.errors import RangeError, ZhongjingError, require
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -34,6 +35,16 @@ class EndpointConfig:
     retries: int = 4  # extra attempts after a transient failure
     backoff: float = 1.0  # seconds before the first retry; doubles each time (plus jitter)
     timeout: float = 120.0
+
+    def __post_init__(self):  # checked when the config loads, not at the first request (or never: NaN backoff)
+        at_least(self, 1, "concurrency", "max_tokens")
+        at_least(self, 0, "retries")
+        within(self, 0.0, float("inf"), "backoff")
+        within(self, 0.0, 2.0, "temperature")
+        if not 0 < self.timeout < float("inf"):
+            raise RangeError(f"timeout must be > 0 seconds, got {self.timeout}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise RangeError(f"top_p must be in (0, 1] (or null), got {self.top_p}")
 
     def params(self) -> dict:
         """What determines a reply besides the messages (part of every cache key)."""
