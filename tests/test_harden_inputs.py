@@ -455,3 +455,11 @@ def test_eval_ranges_are_refused_when_the_config_loads(tmp_path, capsys, key, me
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err, err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("only", ["", ",", " "])
+def test_an_empty_only_list_is_refused_not_the_whole_chain(tmp_path, capsys, only):
+    """`--only "$STAGES"` with an empty variable planned every stage (and ran the whole chain)."""
+    assert cli(["pipeline", "--config", "configs/demo.yaml", f"work_dir={tmp_path / 'w'}", "--only", only, "--plan"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--only: no stage named" in err and "\n" not in err, err

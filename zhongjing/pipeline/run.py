@@ -345,7 +345,9 @@ def main(argv: list[str]) -> int:
     a = p.parse_intermixed_args(argv)  # key=value overrides may come before and after the flags
     if a.start and a.only:
         raise ConfigError("use --from or --only, not both")
-    only = [s.strip() for s in a.only.split(",") if s.strip()] if a.only else None
+    only = [s.strip() for s in a.only.split(",") if s.strip()] if a.only is not None else None
+    if only is not None and not only:  # `--only "$STAGES"` with an empty variable ran the whole chain
+        raise ConfigError(f"--only: no stage named in {a.only!r} (valid: {', '.join(NAMES)})")
     for s in only or []:
         if s not in STAGES:
             raise ConfigError(f"--only: unknown stage {s!r} (valid: {', '.join(NAMES)})")
