@@ -463,3 +463,12 @@ def test_an_empty_only_list_is_refused_not_the_whole_chain(tmp_path, capsys, onl
     assert cli(["pipeline", "--config", "configs/demo.yaml", f"work_dir={tmp_path / 'w'}", "--only", only, "--plan"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--only: no stage named" in err and "\n" not in err, err
+
+
+def test_an_empty_annotator_list_is_refused_not_everyone(tmp_path, capsys):
+    """`--annotators "$NAMES"` with an empty variable assigned the batch to every active annotator."""
+    src = tmp_path / "r.jsonl"
+    src.write_text("{}\n", encoding="utf-8")
+    assert cli(["annotate", "import", str(src), "--db", str(tmp_path / "a.sqlite"), "--batch", "b",
+                "--annotators", " , "]) == 2
+    assert "--annotators: no username in ' , '" in capsys.readouterr().err

@@ -134,8 +134,10 @@ def _import(args) -> None:
         raise ZhongjingError(f"{args.file}: file not found")
     settings = store.BatchSettings(k=args.k, per_item=args.per_item, min_tau=args.min_tau,
                                    require_top1=not args.allow_top1_mismatch, assign=args.assign)
+    names = [n.strip() for n in args.annotators.split(",") if n.strip()] if args.annotators is not None else None
+    if names is not None and not names:  # an empty variable would have assigned the batch to every annotator
+        raise ZhongjingError(f"--annotators: no username in {args.annotators!r}")
     rankings = store.parse_records(iter_jsonl(args.file), args.file, settings.k)
-    names = [n.strip() for n in args.annotators.split(",") if n.strip()] if args.annotators else None
     summary = store.import_batch(db.connect(args.db), args.batch, rankings, settings, names, source=args.file)
     per = ", ".join(f"{n}: {c}" for n, c in summary["assignments"].items())
     print(f"imported {summary['items']} items into batch {summary['batch']} ({per})")
