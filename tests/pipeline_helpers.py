@@ -54,7 +54,7 @@ def tiny_config(work: Path) -> dict:
 
 def tiny_ppo(section: dict) -> dict:
     """The demo's ppo section with two updates of 4 answers."""
-    section = dict(section) | {"eval_prompts": 4, "max_length": 320}
+    section = dict(section) | {"eval_prompts": 4, "max_length": 320, "rollout_prompts": 0}  # 0: batch_size × grad_accum
     section["generation"] = dict(section.get("generation") or {}) | {"max_new_tokens": 12}
     section["train"] = dict(section.get("train") or {}) | {"max_steps": 2, "batch_size": 4, "grad_accum": 1}
     return section
