@@ -98,7 +98,7 @@ def test_score_command(medical_rm, medical_base, tmp_path, capsys):
     for flag in ("--batch-size", "--max-length"):  # 0 gave a ValueError traceback / every answer unscored
         with pytest.raises(SystemExit) as e:
             main(["score", "--rm", str(medical_rm), str(MEDICAL_PAIRS), flag, "0"])
-        assert e.value.code == 2 and f"{flag} must be at least 1" in capsys.readouterr().err
+        assert e.value.code == 2 and f"argument {flag}: expected a whole number ≥ 1" in capsys.readouterr().err
 
 
 def test_loading_a_trained_rm_does_not_report_its_head_missing(medical_rm):

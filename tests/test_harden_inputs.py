@@ -472,3 +472,19 @@ def test_an_empty_annotator_list_is_refused_not_everyone(tmp_path, capsys):
     assert cli(["annotate", "import", str(src), "--db", str(tmp_path / "a.sqlite"), "--batch", "b",
                 "--annotators", " , "]) == 2
     assert "--annotators: no username in ' , '" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key, message", [
+    ("cases_per_update=0", "cases_per_update must be ≥ 1"),  # ZeroDivisionError traceback
+    ("update_epochs=0", "update_epochs must be ≥ 1"),  # IndexError traceback
+    ("beta=nan", "beta must be ≥ 0, got nan"),  # trained to NaN and wrote the policy
+    ("gamma=2", "gamma must be in [0, 1]"),
+    ("clip_eps=0", "clip_eps must be > 0"),
+    ("patient.max_facts=-1", "max_facts must be ≥ 1"),  # revealed nothing, silently
+    ("reward.advice=nan", "advice must be a finite number"),
+    ("exam_reward.correct=inf", "correct must be a finite number"),
+])
+def test_consult_ranges_are_refused_when_the_config_loads(tmp_path, capsys, key, message):
+    assert cli(["train", "consult", "model=nowhere", "cases=c.jsonl", f"output={tmp_path / 'o'}", key]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -218,6 +219,14 @@ def within(cfg: Any, lo: float, hi: float, *names: str) -> None:
             g = lambda x: f"{x:g}" if isinstance(x, float) else str(x)  # noqa: E731  (2**32 - 1, not 4.29497e+09)
             span = f"≥ {g(lo)}" if hi == float("inf") else f"in [{g(lo)}, {g(hi)}]"
             raise RangeError(f"{name} must be {span}, got {getattr(cfg, name)}")
+
+
+def finite(cfg: Any, *names: str) -> None:
+    """For a config's __post_init__: each named number must be finite (a weight may be negative, never NaN or inf:
+    they train on NaN rewards and write the model)."""
+    for name in names:
+        if not math.isfinite(getattr(cfg, name)):
+            raise RangeError(f"{name} must be a finite number, got {getattr(cfg, name)}")
 
 
 def non_negative(text: str) -> float:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from zhongjing.config import at_least
 from zhongjing.consult.cases import KINDS, Case, Fact, persona
 from zhongjing.data.text import asks_question, sentences
 from zhongjing.llm.client import EndpointConfig
@@ -39,6 +40,9 @@ class PatientSettings:
     max_facts: int = 2  # facts the retrieval patient reveals per question at most
     endpoint: EndpointConfig = field(default_factory=lambda: EndpointConfig(temperature=0.0, max_tokens=128))
     cache: str = ""  # kind=endpoint: sqlite cache of its replies (default OUTPUT/patient_cache.sqlite)
+
+    def __post_init__(self):
+        at_least(self, 1, "max_facts")  # −1 revealed nothing, silently
 
 
 @dataclass

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from zhongjing.config import finite
 from zhongjing.consult.cases import Case
 from zhongjing.data.simulate import _RED_FLAG, overlap_f1
 
@@ -39,6 +40,9 @@ class ConsultRewardSettings:
     turn_cost: float = 0.05  # − this per doctor turn after the first
     no_advice: float = 1.0  # − this when the episode ends without advice (the last allowed turn still asks)
     normalize_rm: bool = True  # RM scores standardised over the rollout (their scale is arbitrary)
+
+    def __post_init__(self):  # NaN weights trained on NaN rewards and wrote the policy
+        finite(self, "advice", "info", "safety", "turn_cost", "no_advice")
 
 
 def safety_violations(messages: list[dict], case: Case, revealed: list[int]) -> dict[str, bool]:
@@ -102,6 +106,9 @@ def answer_letter(text: str) -> str | None:
 class ExamRewardSettings:
     correct: float = 1.0  # the letter equals the key (verifiable: no model judges it)
     format: float = 0.2  # the reply is the letter alone (or "答案：X"), no rambling
+
+    def __post_init__(self):
+        finite(self, "correct", "format")
 
 
 def exam_scores(episodes, s: ExamRewardSettings) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -19,7 +19,8 @@ import torch
 from zhongjing.consult.episodes import EpisodeSettings
 from zhongjing.consult.patients import PatientSettings
 from zhongjing.consult.rewards import ConsultRewardSettings, ExamRewardSettings
-from zhongjing.errors import ConfigError
+from zhongjing.config import at_least, within
+from zhongjing.errors import ConfigError, RangeError
 from zhongjing.model.lora import LoraSettings
 from zhongjing.train.advantages import CRITIC, ESTIMATORS
 from zhongjing.train.common import TrainSettings
@@ -64,6 +65,14 @@ class ConsultConfig:
             raise ConfigError(f"config key 'env': 'consultation' or 'exam', got {self.env!r}")
         if self.estimator not in CRITIC and self.group_size < 2:
             raise ConfigError(f"estimator {self.estimator} needs group_size ≥ 2 (the group is the baseline)")
+        # the same ranges as PPO's; cases_per_update 0 was a ZeroDivisionError, update_epochs 0 an IndexError,
+        # and NaN coefficients trained to NaN and wrote the policy
+        at_least(self, 1, "group_size", "cases_per_update", "update_epochs", "max_length")
+        at_least(self, 0, "eval_cases")
+        within(self, 0.0, 1.0, "gamma", "lam")
+        within(self, 0.0, float("inf"), "beta", "kl_coef", "vf_coef", "stop_kl")
+        if not 0 < self.clip_eps < float("inf"):
+            raise RangeError(f"clip_eps must be > 0, got {self.clip_eps}")
 
 
 def load_items(cfg: ConsultConfig) -> list:

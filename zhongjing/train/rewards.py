@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from zhongjing.config import at_least, within
+from zhongjing.config import at_least, finite, within
 from zhongjing.errors import ConfigError, RangeError
 from zhongjing.model.reward import RewardModelScorer
 
@@ -36,11 +36,7 @@ class RewardConfig:
     rm_batch_size: int = 16
 
     def __post_init__(self):  # NaN or inf trained on NaN rewards and wrote the policy; rm_batch_size 0 was a traceback
-        import math
-
-        for name in ("rm_weight", "ask_question", "length_bonus"):
-            if not math.isfinite(getattr(self, name)):
-                raise RangeError(f"{name} must be a finite number, got {getattr(self, name)}")
+        finite(self, "rm_weight", "ask_question", "length_bonus")
         within(self, 0.0, float("inf"), "length_penalty", "missing_eos_penalty")
         at_least(self, 0, "length_target")
         at_least(self, 1, "rm_batch_size")
