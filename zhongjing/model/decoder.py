@@ -386,7 +386,7 @@ class Decoder:
             scaled = scaled.masked_fill(torch.tensor([s.error is not None for s in rows], device=logits.device)[:, None], 0.0)
             greedy = greedy | torch.tensor([s.error is not None for s in rows], device=logits.device)
         tokens = scaled.argmax(-1)
-        sampled = [i for i, s in enumerate(rows) if not greedy[i]]
+        sampled = [i for i, g in enumerate(greedy.tolist()) if not g]  # one device read, not one per row
         if sampled:
             sub = _filter(scaled[sampled], [rows[i].params for i in sampled])
             probs = torch.softmax(sub, dim=-1)
