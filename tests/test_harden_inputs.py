@@ -488,3 +488,15 @@ def test_consult_ranges_are_refused_when_the_config_loads(tmp_path, capsys, key,
     assert cli(["train", "consult", "model=nowhere", "cases=c.jsonl", f"output={tmp_path / 'o'}", key]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err, err
+
+
+def test_export_refuses_a_reward_model_folder(tmp_path, capsys):
+    """`export --merge RM_DIR` wrote a LlamaForCausalLM without the score head: a 'model' that talks nonsense, and
+    that `score` no longer reads as a reward model."""
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    (rm / "meta.json").write_text('{"stage": "rm", "task": "reward"}', encoding="utf-8")
+    (rm / "adapter_config.json").write_text('{"task_type": "SEQ_CLS"}', encoding="utf-8")
+    assert cli(["export", "--merge", str(rm), "-o", str(tmp_path / "out")]) == 2
+    assert "a reward model (zhongjing train rm) scores answers" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -12,9 +12,11 @@ from zhongjing.io import atomic_path, check_output, write_json
 
 def merge_adapter(adapter_dir: str | Path, out: str | Path, dtype: str = "float32") -> Path:
     from zhongjing.model.load import is_adapter_dir, load_model, load_tokenizer, read_meta
+    from zhongjing.model.value_head import refuse_reward_model
     from zhongjing.model.identity import code_version, model_fingerprint
 
     src = Path(adapter_dir)
+    refuse_reward_model(src)  # merged into a causal LM its score head would be dropped: a model that talks nonsense
     if not is_adapter_dir(src):
         raise ZhongjingError(f"{src}: not a LoRA adapter folder (no adapter_config.json); nothing to merge")
     out = check_output(out, folder=True)  # before the model loads: no file in the way
