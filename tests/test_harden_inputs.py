@@ -500,3 +500,17 @@ def test_export_refuses_a_reward_model_folder(tmp_path, capsys):
     assert cli(["export", "--merge", str(rm), "-o", str(tmp_path / "out")]) == 2
     assert "a reward model (zhongjing train rm) scores answers" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_reward_model_folder_is_never_loaded_as_a_language_model(tmp_path):
+    """generate, train sft/dpo/ppo (as the policy) and the rest took a reward-model folder and wrote with it; only
+    chat and serve refused. The refusal now sits in the one loader of language models."""
+    from zhongjing.errors import ZhongjingError
+    from zhongjing.model.load import load_model
+
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    (rm / "meta.json").write_text('{"stage": "rm", "task": "reward"}', encoding="utf-8")
+    (rm / "adapter_config.json").write_text('{"task_type": "SEQ_CLS"}', encoding="utf-8")
+    with pytest.raises(ZhongjingError, match="a reward model .* scores answers and cannot write them"):
+        load_model(rm)

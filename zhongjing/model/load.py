@@ -248,6 +248,10 @@ def load_model(path: str | Path, *, dtype: str = "float32", trainable: bool = Fa
     from zhongjing.model.kernels import attn_implementation
 
     p = _check_dir(path)
+    if model_cls is None:  # a reward model loaded as a language model talks nonsense (generate, train, chat, ...)
+        from zhongjing.model.value_head import refuse_reward_model
+
+        refuse_reward_model(p)
     cls = model_cls or AutoModelForCausalLM
     torch_dtype = resolve_dtype(dtype)
     kw = {"dtype": torch_dtype, "local_files_only": True, "attn_implementation": attn_implementation(torch_dtype),
