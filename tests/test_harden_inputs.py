@@ -514,3 +514,11 @@ def test_a_reward_model_folder_is_never_loaded_as_a_language_model(tmp_path):
     (rm / "adapter_config.json").write_text('{"task_type": "SEQ_CLS"}', encoding="utf-8")
     with pytest.raises(ZhongjingError, match="a reward model .* scores answers and cannot write them"):
         load_model(rm)
+
+
+def test_an_annotation_database_path_that_is_a_folder_is_one_line(tmp_path, capsys):
+    """`--db FOLDER` was sqlite3's "unable to open database file" traceback."""
+    for argv in (["annotate", "progress", "--db", str(tmp_path)], ["annotate", "users", "list", "--db", str(tmp_path)]):
+        assert cli(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"zhongjing: error: {tmp_path}: is a folder; give the path of the annotation database file", err

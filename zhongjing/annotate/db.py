@@ -117,9 +117,14 @@ def connect(path: str | Path, *, synchronous: str = "FULL", create: bool = True,
     if not create and not path.exists():
         raise ZhongjingError(f"{path}: annotation database not found (create it with 'annotate users add')")
     make_dir(path.parent)
+    if path.is_dir():  # sqlite3's "unable to open database file" traceback
+        raise ZhongjingError(f"{path}: is a folder; give the path of the annotation database file")
     # check_same_thread=False: the web server opens a connection per request and may hand it
     # between worker threads, but never uses it from two threads at once.
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    try:
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as e:  # a folder we may not write, a read-only file system
+        raise ZhongjingError(f"{path}: cannot open the annotation database ({e})") from None
     conn.row_factory = sqlite3.Row
     try:
         conn.execute("PRAGMA busy_timeout = 30000")
