@@ -123,7 +123,7 @@ def test_a_reward_model_folder_is_refused_for_chat_serve_and_eval(tmp_path, chat
 
     from zhongjing.errors import ZhongjingError
     from zhongjing.eval.run import EvalConfig, ModelSpec, check
-    from zhongjing.model.value_head import refuse_reward_model
+    from zhongjing.model.load import refuse_reward_model
 
     rm = tmp_path / "rm"
     rm.mkdir()

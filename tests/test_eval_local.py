@@ -105,7 +105,8 @@ def test_reward_model_folder_as_cheap_judge(chat_model_dir, tmp_path):
     from zhongjing.eval.judge import PairTask, judge_pairs
     from zhongjing.eval.run import JudgeConfig, build_judge
     from zhongjing.model.load import load_tokenizer
-    from zhongjing.model.value_head import REWARD_TASK, new_reward_model
+    from zhongjing.model.load import REWARD_TASK
+    from zhongjing.model.value_head import new_reward_model
     from zhongjing.model.reward import RewardModelScorer
 
     tok = load_tokenizer(chat_model_dir)

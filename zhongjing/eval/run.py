@@ -114,7 +114,7 @@ def check(cfg: EvalConfig) -> None:
         if m.endpoint and not (m.endpoint.base_url and m.endpoint.model):
             raise ConfigError(f"model {m.name!r}: endpoint needs base_url and model")
         if m.path:
-            from zhongjing.model.value_head import refuse_reward_model  # torch: not before a config is checked
+            from zhongjing.model.load import refuse_reward_model  # torch: not before a config is checked
 
             refuse_reward_model(m.path)
     if cfg.testsets and cfg.judge.backend == "openai" and not (cfg.judge.endpoint.base_url and cfg.judge.endpoint.model):

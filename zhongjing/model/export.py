@@ -11,8 +11,7 @@ from zhongjing.io import atomic_path, check_output, write_json
 
 
 def merge_adapter(adapter_dir: str | Path, out: str | Path, dtype: str = "float32") -> Path:
-    from zhongjing.model.load import is_adapter_dir, load_model, load_tokenizer, read_meta
-    from zhongjing.model.value_head import refuse_reward_model
+    from zhongjing.model.load import is_adapter_dir, load_model, load_tokenizer, read_meta, refuse_reward_model
     from zhongjing.model.identity import code_version, model_fingerprint
 
     src = Path(adapter_dir)

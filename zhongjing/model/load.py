@@ -239,6 +239,26 @@ def quantization_kwargs(quantize: str, torch_dtype) -> dict:
             "device_map": {"": device}}
 
 
+REWARD_TASK = "reward"  # meta.json "task" of a reward-model folder
+
+
+def refuse_reward_model(path: str | Path) -> None:
+    """A reward model folder (`zhongjing train rm`) scores answers; loaded as a language model it would talk
+    nonsense (its head is not trained to write), so say what it is instead."""
+    p = Path(path)
+
+    def read(name: str) -> dict:
+        try:
+            return json.loads((p / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    meta, adapter, config = read("meta.json"), read("adapter_config.json"), read("config.json")
+    if (meta.get("task") == REWARD_TASK or adapter.get("task_type") == "SEQ_CLS"
+            or any("SequenceClassification" in a for a in config.get("architectures") or [])):
+        raise ZhongjingError(f"{path}: a reward model (zhongjing train rm) scores answers and cannot write them; "
+                             "use the sft or ppo folder (a reward model can judge: eval judge.backend: reward_model)")
+
 def load_model(path: str | Path, *, dtype: str = "float32", trainable: bool = False, model_cls=None,
                quantize: str = "none"):
     """A causal LM from a full folder, or base + LoRA adapter (PeftModel) from an adapter folder.
@@ -249,8 +269,6 @@ def load_model(path: str | Path, *, dtype: str = "float32", trainable: bool = Fa
 
     p = _check_dir(path)
     if model_cls is None:  # a reward model loaded as a language model talks nonsense (generate, train, chat, ...)
-        from zhongjing.model.value_head import refuse_reward_model
-
         refuse_reward_model(p)
     cls = model_cls or AutoModelForCausalLM
     torch_dtype = resolve_dtype(dtype)

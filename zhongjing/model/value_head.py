@@ -19,28 +19,10 @@ import torch
 from torch import nn
 
 from zhongjing.errors import ZhongjingError
+from zhongjing.model.load import REWARD_TASK
 from zhongjing.model.wrappers import unwrap
 
 VALUE_HEAD_FILE = "value_head.safetensors"
-REWARD_TASK = "reward"  # meta.json "task" of a reward-model folder
-
-
-def refuse_reward_model(path: str | Path) -> None:
-    """A reward model folder (`zhongjing train rm`) scores answers; loaded as a language model it would talk
-    nonsense (its head is not trained to write), so say what it is instead."""
-    p = Path(path)
-
-    def read(name: str) -> dict:
-        try:
-            return json.loads((p / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-
-    meta, adapter, config = read("meta.json"), read("adapter_config.json"), read("config.json")
-    if (meta.get("task") == REWARD_TASK or adapter.get("task_type") == "SEQ_CLS"
-            or any("SequenceClassification" in a for a in config.get("architectures") or [])):
-        raise ZhongjingError(f"{path}: a reward model (zhongjing train rm) scores answers and cannot write them; "
-                             "use the sft or ppo folder (a reward model can judge: eval judge.backend: reward_model)")
 
 
 class ValueHead(nn.Module):

@@ -26,7 +26,7 @@ def load_chat_model(path: str | Path, *, dtype: str = "float32", threads: int | 
     """(model, tokenizer, context length) for inference; adapters load on top of their base."""
     from zhongjing.model.generation import context_length
     from zhongjing.model.load import load_model, load_tokenizer, setup_torch
-    from zhongjing.model.value_head import refuse_reward_model
+    from zhongjing.model.load import refuse_reward_model
 
     refuse_reward_model(path)
     setup_torch(threads=threads)

@@ -373,7 +373,7 @@ def start_engine(args):
         model, tokenizer, ctx = load_chat_model(args.model, dtype=args.dtype, threads=args.threads)
         return Engine(model, tokenizer, max_batch=args.max_batch, queue_size=args.queue).start(), tokenizer, ctx
     from zhongjing.model.load import load_tokenizer
-    from zhongjing.model.value_head import refuse_reward_model
+    from zhongjing.model.load import refuse_reward_model
 
     refuse_reward_model(args.model)
     engine = ProcessEngine(args.model, dtype=args.dtype, threads=args.threads, max_batch=args.max_batch,

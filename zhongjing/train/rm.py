@@ -92,7 +92,8 @@ def rm_metrics(rec: dict) -> dict:
 
 def train_rm(cfg: RMConfig) -> Path:
     from zhongjing.model.load import load_tokenizer
-    from zhongjing.model.value_head import REWARD_TASK, new_reward_model
+    from zhongjing.model.load import REWARD_TASK
+    from zhongjing.model.value_head import new_reward_model
     from zhongjing.train.common import make_accelerator
     from zhongjing.train.pref_batches import pref_batches
     from zhongjing.train.pref_fit import fit_prefs
