@@ -216,9 +216,19 @@ def within(cfg: Any, lo: float, hi: float, *names: str) -> None:
     """For a config's __post_init__: each named number must lie in [lo, hi] (a RangeError, like at_least)."""
     for name in names:
         if not lo <= getattr(cfg, name) <= hi:  # (NaN fails too)
-            g = lambda x: f"{x:g}" if isinstance(x, float) else str(x)  # noqa: E731  (2**32 - 1, not 4.29497e+09)
-            span = f"≥ {g(lo)}" if hi == float("inf") else f"in [{g(lo)}, {g(hi)}]"
+            span = f"≥ {_bound(lo)}" if hi == float("inf") else f"in [{_bound(lo)}, {_bound(hi)}]"
             raise RangeError(f"{name} must be {span}, got {getattr(cfg, name)}")
+
+
+def positive(cfg: Any, *names: str) -> None:
+    """For a config's __post_init__: each named number must be finite and > 0 (a clip range, a step size)."""
+    for name in names:
+        if not 0 < getattr(cfg, name) < float("inf"):  # (NaN fails too)
+            raise RangeError(f"{name} must be > 0, got {getattr(cfg, name)}")
+
+
+def _bound(x: float) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)  # an int bound as an int: 4294967295, not 4.29497e+09
 
 
 def finite(cfg: Any, *names: str) -> None:

@@ -19,8 +19,8 @@ import torch
 from zhongjing.consult.episodes import EpisodeSettings
 from zhongjing.consult.patients import PatientSettings
 from zhongjing.consult.rewards import ConsultRewardSettings, ExamRewardSettings
-from zhongjing.config import at_least, within
-from zhongjing.errors import ConfigError, RangeError
+from zhongjing.config import at_least, positive, within
+from zhongjing.errors import ConfigError
 from zhongjing.model.lora import LoraSettings
 from zhongjing.train.advantages import CRITIC, ESTIMATORS
 from zhongjing.train.common import TrainSettings
@@ -71,8 +71,7 @@ class ConsultConfig:
         at_least(self, 0, "eval_cases")
         within(self, 0.0, 1.0, "gamma", "lam")
         within(self, 0.0, float("inf"), "beta", "kl_coef", "vf_coef", "stop_kl")
-        if not 0 < self.clip_eps < float("inf"):
-            raise RangeError(f"clip_eps must be > 0, got {self.clip_eps}")
+        positive(self, "clip_eps")
 
 
 def load_items(cfg: ConsultConfig) -> list:

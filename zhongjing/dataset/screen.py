@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Literal
 
+from zhongjing.config import at_least
 from zhongjing.dataset.minhash import MinHasher, near_duplicate_clusters, shingle_hashes
 from zhongjing.dataset.normalize import cjk_share
 from zhongjing.dataset.report import StepReport
@@ -55,9 +56,7 @@ class ScreenConfig:
         if not 1 <= self.min_turns <= self.max_turns:
             raise ConfigError(f"screen.min_turns and max_turns must satisfy 1 ≤ min ≤ max, got {self.min_turns} and "
                               f"{self.max_turns}")
-        for key in ("min_doctor_chars", "max_turn_chars", "max_dialogue_chars", "copy_paste_min_chars"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"screen.{key} must be ≥ 0, got {getattr(self, key)}")
+        at_least(self, 0, "min_doctor_chars", "max_turn_chars", "max_dialogue_chars", "copy_paste_min_chars")
 
 
 _PUNCT = re.compile(r"[\s，。？！：；、（）“”‘’…—～,.?!:;()\"'~\-·]+")

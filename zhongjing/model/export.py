@@ -11,11 +11,10 @@ from zhongjing.io import atomic_path, check_output, write_json
 
 
 def merge_adapter(adapter_dir: str | Path, out: str | Path, dtype: str = "float32") -> Path:
-    from zhongjing.model.load import is_adapter_dir, load_model, load_tokenizer, read_meta, refuse_reward_model
+    from zhongjing.model.load import is_adapter_dir, load_model, load_tokenizer, read_meta
     from zhongjing.model.identity import code_version, model_fingerprint
 
     src = Path(adapter_dir)
-    refuse_reward_model(src)  # merged into a causal LM its score head would be dropped: a model that talks nonsense
     if not is_adapter_dir(src):
         raise ZhongjingError(f"{src}: not a LoRA adapter folder (no adapter_config.json); nothing to merge")
     out = check_output(out, folder=True)  # before the model loads: no file in the way
@@ -24,7 +23,7 @@ def merge_adapter(adapter_dir: str | Path, out: str | Path, dtype: str = "float3
         # adapter twice for everything trained over that base; only an earlier export may be replaced
         what = read_meta(out).get("stage")
         raise ZhongjingError(f"{out}: already exists ({what or 'not an export'}); choose a new folder for -o")
-    model = load_model(src, dtype=dtype).merge_and_unload()
+    model = load_model(src, dtype=dtype).merge_and_unload()  # (refuses a reward model: its score head would be lost)
     tokenizer = load_tokenizer(src)
     src_meta = read_meta(src)
     with atomic_path(out, folder=True) as tmp:

@@ -15,8 +15,8 @@ from typing import Sequence
 
 import torch
 
-from zhongjing.config import at_least, finite, within
-from zhongjing.errors import ConfigError, RangeError
+from zhongjing.config import at_least, finite, positive, within
+from zhongjing.errors import ConfigError
 from zhongjing.model.reward import RewardModelScorer
 
 
@@ -40,8 +40,8 @@ class RewardConfig:
         within(self, 0.0, float("inf"), "length_penalty", "missing_eos_penalty")
         at_least(self, 0, "length_target")
         at_least(self, 1, "rm_batch_size")
-        if self.clip is not None and not 0 < self.clip < float("inf"):
-            raise RangeError(f"clip must be > 0 (or null: no clipping), got {self.clip}")
+        if self.clip is not None:  # (null: no clipping)
+            positive(self, "clip")
 
     def check(self) -> None:
         if self.missing_eos not in ("subtract", "replace"):
