@@ -51,6 +51,8 @@ def test_yaml_and_overrides(tmp_path):
         ("lora=5", "config key 'lora': expected a mapping"),
         ("lora.rank.x=1", "config key 'lora.rank': expected an integer"),
         ("lr", "not of the form key=value"),
+        ("lora=[1", "override 'lora=.1': the value is not valid YAML"),  # was yaml's traceback
+        ("lora={rank: 4, rank: 8}", "key 'rank' given again"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
@@ -61,8 +63,26 @@ def test_bad_overrides_name_the_key(override, message):
 def test_bad_yaml_names_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("lr: [1,\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match="bad.yaml: invalid YAML"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: invalid YAML \(.*at line 2, column 1\)$"):
         load_config(Stage, bad)
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    """Plain YAML keeps the second value silently: an edited config would train with whichever came last."""
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("epochs: 1\nlora:\n  rank: 8\n  alpha: 4\n  rank: 16\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"twice.yaml: invalid YAML \(key 'rank' given again \(first at line 3, "
+                                          r"column 3\) at line 5, column 3\)"):
+        load_config(Stage, twice)
+    top = tmp_path / "top.yaml"
+    top.write_text("lr: 0.1\nepochs: 2\nlr: 0.2\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="key 'lr' given again"):
+        load_config(Stage, top)
+    merged = tmp_path / "merged.yaml"  # a YAML merge key overridden on purpose is not a duplicate
+    from zhongjing.config import read_yaml
+
+    merged.write_text("a: &b {rank: 4, alpha: 8.0}\nlora: {<<: *b, rank: 16}\n", encoding="utf-8")
+    assert read_yaml(merged)["lora"] == {"rank": 16, "alpha": 8.0}
     unknown = tmp_path / "u.yaml"
     unknown.write_text("lora:\n  rank: 8\n  drop: 0.1\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"u.yaml: unknown config key 'lora.drop'"):

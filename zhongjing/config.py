@@ -123,7 +123,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, raw = item.split("=", 1)
     if not key:
         raise ConfigError(f"override '{item}' has an empty key")
-    value = yaml.safe_load(raw) if raw != "" else ""
+    try:
+        value = yaml.load(raw, Loader=_StrictLoader) if raw != "" else ""  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{item}': the value is not valid YAML ({_yaml_error(e)})") from None
     return key.split("."), value
 
 
@@ -136,11 +139,42 @@ def _set_dotted(data: dict, path: list[str], value: Any) -> None:
     data[path[-1]] = value
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping: plain YAML keeps the last silently, so a setting
+    written twice (an edited copy of a config) would train with whichever came second."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` then a key: overriding on purpose
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.get(key)
+                seen[key] = key_node.start_mark
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given again (first at line {first.line + 1}, column {first.column + 1})",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_error(e: yaml.YAMLError) -> str:
+    """One line: what is wrong and where (YAML's own text puts the line on a later line of the message)."""
+    mark = getattr(e, "problem_mark", None)
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    if getattr(e, "context", None) and not str(what).startswith("key "):
+        what = f"{e.context}: {what}"
+    return f"{what} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(what)
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except IsADirectoryError:
@@ -150,7 +184,7 @@ def read_yaml(path: str | Path) -> dict:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: invalid YAML ({_yaml_error(e)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
