@@ -148,6 +148,9 @@ def test_an_output_path_that_is_a_folder_is_one_line_and_writes_nothing(tmp_path
     err = capsys.readouterr().err.strip()
     assert err == f"zhongjing: error: {out}: is a folder; give the path of a file to write", err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out"] and not any(out.iterdir())
+    # score checked its -o only after loading the reward model and scoring every answer
+    assert cli(["score", "--rm", str(tmp_path / "no-such-rm"), str(src), "-o", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"zhongjing: error: {out}: is a folder; give the path of a file to write"
 
 
 @pytest.mark.parametrize("content, message", [

@@ -87,6 +87,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--normalize", action="store_true", help="(r − mean)/std with the RM's validation statistics")
     p.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (0 = torch's default)")
     a = p.parse_args(argv)
+    if a.output:  # before the model loads and every answer is scored
+        from zhongjing.io import check_output
+
+        check_output(a.output, folder=False)
     if a.threads:
         from zhongjing.model.load import setup_torch
 
