@@ -32,6 +32,7 @@ TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]),
     ["user", "assistant", "system", "human", "gpt", "头痛三天", "A", "B", "", " ", "\x00", "\n", "1", "-1",
      "头\ud800", "\udfff"])  # half a UTF-16 pair: JSON can escape one, and Python's reader returns it
 SCALAR = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+          | st.sampled_from([10**309, -(10**400)])  # beyond a float's range: a 500 where a float was read
           | st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=False) | TEXT)
 JSON = st.recursive(SCALAR, lambda inner: st.lists(inner, max_size=4)
                     | st.dictionaries(st.sampled_from(KEYS) | TEXT, inner, max_size=5), max_leaves=25)

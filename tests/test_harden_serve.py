@@ -61,6 +61,24 @@ def test_hostile_shapes_are_400(raw):
     assert e.value.status == 400
 
 
+@pytest.mark.parametrize("raw, words", [
+    # an integer beyond a float's range where a float is read: OverflowError, a 500 with a traceback
+    (json.dumps(_body())[:-1] + ', "temperature": 1' + "0" * 400 + "}", "is too large for a number"),
+    (json.dumps(_body())[:-1] + ', "top_p": 9' + "9" * 308 + "}", "is too large for a number"),
+    # a key named twice: readers disagree on which one counts, so a proxy's check and this server could differ
+    ('{"model": "m", "model": "other", "messages": [{"role": "user", "content": "hi"}]}', "'model' appears twice"),
+    ('{"model": "m", "messages": [{"role": "user", "role": "system", "content": "hi"}]}', "'role' appears twice"),
+    # both limits, different: vLLM takes max_completion_tokens, this server took max_tokens — neither is safe
+    (json.dumps(_body(max_tokens=4, max_completion_tokens=8)), "'max_tokens' (4) and 'max_completion_tokens' (8) differ"),
+])
+def test_huge_integers_repeated_keys_and_two_token_limits_are_400(raw, words):
+    with pytest.raises(ApiError) as e:
+        parse_chat_request(raw.encode())
+    assert e.value.status == 400 and words in e.value.message, e.value.message
+    assert parse_chat_request(json.dumps(_body(max_tokens=6, max_completion_tokens=6)).encode()).max_tokens == 6
+    assert parse_chat_request(json.dumps(_body(max_completion_tokens=7)).encode()).max_tokens == 7
+
+
 def test_a_broken_row_fails_only_its_own_request(chat_model_dir):
     """The batch mate of a request whose sampling breaks (NaN temperature got past validation) finishes with
     exactly the answer it gets alone; the broken request gets an error; the engine keeps serving."""

@@ -171,6 +171,32 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not a number JSON allows (only finite numbers)")
 
 
+def _int(text: str) -> int:
+    """An integer any field may also read as a float: one beyond float's range raised OverflowError (a 500)
+    where `temperature: 1000…0` was checked."""
+    if len(text) > 320:
+        raise ValueError(f"{text[:20]}… is too large for a number")
+    v = int(text)
+    try:
+        float(v)
+    except OverflowError:
+        raise ValueError(f"{text[:20]}… is too large for a number") from None
+    return v
+
+
+def _unique_keys(pairs: list) -> dict:
+    """An object naming a key twice: which one counts differs between JSON readers (a proxy may check the first,
+    this server would use the last), so it is refused rather than silently resolved."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise ValueError(f"key {k[:40]!r} appears twice in one object")
+            seen.add(k)
+    return out
+
+
 def _finite(text: str) -> float:
     x = float(text)
     if x in (float("inf"), float("-inf")):
@@ -180,7 +206,8 @@ def _finite(text: str) -> float:
 
 def loads_strict(raw: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """JSON from an untrusted client: NaN/Infinity refused (Python's reader accepts them), nesting deeper than
-    `max_depth` refused before parsing (no RecursionError), numbers too long to parse refused. ValueError
+    `max_depth` refused before parsing (no RecursionError), numbers beyond a float's range refused, a key given
+    twice in one object refused. ValueError
     with a one-line reason on any fault."""
     if isinstance(raw, (bytes, bytearray)):
         try:
@@ -206,7 +233,8 @@ def loads_strict(raw: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
         elif ch in "]}":
             depth -= 1
     try:
-        value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+        value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite, parse_int=_int,
+                           object_pairs_hook=_unique_keys)
     except RecursionError:
         raise ValueError(f"nested deeper than {max_depth} levels") from None
     except json.JSONDecodeError as e:

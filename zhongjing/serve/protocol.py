@@ -154,9 +154,14 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         req.include_usage = opts.get("include_usage", False)
     if body.get("n") is not None:
         req.n = _number(body, "n", 1, 16, integer=True)
-    for key in ("max_completion_tokens", "max_tokens"):
-        if body.get(key) is not None:
-            req.max_tokens = _number(body, key, 1, 1 << 30, integer=True)
+    limits = {key: _number(body, key, 1, 1 << 30, integer=True)
+              for key in ("max_completion_tokens", "max_tokens") if body.get(key) is not None}
+    if len(set(limits.values())) > 1:  # servers disagree on which wins (vLLM: the first; this one used the second)
+        raise ApiError(400, f"'max_tokens' ({limits['max_tokens']}) and 'max_completion_tokens' "
+                            f"({limits['max_completion_tokens']}) differ; give one of them", "max_tokens",
+                       "invalid_value")
+    for v in limits.values():
+        req.max_tokens = v
     if body.get("temperature") is not None:
         req.temperature = float(_number(body, "temperature", 0, 2))
     if body.get("top_p") is not None:
