@@ -295,3 +295,28 @@ def test_show_mask_renders_without_importing_torch(tiny_model_dir, tmp_path):
     tok = load_tokenizer(tiny_model_dir)
     r = Renderer(tok).render(msgs)
     assert marked_text(tok, r.input_ids, r.labels) in out.stdout
+
+
+def test_show_mask_keeps_the_turns_sft_would_keep_within_the_model_context(tiny_model_dir, tmp_path, capsys):
+    """show-mask rendered up to 4096 tokens whatever the model's context; sft caps max_length at the context, so
+    for a long dialogue it showed earlier turns as trained that sft drops (and --max-length 0 was accepted)."""
+    from zhongjing.cli import main
+    from zhongjing.data.render import Renderer
+    from zhongjing.model.load import context_of, load_tokenizer
+    from zhongjing.model.show_mask import marked_text
+
+    msgs = []
+    for i in range(60):
+        msgs += [{"role": "user", "content": f"第{i}天，头痛发烧，咳嗽胸闷，夜里睡不好。"},
+                 {"role": "assistant", "content": f"第{i}次回复：请测体温，多喝水，必要时就医。"}]
+    f = tmp_path / "long.jsonl"
+    f.write_text(json.dumps({"id": "long", "messages": msgs}, ensure_ascii=False) + "\n", encoding="utf-8")
+    tok, ctx = load_tokenizer(tiny_model_dir), context_of(tiny_model_dir)
+    assert len(Renderer(tok, max_length=4096).render(msgs).input_ids) > ctx  # the case: longer than the context
+    assert main(["data", "show-mask", str(f), "--model", str(tiny_model_dir)]) == 0
+    out = capsys.readouterr().out
+    sft = Renderer(tok, max_length=ctx).render(msgs)  # what sft trains (cap_config_length)
+    assert marked_text(tok, sft.input_ids, sft.labels) in out and f"dropped to fit {ctx}" in out
+    with pytest.raises(SystemExit):
+        main(["data", "show-mask", str(f), "--model", str(tiny_model_dir), "--max-length", "0"])
+    assert "expected a whole number ≥ 1" in capsys.readouterr().err

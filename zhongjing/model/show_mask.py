@@ -8,6 +8,7 @@ import argparse
 import itertools
 import sys
 
+from zhongjing.config import positive_int
 from zhongjing.data.render import IGNORE, STRATEGIES, Renderer
 from zhongjing.errors import ZhongjingError
 
@@ -32,12 +33,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--model", required=True, help="model or adapter folder whose tokenizer and chat template to use")
     p.add_argument("--format", default=None)
     p.add_argument("--strategy", choices=STRATEGIES, default="all", help="which turns are trained (default: all doctor turns)")
-    p.add_argument("--max-length", type=int, default=4096)
+    p.add_argument("--max-length", type=positive_int, default=4096,
+                   help="as train sft's max_length (default 4096); capped by the model's context as sft caps it")
     p.add_argument("--color", action="store_true", help="highlight instead of ⟦…⟧ brackets")
     a = p.parse_args(argv)
 
     from zhongjing.data.readers import read_dialogues
-    from zhongjing.model.load import load_tokenizer
+    from zhongjing.model.load import load_tokenizer, prompt_budget
 
     if a.index < 0:
         raise ZhongjingError("--index must be ≥ 0")
@@ -45,6 +47,8 @@ def main(argv: list[str]) -> int:
     if dialogue is None:
         raise ZhongjingError(f"{a.file}: has no record {a.index}")
     tok = load_tokenizer(a.model, light=True)
+    # the length sft trains with: beyond the model's positions it keeps fewer turns than the 4096 shown before
+    a.max_length = prompt_budget(a.max_length, a.model)
     renderer = Renderer(tok, max_length=a.max_length, strategy=a.strategy)
     r = renderer.render(dialogue.messages)
     if r is None:
