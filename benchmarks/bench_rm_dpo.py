@@ -10,7 +10,10 @@ no activation checkpointing on either side (TRL's default recomputes activations
 rendered by zhongjing's chat-template renderer (handed to TRL pre-tokenized); TRL's DPO tokenizes the same
 conversations with the same chat template. A pair's chosen and rejected answers differ several-fold in length:
 TRL pads every row of a batch to the longest, zhongjing packs the answers of a batch into shared rows (attention
-kept inside each answer) — the padding fraction (pad tokens / batch tensor size) is printed with the result. Figure: real (non-pad) tokens through the model per second, from the
+kept inside each answer) — the padding fraction (pad tokens / batch tensor size) is printed with the result. Figure:
+tokens of the pairs per second, each answer counted with its dialogue — what TRL feeds its model (real, non-pad
+tokens); zhongjing's reward model encodes a ranking's dialogue once and branches the answers off it
+(`share_prefix`), so for the RM it passes fewer tokens through the model for the same pairs — from the
 end of step 2 to the last step; each system runs in its own process so its peak RSS is its own. Both use one torch
 thread and run alternately `--rounds` times (train_common.py): best wall-clock round, median per CPU-second.
 """
@@ -62,11 +65,12 @@ def result(clock: StepClock, tokens: list[int], shapes: list[tuple[int, int]]) -
 def run_ours(stage: str, model: str, data: str, work: Path) -> dict:
     from zhongjing.train.pref_batches import RankingBatches
 
-    clock, shapes, collate = clock_our_loop(), [], RankingBatches.collate
+    clock, shapes, counted, collate = clock_our_loop(), [], [], RankingBatches.collate
 
     def counting(self, items):
         b = collate(self, items)
         shapes.append((b["ntokens"], b["numel"]))
+        counted.append(int(b["lengths"].sum()))  # every answer with its dialogue: the tokens TRL feeds its model
         return b
 
     RankingBatches.collate = counting
@@ -81,7 +85,9 @@ def run_ours(stage: str, model: str, data: str, work: Path) -> dict:
 
         train_dpo(DPOConfig(model=model, data=[data], output=str(out), val_ratio=0.0, max_length=MAX_LEN, beta=BETA,
                             lora=_lora(), train=_train()))
-    return result(clock, [r["tokens"] for r in our_records(out)], shapes)
+    steps = len(our_records(out))
+    assert len(counted) == steps, (len(counted), steps)  # one batch per step (no validation split, no accumulation)
+    return result(clock, counted, shapes)
 
 
 def run_trl(stage: str, model_dir: str, data: str, work: Path) -> dict:

@@ -243,6 +243,65 @@ def test_batches_keep_rankings_whole_and_normalise_per_ranking():
         assert b["position_ids"][seg == i].tolist() == list(range(len(answer)))
 
 
+def test_shared_prefix_layout_hand_worked():
+    """Two rankings: the dialogue once, each answer branching off it, positions continuing from the dialogue."""
+    from zhongjing.train.pref_batches import RankingBatches, shared_prefix
+    from zhongjing.train.prefs import Encoded
+
+    assert shared_prefix([[1, 2, 3], [1, 2, 4, 5]]) == 2 and shared_prefix([[1, 2], [1, 2]]) == 1  # own last token
+    enc = [Encoded([[1, 2, 3], [1, 2, 4, 5]], [[0], [1]], 2), Encoded([[7, 8], [7, 9]], [[1], [0]], 2)]
+    b = RankingBatches(enc, [], 2, seed=0, group=1, pad_id=0, share_prefix=True).collate(enc)
+    assert b["input_ids"].tolist() == [[1, 2, 3, 4, 5], [7, 8, 9, 0, 0]] and b["ntokens"] == 8
+    assert b["position_ids"].tolist() == [[0, 1, 2, 2, 3], [0, 1, 1, 0, 0]]
+    assert b["ends"].tolist() == [[0, 2], [0, 4], [1, 1], [1, 2]] and b["lengths"].tolist() == [3, 4, 2, 2]
+    m = b["attention_mask"][0, 0].int().tolist()  # token 4 (answer 2's first own token) does not see token 3
+    assert m == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 0, 1, 0], [1, 1, 0, 1, 1]]
+    assert b["attention_mask"][1, 0].int().tolist() == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 0, 1, 0, 0],
+                                                         [0, 0, 0, 1, 0], [0, 0, 0, 0, 1]]  # padding: itself only
+    assert b["better"].tolist() == [0, 3] and b["worse"].tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_shared_prefix_gives_the_same_rewards_loss_and_gradients_as_each_answer_alone(attn):
+    """The dialogue computed once instead of K times changes nothing the reward model computes: every reward equals
+    the answer scored alone, and the loss and every gradient equal the packed layout's."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from zhongjing.train.pref_batches import RankingBatches
+    from zhongjing.train.prefs import Encoded
+    from zhongjing.train.rm import rm_loss
+
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, max_position_embeddings=128, num_labels=1, pad_token_id=0, attn_implementation=attn))
+    g = random.Random(1)
+    items = []
+    for k, n in [(4, 20), (2, 35), (3, 5), (5, 12)]:
+        dialogue = [g.randrange(1, 50) for _ in range(n)]
+        items.append(Encoded([dialogue + [g.randrange(1, 50) for _ in range(g.randrange(1, 9))] for _ in range(k)],
+                             [[i] for i in range(k)], k))
+    items += [Encoded([[5, 6, 7, 8], [5, 6, 7, 8]], [[0], [1]], 2),  # identical answers
+              Encoded([[5, 6, 7], [5, 6, 7, 9, 9]], [[0], [1]], 2)]  # one starts as the other
+    tree = RankingBatches([], [], 8, seed=0, group=1, pad_id=0, share_prefix=True).collate(items)
+    packed = RankingBatches([], [], 8, seed=0, group=1, pad_id=0).collate(items)
+    assert tree["ntokens"] < 0.6 * packed["ntokens"]
+    from zhongjing.model.value_head import position_scores
+
+    with torch.no_grad():
+        alone = torch.cat([model(input_ids=torch.tensor([x])).logits[:, 0] for e in items for x in e.ids])
+        scores = position_scores(model, tree["input_ids"], tree["position_ids"], tree["attention_mask"])
+    assert torch.allclose(scores[tree["ends"][:, 0], tree["ends"][:, 1]], alone, atol=1e-5)
+    grads = []
+    for batch in (tree, packed):
+        model.zero_grad()
+        loss, metrics = rm_loss(model, batch)
+        loss.backward()
+        grads.append((loss.item(), metrics["correct"], [p.grad.clone() for p in model.parameters()]))
+    assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-5) and grads[0][1] == grads[1][1]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads[0][2], grads[1][2]))
+
+
 def test_packed_rows_give_the_same_rewards_as_one_answer_per_row(medical_base):
     from collections import Counter
 

@@ -68,15 +68,39 @@ def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, 0].float()
 
 
-def position_scores(model, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """The head's output at every position (B, T) — for packed rows, where a row holds several answers and each is
-    read at its own last token. Runs the model's own forward (DDP-safe) and catches the head's output."""
+def attention_kind(model) -> str:
+    """The attention implementation the model runs ('sdpa', 'eager', 'flash_attention_2', ...)."""
     inner = unwrap(model)
     inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    return getattr(inner.config, "_attn_implementation", None) or "eager"
+
+
+def takes_custom_mask(model) -> bool:
+    """Whether a custom (rows, 1, q, k) mask reaches this model's attention as given: SDPA and eager do; flash and
+    flex attention build their own from positions, so a branching mask (answers off a shared prefix) cannot be used."""
+    return attention_kind(model) in ("sdpa", "eager")
+
+
+def position_scores(model, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
+                    attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The head's output at every position (B, T) — for packed rows, where a row holds several answers and each is
+    read at its own last token. Runs the model's own forward (DDP-safe) and catches the head's output.
+    `attention_mask`: an optional (B, 1, T, T) boolean "may attend" mask (answers branching off a shared prefix);
+    eager attention adds its mask to the scores, so it gets the additive form."""
+    inner = unwrap(model)
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    kw = {"position_ids": position_ids} if position_ids is not None else {}
+    if attention_mask is not None:
+        if attention_kind(model) == "eager":
+            dtype = next(inner.parameters()).dtype
+            dtype = dtype if dtype.is_floating_point else torch.float32
+            attention_mask = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device).masked_fill(
+                ~attention_mask, torch.finfo(dtype).min)
+        kw["attention_mask"] = attention_mask
     seen: dict = {}
     handle = inner.score.register_forward_hook(lambda _m, _i, out: seen.__setitem__("scores", out))
     try:
-        model(input_ids=input_ids, use_cache=False, **({"position_ids": position_ids} if position_ids is not None else {}))
+        model(input_ids=input_ids, use_cache=False, **kw)
     finally:
         handle.remove()
     return seen["scores"][..., 0].float()

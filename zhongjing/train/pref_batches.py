@@ -30,6 +30,58 @@ def pack_answers(lengths: list[int]) -> list[list[int]]:
     return rows
 
 
+def shared_prefix(ids: list[list[int]]) -> int:
+    """Tokens every answer of a ranking starts with (the rendered dialogue, often more), leaving each answer at least
+    its last token of its own: that is where its reward is read."""
+    n = min(len(x) for x in ids) - 1
+    first = ids[0]
+    for p in range(n):
+        if any(x[p] != first[p] for x in ids[1:]):
+            return p
+    return max(n, 0)
+
+
+def tree_rows(items: list[Encoded], pad_id: int) -> dict:
+    """Each ranking's shared prefix (the dialogue) once, then every answer's own tokens after it — the answers branch
+    off the prefix: an answer token attends to the prefix and to its own earlier tokens only, with positions
+    continuing from the prefix, so it sees exactly what it would see alone (same logits), while the dialogue is
+    computed once instead of K times. Rankings are packed into rows (first-fit decreasing); the mask is the
+    (rows, 1, width, width) boolean "may attend" (padding attends to itself only). `ends` as in `collate`."""
+    import numpy as np
+    import torch
+
+    prefix = [shared_prefix(e.ids) for e in items]
+    sizes = [p + sum(len(x) - p for x in e.ids) for e, p in zip(items, prefix)]
+    rows = pack_answers(sizes)
+    width = max(sum(sizes[i] for i in r) for r in rows)
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    position_ids = np.zeros((len(rows), width), dtype=np.int64)
+    group = np.full((len(rows), width), -1, dtype=np.int64)  # which ranking each position belongs to
+    branch = np.zeros((len(rows), width), dtype=np.int64)  # 0 = the shared prefix, k + 1 = answer k's own tokens
+    ends = np.zeros((sum(len(e.ids) for e in items), 2), dtype=np.int64)
+    offsets = np.cumsum([0] + [len(e.ids) for e in items])
+    for r, row in enumerate(rows):
+        col = 0
+        for g in row:
+            e, p = items[g], prefix[g]
+            input_ids[r, col:col + p], position_ids[r, col:col + p], group[r, col:col + p] = e.ids[0][:p], np.arange(p), g
+            col += p
+            for k, x in enumerate(e.ids):
+                n = len(x) - p
+                input_ids[r, col:col + n], position_ids[r, col:col + n] = x[p:], np.arange(p, len(x))
+                group[r, col:col + n], branch[r, col:col + n] = g, k + 1
+                ends[offsets[g] + k] = (r, col + n - 1)
+                col += n
+    grp, br = torch.from_numpy(group), torch.from_numpy(branch)
+    same = (grp[:, :, None] == grp[:, None, :]) & (grp[:, :, None] >= 0)  # (rows, q, k)
+    visible = (br[:, None, :] == 0) | (br[:, None, :] == br[:, :, None])  # the key is prefix or the query's branch
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    mask = (same & visible & causal) | torch.eye(width, dtype=torch.bool)  # padding: itself, so no row is empty
+    return {"input_ids": torch.from_numpy(input_ids), "position_ids": torch.from_numpy(position_ids),
+            "attention_mask": mask[:, None], "ends": torch.from_numpy(ends), "ntokens": int(sum(sizes)),
+            "numel": int(input_ids.size)}
+
+
 class RankingBatches:
     """Micro-batches of whole rankings (batch_size of them): every answer encoded once however many pairs it is in,
     pairs as index tensors. `n` (the loss normaliser) counts rankings (RM) or pairs (DPO).
@@ -37,12 +89,16 @@ class RankingBatches:
     With `pack` (default) the answers share rows, each with position ids restarting at 0 — transformers then keeps
     attention inside each answer — and `ends` (N, 2) gives the (row, column) of every answer's last token, `seg`
     (rows, width) which answer each position belongs to (−1 = padding), `lengths` (N,) each answer's tokens with its
-    dialogue (the same dialogue for every answer of a ranking: the "longer answer wins" baseline reads it)."""
+    dialogue (the same dialogue for every answer of a ranking: the "longer answer wins" baseline reads it).
+    With `share_prefix` (reward model: one score per answer, no per-token targets) a ranking's dialogue is encoded
+    once and its answers branch off it (`tree_rows`); the batch then has an `attention_mask` and no `seg`."""
 
     def __init__(self, train: list[Encoded], val: list[Encoded], batch_size: int, *, seed: int, group: int,
-                 pad_id: int, pair_norm: str = "ckn", per: str = "ranking", pack: bool = True):
+                 pad_id: int, pair_norm: str = "ckn", per: str = "ranking", pack: bool = True,
+                 share_prefix: bool = False):
         self.train, self.val, self.bs, self.seed, self.group = train, val, batch_size, seed, group
         self.pad_id, self.pair_norm, self.per, self.pack = pad_id, pair_norm, per, pack
+        self.share_prefix = share_prefix
 
     def collate(self, items: list[Encoded]) -> dict:
         import torch
@@ -59,6 +115,11 @@ class RankingBatches:
             groups.append(e.groups)
         better, worse, owner = ranking_pairs(groups, offsets)
         norms = [ranking_norm(e.k, int((owner == r).sum()), self.pair_norm) for r, e in enumerate(items)]
+        common = {"better": better, "worse": worse, "owner": owner, "norm": torch.tensor(norms),
+                  "lengths": torch.tensor([len(a.input_ids) for a in answers]),
+                  "n": len(items) if self.per == "ranking" else len(better)}
+        if self.share_prefix and items and items[0].targets is None:  # per-token targets (DPO) need their own rows
+            return tree_rows(items, self.pad_id) | common
         rows = pack_answers([len(a.input_ids) for a in answers]) if self.pack else [[i] for i in range(len(answers))]
         batch = collate_rows(rows, answers, self.pad_id)
         seg = torch.full_like(batch["input_ids"], -1)
@@ -70,9 +131,7 @@ class RankingBatches:
                 seg[r, col:col + n] = i
                 ends[i] = torch.tensor([r, col + n - 1])
                 col += n
-        batch |= {"better": better, "worse": worse, "owner": owner, "norm": torch.tensor(norms), "seg": seg,
-                  "ends": ends, "lengths": torch.tensor([len(a.input_ids) for a in answers]),
-                  "n": len(items) if self.per == "ranking" else len(better)}
+        batch |= common | {"seg": seg, "ends": ends}
         if items and items[0].targets is None:
             del batch["targets"]
         return batch
