@@ -62,7 +62,7 @@ def result(clock: StepClock, tokens: list[int], shapes: list[tuple[int, int]]) -
             "peak_mib": peak_mib()}
 
 
-def run_ours(stage: str, model: str, data: str, work: Path) -> dict:
+def run_ours(stage: str, model: str, data: str, work: Path, share_prefix: bool = True) -> dict:
     from zhongjing.train.pref_batches import RankingBatches
 
     clock, shapes, counted, collate = clock_our_loop(), [], [], RankingBatches.collate
@@ -79,7 +79,7 @@ def run_ours(stage: str, model: str, data: str, work: Path) -> dict:
         from zhongjing.train.rm import RMConfig, train_rm
 
         train_rm(RMConfig(model=model, data=[data], output=str(out), val_ratio=0.0, max_length=MAX_LEN, lora=_lora(),
-                          train=_train()))
+                          train=_train(), share_prefix=share_prefix))
     else:
         from zhongjing.train.dpo import DPOConfig, train_dpo
 
@@ -153,12 +153,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", type=int, default=256)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--stages", default="rm,dpo", help="which to measure (comma-separated: rm, dpo)")
     p.add_argument("--child", nargs=5, metavar=("SYSTEM", "STAGE", "MODEL", "DATA", "WORK"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
         system, stage, model, data, work = a.child
-        fn = run_ours if system == "ours" else run_trl
-        print(json.dumps(fn(stage, model, data, Path(work))))
+        if system == "ours-unshared":
+            print(json.dumps(run_ours(stage, model, data, Path(work), share_prefix=False)))
+        else:
+            print(json.dumps((run_ours if system == "ours" else run_trl)(stage, model, data, Path(work))))
         return
     work = Path(tempfile.mkdtemp(prefix="bench-rm-dpo-"))
     rankings = load_pairs(a.pairs * 2)
@@ -172,8 +175,12 @@ def main() -> None:
     fit = [r for r in rankings if all(reward_input_ids(renderer, r.messages, x) for x in r.responses)][:a.pairs]
     data = write_jsonl(work / "pairs.jsonl", [r.to_dict() for r in fit])
     for stage, peer in (("rm", "TRL RewardTrainer"), ("dpo", "TRL DPOTrainer")):
-        systems = [(name, ["--child", system, stage, str(model), str(data), str(work)])
-                   for name, system in ((f"zhongjing train {stage}", "ours"), (peer, "trl"))]
+        if stage not in a.stages.split(","):
+            continue
+        names = [(f"zhongjing train {stage}", "ours"), (peer, "trl")]
+        if stage == "rm":  # the same trainer with every answer encoded with its own copy of the dialogue
+            names.insert(1, ("zhongjing train rm share_prefix=false", "ours-unshared"))
+        systems = [(name, ["--child", system, stage, str(model), str(data), str(work)]) for name, system in names]
         print_table(f"{stage.upper()}: {len(fit)} preference pairs × 1 epoch, LoRA r=16, batch {BATCH}, ≤ {MAX_LEN} "
                     "tokens", alternate(__file__, systems, a.rounds, "tokens_per_s"), "tokens_per_s", "tokens/s",
                     ["padding_fraction", "seconds"])

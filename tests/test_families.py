@@ -125,6 +125,30 @@ def common(**kw) -> list[str]:
     return [f"{k}={v}" for k, v in (base | kw).items()]
 
 
+@pytest.mark.parametrize("fam", NAMES, indirect=True)
+def test_reward_model_reads_answers_off_a_shared_dialogue_as_it_reads_them_alone(fam):
+    """rm's share_prefix passes each family a branching (rows, 1, q, k) mask with positions continuing from the
+    dialogue; every family's attention must take it as given (sliding windows, GLM's partial rotary included)."""
+    import random
+
+    from zhongjing.model.value_head import new_reward_model, position_scores, takes_custom_mask
+    from zhongjing.train.pref_batches import RankingBatches
+    from zhongjing.train.prefs import Encoded
+
+    name, base = fam
+    model = new_reward_model(str(base), "float32", pad_token_id=load_tokenizer(base).pad_token_id).eval()
+    assert takes_custom_mask(model), name
+    g = random.Random(0)
+    dialogue = [g.randrange(3, 100) for _ in range(15)]
+    items = [Encoded([dialogue + [g.randrange(3, 100) for _ in range(g.randrange(1, 6))] for _ in range(3)],
+                     [[0], [1], [2]], 3), Encoded([[7, 8, 9, 10], [7, 8, 11]], [[0], [1]], 2)]
+    tree = RankingBatches([], [], 8, seed=0, group=1, pad_id=0, share_prefix=True).collate(items)
+    with torch.no_grad():
+        alone = torch.cat([model(input_ids=torch.tensor([x])).logits[:, 0] for e in items for x in e.ids])
+        scores = position_scores(model, tree["input_ids"], tree["position_ids"], tree["attention_mask"])
+    assert torch.allclose(scores[tree["ends"][:, 0], tree["ends"][:, 1]], alone, atol=1e-5), name
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fam", NAMES, indirect=True)
 def test_every_stage(fam, files, tmp_path):
