@@ -187,13 +187,11 @@ def _int(text: str) -> int:
 def _unique_keys(pairs: list) -> dict:
     """An object naming a key twice: which one counts differs between JSON readers (a proxy may check the first,
     this server would use the last), so it is refused rather than silently resolved."""
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        seen: set = set()
-        for k, _ in pairs:
-            if k in seen:
-                raise ValueError(f"key {k[:40]!r} appears twice in one object")
-            seen.add(k)
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key {k[:40]!r} appears twice in one object")
+        out[k] = v
     return out
 
 

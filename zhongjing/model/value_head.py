@@ -68,11 +68,15 @@ def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, 0].float()
 
 
+def _body(model):
+    """The transformers model under any DDP/DeepSpeed wrapper and peft adapter."""
+    inner = unwrap(model)
+    return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+
+
 def attention_kind(model) -> str:
     """The attention implementation the model runs ('sdpa', 'eager', 'flash_attention_2', ...)."""
-    inner = unwrap(model)
-    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-    return getattr(inner.config, "_attn_implementation", None) or "eager"
+    return getattr(_body(model).config, "_attn_implementation", None) or "eager"
 
 
 def takes_custom_mask(model) -> bool:
@@ -87,8 +91,7 @@ def position_scores(model, input_ids: torch.Tensor, position_ids: torch.Tensor |
     read at its own last token. Runs the model's own forward (DDP-safe) and catches the head's output.
     `attention_mask`: an optional (B, 1, T, T) boolean "may attend" mask (answers branching off a shared prefix);
     eager attention adds its mask to the scores, so it gets the additive form."""
-    inner = unwrap(model)
-    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    inner = _body(model)
     kw = {"position_ids": position_ids} if position_ids is not None else {}
     if attention_mask is not None:
         if attention_kind(model) == "eager":

@@ -160,8 +160,8 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         raise ApiError(400, f"'max_tokens' ({limits['max_tokens']}) and 'max_completion_tokens' "
                             f"({limits['max_completion_tokens']}) differ; give one of them", "max_tokens",
                        "invalid_value")
-    for v in limits.values():
-        req.max_tokens = v
+    if limits:
+        req.max_tokens = next(iter(limits.values()))
     if body.get("temperature") is not None:
         req.temperature = float(_number(body, "temperature", 0, 2))
     if body.get("top_p") is not None:
