@@ -128,8 +128,8 @@ def test_critic_warmup_sets_the_value_head_before_the_first_update(sft_policy, t
     from zhongjing.model.value_head import ValueHead
 
     out = train_ppo(load_config(PPOConfig, overrides=ppo_args(
-        sft_policy, tmp_path / "ppo", **{"reward.ask_question": 1.0, "ppo.critic_warmup": 2, "train.max_steps": 1,
-                                         "eval_prompts": 8})))
+        sft_policy, tmp_path / "ppo", **{"reward.ask_question": 1.0, "ppo.critic_warmup": 2, "ppo.center_rewards": "false",
+                                         "train.max_steps": 1, "eval_prompts": 8})))
     said = re.search(r"critic warm-up: the value head starts at ([+-][0-9.]+)", capsys.readouterr().err)
     assert said, "the warm-up is logged"
     start = float(said.group(1))

@@ -170,3 +170,41 @@ def test_a_cold_critic_under_a_negative_mean_reward_discourages_ending():
     warm, _ = L.gae(rewards, torch.full((B, T), score.mean().item()) * mask, mask, 1.0, 0.95)
     warm_end = L.end_token_advantage(L.masked_whiten(warm, mask), lens, finished).mean()
     assert cold_end < -0.3 and abs(warm_end) < 0.15, (cold_end, warm_end)
+
+
+def test_centred_rewards_remove_the_cold_critics_pull_on_the_stop_token():
+    """ppo.center_rewards (on by default): the rollout's mean sequence reward is subtracted before shaping, so the stop tokens' mean
+    advantage no longer follows the sign of the mean reward (the cold-critic case above) — over every process."""
+    from zhongjing.train.ppo import PPO, PPOSettings
+
+    on, off = PPO(PPOSettings()), PPO(PPOSettings(center_rewards=False))
+    assert close(on.centered(torch.tensor([-1.0, -0.5, 0.0])), torch.tensor([-0.5, 0.0, 0.5]))
+    assert close(off.centered(torch.tensor([-1.0, -0.5])), torch.tensor([-1.0, -0.5]))
+    # two processes, each centring with the whole rollout's mean: (−1 −0.5 + 0 + 2.5) / 4 = 0.25
+    other = torch.tensor([0.0, 2.5])
+    on.reduce_sum = lambda t: t + torch.stack([other.sum(), torch.tensor(2.0)])
+    assert close(on.centered(torch.tensor([-1.0, -0.5])), torch.tensor([-1.25, -0.75]))
+    on.reduce_sum = None
+
+    torch.manual_seed(0)
+    B, T = 64, 40
+    lens = torch.randint(10, T + 1, (B,))
+    mask = (torch.arange(T)[None] < lens[:, None]).float()
+    score = torch.randn(B) * 0.5 - 0.5
+    finished = torch.ones(B, dtype=torch.bool)
+    ends = {}
+    for name, algo in (("raw", off), ("centred", on)):
+        rewards = torch.zeros(B, T)
+        rewards[torch.arange(B), lens - 1] = algo.centered(score)
+        adv, _ = L.gae(rewards, torch.zeros(B, T), mask, 1.0, 0.95)
+        ends[name] = L.end_token_advantage(L.masked_whiten(adv, mask), lens, finished).mean()
+    assert ends["raw"] < -0.3 and abs(ends["centred"]) < 0.15, ends
+
+
+def test_critic_warmup_with_centred_rewards_is_refused():
+    from zhongjing.errors import ConfigError
+    from zhongjing.train.ppo import PPOSettings
+
+    with pytest.raises(ConfigError, match="center_rewards=false"):
+        PPOSettings(critic_warmup=2)
+    assert PPOSettings(critic_warmup=2, center_rewards=False).critic_warmup == 2

@@ -40,6 +40,8 @@ class PPOSettings:
     whiten_advantages: bool = True
     critic_warmup: int = 0  # > 0: the value head starts at the mean return of this many rollouts of the starting
     # policy instead of 0 (its weights stay 0; the policy is not updated): the first advantages are centred
+    center_rewards: bool = True  # subtract each rollout's mean sequence reward (over every process) before the KL
+    # shaping: a baseline that follows the rollout, where a slow critic lags (see PPO.centered)
     ptx_coef: float = 0.0  # PPO-ptx: + this × LM loss on ptx_data (0 = off)
     ptx_data: list[str] = field(default_factory=list)  # SFT dialogues for PPO-ptx
     ptx_format: str | None = None
@@ -50,6 +52,9 @@ class PPOSettings:
         within(self, 0.0, float("inf"), "value_clip", "vf_coef", "entropy_coef", "kl_coef", "kl_target", "ptx_coef")
         if not self.clip_eps > 0:
             raise RangeError(f"clip_eps must be > 0, got {self.clip_eps}")
+        if self.critic_warmup and self.center_rewards:  # the warm-up sets the level that centring removes
+            raise ConfigError("ppo.critic_warmup needs ppo.center_rewards=false (centred rewards have mean 0: there "
+                              "is no level for the value head to start at)")
         if self.ptx_coef and not self.ptx_data:
             raise ConfigError("ppo.ptx_coef > 0 needs ppo.ptx_data (dialogue files for the LM loss)")
 
@@ -91,6 +96,21 @@ class PPO(Algorithm):
         self.s, self.ptx, self.temperature, self.kl_coef = s, ptx, temperature, s.kl_coef
         self.critic_warmup = s.critic_warmup
 
+    def centered(self, scores: torch.Tensor) -> torch.Tensor:
+        """The sequence rewards PPO learns from: as scored, or minus the rollout's mean (`center_rewards`). (B,) → (B,)
+
+        With whitening over tokens, a stop token's advantage is centred on the token mean, which the early tokens
+        of long answers pull towards 0: under a rollout whose mean reward is below 0 the stop tokens get a negative
+        mean advantage and the update lengthens answers, whatever the answers' quality (tests/test_losses.py). A
+        critic that knew the rollout's mean would remove this; a LoRA critic on a shared trunk learns it slowly
+        while each small rollout's mean swings. Centring on the rollout mean removes it at once, like the
+        baselines of RLOO and ReMax; what stays is which answers scored above their rollout's mean."""
+        if not self.s.center_rewards:
+            return scores
+        totals = torch.stack([scores.sum(), scores.new_tensor(float(len(scores)))])
+        total, n = (self.reduce_sum(totals) if self.reduce_sum else totals).tolist()
+        return scores - total / max(n, 1.0)
+
     def returns_sum(self, scored: dict, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(Σ over answer tokens of the Monte Carlo return, answer tokens): what a constant critic would learn
         (λ = 1, so a cold critic's own estimates play no part)."""
@@ -98,7 +118,8 @@ class PPO(Algorithm):
         from zhongjing.train.rollout import shape_rewards
 
         act = scored["action_mask"]
-        _, ret = gae(shape_rewards(scores, scored["kl"], act, self.kl_coef), torch.zeros_like(act), act, self.s.gamma, 1.0)
+        _, ret = gae(shape_rewards(self.centered(scores), scored["kl"], act, self.kl_coef), torch.zeros_like(act), act,
+                     self.s.gamma, 1.0)
         return (ret * act).sum(), act.sum()
 
     def make_rollout(self, sampled, scored: dict, scores: torch.Tensor):
@@ -106,7 +127,7 @@ class PPO(Algorithm):
         from zhongjing.train.rollout import Rollout, shape_rewards
 
         act = scored["action_mask"]
-        rewards = shape_rewards(scores, scored["kl"], act, self.kl_coef)  # (B, R)
+        rewards = shape_rewards(self.centered(scores), scored["kl"], act, self.kl_coef)  # (B, R)
         adv, ret = gae(rewards, scored["values"], act, self.s.gamma, self.s.lam)
         if self.s.whiten_advantages:
             adv = masked_whiten(adv, act, reduce_sum=self.reduce_sum)

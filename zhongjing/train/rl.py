@@ -387,6 +387,7 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
         log.info(f"{stage}: critic warm-up: the value head starts at {start:+.3f}, the mean return of the starting "
                  f"policy's answers on {n} rollout(s) of {per_update} prompts")
 
+    algo.reduce_sum = (lambda t: acc.reduce(t, "sum")) if world > 1 else None
     if step == 0 and not history:
         if algo.critic and algo.critic_warmup:
             warm_critic(algo.critic_warmup)
@@ -394,7 +395,6 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
         if cfg.select == "best" and eval_p:
             save(0)  # selectable: if no update beats it on held-out reward, the output is the starting policy
     loss_fn = algo.loss
-    algo.reduce_sum = (lambda t: acc.reduce(t, "sum")) if world > 1 else None
     while step < total and not stopped:
         t0 = time.perf_counter()
         order = rng(tc.seed, "prompts", epoch).permutation(len(train_p)).tolist()
