@@ -49,7 +49,7 @@ def test_returns_sum_is_the_monte_carlo_return_over_answer_tokens():
     Rows of 3 and 2 tokens, scores 2 and −1, β = 0.1: rewards as above; returns 1.87, 1.92, 1.9 and −1.07, −1.04."""
     from zhongjing.train.ppo import PPO, PPOSettings
 
-    algo = PPO(PPOSettings(kl_coef=0.1, lam=0.5))  # the warm-up ignores λ: a cold critic's estimates are no target
+    algo = PPO(PPOSettings(kl_coef=0.1, lam=0.5, center_rewards=False))  # as with the warm-up; λ ignored
     scored = {"action_mask": torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]),
               "kl": torch.tensor([[0.5, -0.2, 1.0], [0.3, 0.4, 0.0]])}
     total, n = algo.returns_sum(scored, torch.tensor([2.0, -1.0]))
