@@ -152,29 +152,39 @@ def test_end_token_advantage_reads_the_stop_token_of_finished_answers_only():
     assert L.end_token_advantage(adv, torch.tensor([3, 4, 1]), torch.tensor([False] * 3)).numel() == 0
 
 
+def _negative_mean_rollout(B: int = 64, T: int = 40):
+    """Answers of 10–40 tokens whose sequence rewards have mean −0.5, like normalised RM scores of the SFT model's
+    answers → (lens (B,), mask (B, T), score (B,))."""
+    torch.manual_seed(0)
+    lens = torch.randint(10, T + 1, (B,))
+    mask = (torch.arange(T)[None] < lens[:, None]).float()
+    return lens, mask, torch.randn(B) * 0.5 - 0.5
+
+
+def _stop_advantage(score, lens, mask, values=None) -> torch.Tensor:
+    """The stop tokens' mean whitened GAE advantage (γ 1, λ 0.95), every answer finished; V = 0 unless given."""
+    B, T = mask.shape
+    rewards = torch.zeros(B, T)
+    rewards[torch.arange(B), lens - 1] = score
+    adv, _ = L.gae(rewards, torch.zeros(B, T) if values is None else values, mask, 1.0, 0.95)
+    return L.end_token_advantage(L.masked_whiten(adv, mask), lens, torch.ones(B, dtype=torch.bool)).mean()
+
+
 def test_a_cold_critic_under_a_negative_mean_reward_discourages_ending():
     """The mechanism behind answers that grow under PPO: with V = 0 and whitening over tokens, the stop token's
     advantage is centred on the token mean, which the long answers' early tokens (lam^k ≈ 0) pull towards 0 — so a
     reward whose mean is below 0 leaves the stop tokens a negative mean advantage; a critic that predicts the mean
     reward (warm) centres them."""
-    torch.manual_seed(0)
-    B, T = 64, 40
-    lens = torch.randint(10, T + 1, (B,))
-    mask = (torch.arange(T)[None] < lens[:, None]).float()
-    score = torch.randn(B) * 0.5 - 0.5  # mean −0.5, like normalised RM scores of the SFT model's answers
-    rewards = torch.zeros(B, T)
-    rewards[torch.arange(B), lens - 1] = score
-    finished = torch.ones(B, dtype=torch.bool)
-    cold, _ = L.gae(rewards, torch.zeros(B, T), mask, 1.0, 0.95)
-    cold_end = L.end_token_advantage(L.masked_whiten(cold, mask), lens, finished).mean()
-    warm, _ = L.gae(rewards, torch.full((B, T), score.mean().item()) * mask, mask, 1.0, 0.95)
-    warm_end = L.end_token_advantage(L.masked_whiten(warm, mask), lens, finished).mean()
+    lens, mask, score = _negative_mean_rollout()
+    cold_end = _stop_advantage(score, lens, mask)
+    warm_end = _stop_advantage(score, lens, mask, torch.full(mask.shape, score.mean().item()) * mask)
     assert cold_end < -0.3 and abs(warm_end) < 0.15, (cold_end, warm_end)
 
 
 def test_centred_rewards_remove_the_cold_critics_pull_on_the_stop_token():
-    """ppo.center_rewards (on by default): the rollout's mean sequence reward is subtracted before shaping, so the stop tokens' mean
-    advantage no longer follows the sign of the mean reward (the cold-critic case above) — over every process."""
+    """ppo.center_rewards (on by default): the rollout's mean sequence reward is subtracted before shaping, so the
+    stop tokens' mean advantage no longer follows the sign of the mean reward (the cold-critic case above) — over
+    every process."""
     from zhongjing.train.ppo import PPO, PPOSettings
 
     on, off = PPO(PPOSettings()), PPO(PPOSettings(center_rewards=False))
@@ -186,18 +196,8 @@ def test_centred_rewards_remove_the_cold_critics_pull_on_the_stop_token():
     assert close(on.centered(torch.tensor([-1.0, -0.5])), torch.tensor([-1.25, -0.75]))
     on.reduce_sum = None
 
-    torch.manual_seed(0)
-    B, T = 64, 40
-    lens = torch.randint(10, T + 1, (B,))
-    mask = (torch.arange(T)[None] < lens[:, None]).float()
-    score = torch.randn(B) * 0.5 - 0.5
-    finished = torch.ones(B, dtype=torch.bool)
-    ends = {}
-    for name, algo in (("raw", off), ("centred", on)):
-        rewards = torch.zeros(B, T)
-        rewards[torch.arange(B), lens - 1] = algo.centered(score)
-        adv, _ = L.gae(rewards, torch.zeros(B, T), mask, 1.0, 0.95)
-        ends[name] = L.end_token_advantage(L.masked_whiten(adv, mask), lens, finished).mean()
+    lens, mask, score = _negative_mean_rollout()
+    ends = {name: _stop_advantage(algo.centered(score), lens, mask) for name, algo in (("raw", off), ("centred", on))}
     assert ends["raw"] < -0.3 and abs(ends["centred"]) < 0.15, ends
 
 

@@ -120,7 +120,7 @@ def test_relevance_accuracy_on_a_planted_case(tiny_tokenizer):
         assert p.ranking == [[0], [1]] and p.responses[0] != p.responses[1]
         assert p.responses[1].count("Q") != p.responses[0].count("Q")
     cfg = RMConfig(max_length=256, pack=False)
-    data = SimpleNamespace(pad_id=tok.pad_token_id)  # the planted scorer reads whole rows: no shared prefix
+    data = SimpleNamespace(pad_id=tok.pad_token_id, share_prefix=False)  # the planted scorer reads whole rows
     b, kept = relevance.batches(cfg, tok, data, pairs)
     assert kept == pairs  # every pair fits max_length: the baseline is taken on exactly the pairs scored
     good = Planted(q, start, +1.0)

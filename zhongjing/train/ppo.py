@@ -107,8 +107,7 @@ class PPO(Algorithm):
         baselines of RLOO and ReMax; what stays is which answers scored above their rollout's mean."""
         if not self.s.center_rewards:
             return scores
-        totals = torch.stack([scores.sum(), scores.new_tensor(float(len(scores)))])
-        total, n = (self.reduce_sum(totals) if self.reduce_sum else totals).tolist()
+        total, n = self.summed(scores.sum(), len(scores))
         return scores - total / max(n, 1.0)
 
     def returns_sum(self, scored: dict, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,15 +139,13 @@ class PPO(Algorithm):
         from zhongjing.train.losses import end_token_advantage
 
         ends = end_token_advantage(rollout.advantages, rollout.response_len, rollout.finished)
-        totals = torch.stack([ends.sum(), ends.new_tensor(float(len(ends)))])
-        end_sum, n_end = (self.reduce_sum(totals) if self.reduce_sum else totals).tolist()
+        end_sum, n_end = self.summed(ends.sum(), len(ends))
         # < 0 on average: the stop token of a finished answer is made less likely, so answers grow (the cold critic
         # of a reward whose mean on the policy's answers is below 0); NaN when no answer ended
         logged = {"adv_stop": end_sum / n_end if n_end else float("nan")}
         if self.s.kl_target > 0:  # proportional controller on the KL per answer
             # of the whole rollout: with a per-process KL each process would steer its own kl_coef apart
-            totals = torch.stack([rollout.kl.sum(), rollout.kl.new_tensor(float(len(rollout)))])
-            kl_sum, n = (self.reduce_sum(totals) if self.reduce_sum else totals).tolist()
+            kl_sum, n = self.summed(rollout.kl.sum(), len(rollout))
             err = max(-0.2, min(0.2, kl_sum / n / self.s.kl_target - 1))
             self.kl_coef *= 1 + err * n / self.s.kl_horizon
         return logged | {"kl_coef": self.kl_coef}

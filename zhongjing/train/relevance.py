@@ -62,7 +62,7 @@ def batches(cfg, tokenizer, data, rankings: list[Ranking]):
     if not enc:
         return None, []
     return RankingBatches([], enc, cfg.train.batch_size, seed=cfg.train.seed, group=1, pad_id=data.pad_id,
-                          pack=cfg.pack, share_prefix=getattr(data, "share_prefix", False)).val_batches(), kept
+                          pack=cfg.pack, share_prefix=data.share_prefix).val_batches(), kept
 
 
 def held_out_pairs(cfg) -> list[Ranking]:

@@ -187,6 +187,11 @@ class Algorithm:
     critic_warmup = 0  # rollouts that set the critic's starting level before the first update (see returns_sum)
     reduce_sum = None  # set by the loop: sums a tensor over processes (statistics of the whole rollout)
 
+    def summed(self, total: torch.Tensor, count: int) -> tuple[float, float]:
+        """(Σ, count) of one process's share → the same over every process (the whole rollout's statistics)."""
+        pair = torch.stack([total, total.new_tensor(float(count))])
+        return tuple((self.reduce_sum(pair) if self.reduce_sum else pair).tolist())
+
     def make_rollout(self, sampled, scored: dict, scores: torch.Tensor):  # → Rollout
         raise NotImplementedError
 
