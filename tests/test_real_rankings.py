@@ -34,6 +34,49 @@ def test_gold_anchored_puts_the_real_reply_first_and_keeps_the_simulated_order()
     assert gold_anchored(generated(2, reference=None), ann) is None  # no real reply: no anchor
 
 
+def test_gold_anchored_ranks_a_safer_sample_above_the_real_reply():
+    """Safety > Professionalism > Fluency holds for the real reply too: after a red-flag complaint, a sample that
+    sends the patient to care outranks a doctor's reply that only asks (the rubric: 1.0 vs 1.0 − 0.6)."""
+    ann = SimulatedAnnotator(tie=0.1)
+    r = Ranking("c#1", [Message("user", "突然胸痛，出冷汗，怎么办？")],
+                ["胸痛伴出汗要立即去医院急诊。", "多休息。", "注意饮食。", "胸痛请马上到医院就诊。"],
+                meta={"source_id": "c", "reference": "疼了多久？以前有过吗？"})
+    out = gold_anchored(r, ann)
+    assert out.responses[0] == "疼了多久？以前有过吗？"  # the real reply stays at index 0 wherever it ranks
+    referral = {out.responses.index("胸痛伴出汗要立即去医院急诊。"), out.responses.index("胸痛请马上到医院就诊。")}
+    gold_at = next(k for k, g in enumerate(out.ranking) if 0 in g)
+    assert set().union(*out.ranking[:gold_at]) == referral and gold_at >= 1  # the two referrals, and only they
+    assert out.meta["gold_rank"] == gold_at and out.meta["gold_safety"] == pytest.approx(0.4)
+    assert out.ranking[gold_at] == [0]  # the real reply is tied with nothing, above the samples without referral
+    plain = gold_anchored(r, ann, safety_first=False)  # the doctors' reply first regardless
+    assert plain.ranking[0] == [0] and plain.ranking[1:] == out.ranking[:gold_at] + out.ranking[gold_at + 1:]
+    ranked, counts = make_rankings("gold-anchored", [r, generated(1)], ann, mismatched=1)
+    assert counts["gold_below_safer"] == 1  # the fever turn's reply is as safe as its samples: it stays first
+    pair = next(x for x in ranked if x.meta.get("source") == "mismatched" and x.messages == r.messages)
+    assert pair.responses[0] == "疼了多久？以前有过吗？" and pair.ranking == [[0], [1]]
+
+
+def test_referral_pairs_only_where_the_annotator_scores_the_referral_safer():
+    """safety-train: after a red-flag complaint the doctor's reply + a referral beats the reply alone; a reply that
+    already refers, or a turn without a red flag, gives no pair (the referral would change nothing the rubric sees)."""
+    from zhongjing.dataset.sources import REFERRALS, referral_pairs
+
+    ds = [Dialogue("flag", [Message("user", "昨晚开始胸痛，现在还疼。"), Message("assistant", "疼痛是持续的吗？"),
+                            Message("user", "又咯血了。"), Message("assistant", "之前去医院查过吗？")]),  # already refers
+          Dialogue("calm", [Message("user", "最近有点咳嗽。"), Message("assistant", "多喝水，注意休息。")])]
+    ann = SimulatedAnnotator(tie=0.1)
+    pairs = referral_pairs(ds, ann)
+    assert len(pairs) == 1
+    (p,) = pairs
+    assert p.messages == ds[0].messages[:1] and p.responses == ["疼痛是持续的吗？" + REFERRALS[0], "疼痛是持续的吗？"]
+    assert p.ranking == [[0], [1]] and p.meta == {"source": "safety-train", "source_id": "flag"}
+    assert ann.score(p.messages, p.responses[0], None).safety > ann.score(p.messages, p.responses[1], None).safety
+    ranked, counts = make_rankings("gold-anchored", [generated(1)], ann, relevance_dialogues=ds, safety_pairs=-1)
+    assert counts["safety-train"] == 1 and ranked[-1] == p
+    assert referral_pairs(ds * 3, ann, n=2, seed=0) == referral_pairs(ds * 3, ann, n=2, seed=0)  # seeded draw
+    assert len(referral_pairs(ds * 3, ann, n=2)) == 2
+
+
 def test_mismatched_negative_is_another_dialogues_reply_and_ranks_last():
     ann = SimulatedAnnotator(tie=0.0)
     gens = [generated(i, reference=f"第{i}位患者：请补充病史。") for i in range(5)]

@@ -25,11 +25,14 @@ class RankSettings:
     mismatched_as: str = "pair"  # pair: own real reply > other's, a ranking of its own; last: below every sample
     relevance_pairs: int = 0  # own-vs-other pairs drawn from the built training dialogues (no generation)
     extra: list[str] = field(default_factory=list)  # more ranking files: preference pairs, annotator exports
+    safety_first: bool = True  # gold-anchored: a sample the rubric rates safer than the real reply ranks above it
+    safety_pairs: int = 0  # (reply + referral) > reply on red-flag turns of the built training dialogues; -1 = all
 
     def __post_init__(self):
         if self.mismatched_as not in ("pair", "last"):
             raise ConfigError(f"rank.mismatched_as: 'pair' or 'last', got {self.mismatched_as!r}")
         at_least(self, 0, "mismatched", "relevance_pairs")
+        at_least(self, -1, "safety_pairs")
         within(self, 0.0, float("inf"), "tie")
 
 
@@ -44,6 +47,8 @@ class RankJob:
     mismatched_as: str = "pair"
     relevance_pairs: int = 0
     extra: list[str] = field(default_factory=list)
+    safety_first: bool = True
+    safety_pairs: int = 0
 
 
 def run_rank(cfg, w, job: RankJob) -> dict:
@@ -51,10 +56,11 @@ def run_rank(cfg, w, job: RankJob) -> dict:
     out = w.output("rank")
     if cfg.simulated:
         annotator = load_annotator(job.kg or None, job.tie)
-        train = list(read_dialogues(str(w.built("train")))) if job.relevance_pairs else []
+        train = list(read_dialogues(str(w.built("train")))) if job.relevance_pairs or job.safety_pairs else []
         ranked, counts = make_rankings(cfg.rankings, read_rankings(str(w.output("generate"))), annotator,
                                        mismatched=job.mismatched, mismatched_as=job.mismatched_as, extra=job.extra,
                                        relevance_dialogues=train, relevance_pairs=job.relevance_pairs,
+                                       safety_first=job.safety_first, safety_pairs=job.safety_pairs,
                                        seed=cfg.splits.seed)
         write_jsonl(out, ranked)
         wrong = sum(r.all_wrong for r in ranked)

@@ -77,8 +77,11 @@ def rank_summary(stage: str, w, cfg) -> dict:
     sources = Counter(((r.get("meta") or {}).get("source") or "simulated") for r in rows)
     neg = sum(bool((r.get("meta") or {}).get("mismatched")) for r in rows)
     src = ", ".join(f"{k} {v}" for k, v in sources.most_common()) + (f"; {neg} with mismatched negatives" if neg else "")
+    safer = sum(bool((r.get("meta") or {}).get("gold_rank")) for r in rows)
+    src += f"; {safer} with a safer sample above the real reply" if safer else ""
     return {"rankings": len(rows), "all_wrong": wrong, "simulated": sim, "sources": dict(sources),
-            "mismatched": neg, "text": f"{len(rows)} rankings by {who}; {wrong} all-wrong; sources: {src}"}
+            "mismatched": neg, "gold_below_safer": safer,
+            "text": f"{len(rows)} rankings by {who}; {wrong} all-wrong; sources: {src}"}
 
 
 def rm_summary(stage: str, w, cfg) -> dict:

@@ -194,7 +194,8 @@ _ROWS = [
           summary=report.generate_summary,
           help="K sampled answers per doctor turn → Ranking JSONL"),
     Stage("rank", "zhongjing.pipeline.rank", "RankJob", (), "rank/rankings.jsonl",
-          reads=lambda w: (["generate"] if w.cfg.simulated else []) + (["build"] if w.cfg.rank.relevance_pairs else []),
+          reads=lambda w: (["generate"] if w.cfg.simulated else [])
+          + (["build"] if w.cfg.rank.relevance_pairs or w.cfg.rank.safety_pairs else []),
           needs=("generate",),
           wired=frozenset({"rankings"}), wire=_wire_rank, section=RankSettings, run=run_rank,
           code=("zhongjing.data.simulate", "zhongjing.dataset.sources", "zhongjing.data.mismatch",
