@@ -24,7 +24,8 @@ the pipeline report says which ones trained the reward model.
   annotator's safety rule says (after a red-flag complaint a reply that refers is safer): only pairs the
   annotator scores safer are kept. The generated turns hold too few red flags to teach it (17 of 631 on the real
   recipe), and the doctors' replies refer after a third of them, so without it the reward model did not pay for
-  a referral there (measured: docs/real-data.md).
+  a referral there. Tried on the real recipe and not adopted: it taught a relative preference only, at a cost in
+  ranking accuracy (docs/real-data.md, "Safety-first rankings").
 - `extra` files: rankings read as they are (any ranking format): the MedicalGPT medical preference pairs
   (chosen > rejected, written by its authors: mostly a full answer over a short or unhelpful one), or real
   annotator exports from `zhongjing annotate export` (doctors' judgements: the only source that needs no
