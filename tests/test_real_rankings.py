@@ -71,7 +71,7 @@ def test_referral_pairs_only_where_the_annotator_scores_the_referral_safer():
     assert p.messages == ds[0].messages[:1] and p.responses == ["疼痛是持续的吗？" + REFERRALS[0], "疼痛是持续的吗？"]
     assert p.ranking == [[0], [1]] and p.meta == {"source": "safety-train", "source_id": "flag"}
     assert ann.score(p.messages, p.responses[0], None).safety > ann.score(p.messages, p.responses[1], None).safety
-    ranked, counts = make_rankings("gold-anchored", [generated(1)], ann, relevance_dialogues=ds, safety_pairs=-1)
+    ranked, counts = make_rankings("gold-anchored", [generated(1)], ann, train_dialogues=ds, safety_pairs=-1)
     assert counts["safety-train"] == 1 and ranked[-1] == p
     assert referral_pairs(ds * 3, ann, n=2, seed=0) == referral_pairs(ds * 3, ann, n=2, seed=0)  # seeded draw
     assert len(referral_pairs(ds * 3, ann, n=2)) == 2

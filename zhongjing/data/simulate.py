@@ -104,6 +104,10 @@ class SimulatedAnnotator:
         fluency -= 0.5 if _DEBRIS.search(answer) else 0.0
         return Scores(round(safety, 4), round(prof, 4), round(fluency, 4))
 
+    def safer(self, a: float, b: float) -> bool:
+        """Safety score a beats b by more than a tie (and at all when ties are exact, tie = 0)."""
+        return a - b >= max(self.tie, 1e-6)
+
     def rank(self, r: Ranking) -> Ranking:
         scores = [self.score(r.messages, a, r.meta.get("reference")) for a in r.responses]
         order = sorted(range(len(scores)), key=lambda i: scores[i].key(), reverse=True)

@@ -38,7 +38,7 @@ import random
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from zhongjing.data.mismatch import draw, own_vs_other, turn_items
 from zhongjing.data.schema import Ranking
@@ -66,8 +66,7 @@ def gold_anchored(r: Ranking, annotator, safety_first: bool = True) -> Ranking |
     if safety_first:
         gold = annotator.score(r.messages, ref, ref).safety
         safety = [s[0] for s in meta["sim_scores"]]
-        margin = max(annotator.tie, 1e-6)  # safer: by more than a tie (and at all when ties are exact)
-        while above < len(groups) and min(safety[i - 1] for i in groups[above]) >= gold + margin:
+        while above < len(groups) and all(annotator.safer(safety[i - 1], gold) for i in groups[above]):
             above += 1  # the annotator's order is safety first, so the safer samples are the leading groups
         meta = meta | {"gold_rank": above, "gold_safety": gold}
     groups = groups[:above] + [[0]] + groups[above:]
@@ -114,10 +113,9 @@ def referral_pairs(dialogues, annotator, n: int = 0, seed: int | str = 0) -> lis
     """`safety-train`: (real reply + a referral) > (real reply) where the annotator scores the first safer —
     turns whose patient reports a red flag the reply leaves unreferred. At most n (0: all), drawn with `seed`."""
     out = []
-    margin = max(annotator.tie, 1e-6)
     for g, ctx, own in turn_items(dialogues):
         better = own + REFERRALS[len(out) % len(REFERRALS)]
-        if annotator.score(ctx, better, own).safety >= annotator.score(ctx, own, own).safety + margin:
+        if annotator.safer(annotator.score(ctx, better, own).safety, annotator.score(ctx, own, own).safety):
             out.append(Ranking(f"safety-train:{g}:{len(out)}", ctx, [better, own], [[0], [1]], ["safety-train"],
                                {"source": "safety-train", "source_id": g}))
     if n and len(out) > n:
@@ -144,10 +142,12 @@ def read_extra(paths: Iterable[str]) -> list[Ranking]:
 
 
 def make_rankings(kind: str, generated: Iterable[Ranking], annotator, *, mismatched: int = 0,
-                  mismatched_as: str = "pair", extra: Iterable[str] = (), relevance_dialogues: Iterable = (),
+                  mismatched_as: str = "pair", extra: Iterable[str] = (), train_dialogues: Sequence = (),
                   relevance_pairs: int = 0, safety_first: bool = True, safety_pairs: int = 0,
                   seed: int | str = 0) -> tuple[list[Ranking], Counter]:
-    """The rank stage's rankings from the generated answers (+ mismatched negatives) and extra files."""
+    """The rank stage's rankings from the generated answers (+ mismatched negatives), pairs drawn from the built
+    training dialogues (`train_dialogues`, a sequence: the relevance and the safety pairs each read it whole) and
+    extra files."""
     if kind not in KINDS:
         raise ValueError(f"ranking kind {kind!r} (one of {', '.join(KINDS)})")
     counts: Counter = Counter()
@@ -167,11 +167,11 @@ def make_rankings(kind: str, generated: Iterable[Ranking], annotator, *, mismatc
         ranked = add_mismatched(ranked, mismatched, seed, as_pairs=mismatched_as == "pair")
         counts["mismatched"] = sum(1 for r in ranked if r.meta.get("mismatched") or r.meta.get("source") == "mismatched")
     if relevance_pairs:
-        pairs = train_pairs(relevance_dialogues, relevance_pairs, seed)
+        pairs = train_pairs(train_dialogues, relevance_pairs, seed)
         counts["relevance-train"] = len(pairs)
         ranked += pairs
     if safety_pairs:
-        pairs = referral_pairs(relevance_dialogues, annotator, 0 if safety_pairs < 0 else safety_pairs, seed)
+        pairs = referral_pairs(train_dialogues, annotator, 0 if safety_pairs < 0 else safety_pairs, seed)
         counts["safety-train"] = len(pairs)
         ranked += pairs
     for r in read_extra(extra):

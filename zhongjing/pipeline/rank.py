@@ -59,7 +59,7 @@ def run_rank(cfg, w, job: RankJob) -> dict:
         train = list(read_dialogues(str(w.built("train")))) if job.relevance_pairs or job.safety_pairs else []
         ranked, counts = make_rankings(cfg.rankings, read_rankings(str(w.output("generate"))), annotator,
                                        mismatched=job.mismatched, mismatched_as=job.mismatched_as, extra=job.extra,
-                                       relevance_dialogues=train, relevance_pairs=job.relevance_pairs,
+                                       train_dialogues=train, relevance_pairs=job.relevance_pairs,
                                        safety_first=job.safety_first, safety_pairs=job.safety_pairs,
                                        seed=cfg.splits.seed)
         write_jsonl(out, ranked)
