@@ -11,6 +11,30 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
+# meta["negative"] of a two-answer ranking [own reply, a real reply to another dialogue's patient], ranked [[0], [1]]:
+# any other patient's reply would do as its negative, so a trainer may draw a new one (rm.redraw_negatives)
+OTHER_PATIENT = "other-patient"
+
+
+def redraw_other(rankings: Sequence, seed: int | str) -> list:
+    """For each own-vs-other ranking (meta.negative = OTHER_PATIENT), the same ranking with a new negative: the own
+    reply of another such ranking from a different dialogue, never this one's own text; rankings of other kinds, and
+    any for which no such reply exists, come back unchanged. Seeded: the same seed gives the same draw."""
+    from dataclasses import replace
+
+    idx = [i for i, r in enumerate(rankings) if r.meta.get("negative") == OTHER_PATIENT and len(r.responses) == 2]
+    groups = [rankings[i].meta.get("source_id") or rankings[i].id for i in idx]
+    rnd = random.Random(f"redraw:{seed}")
+    out = list(rankings)
+    for i, g in zip(idx, groups):
+        r = rankings[i]
+        for j in draw(groups, g, 3, rnd):  # a few candidates: a reply may repeat this one's own text
+            other = rankings[idx[j]].responses[0]
+            if other != r.responses[0]:
+                out[i] = replace(r, responses=[r.responses[0], other])
+                break
+    return out
+
 
 def draw(groups: Sequence[str], mine: str, n: int, rnd: random.Random) -> list[int]:
     """n distinct indices j with groups[j] != mine (fewer when too few exist), drawn with `rnd`."""
@@ -53,5 +77,5 @@ def own_vs_other(items: list[tuple[str, list, str]], seed: int | str = 0, limit:
     for n, ((g, ctx, own), p) in enumerate(zip(items, picks)):
         if p and items[p[0]][2] != own:
             out.append(Ranking(f"{tag}:{g}:{n}", ctx, [own, items[p[0]][2]], [[0], [1]], [tag],
-                               {"source": tag, "source_id": g}))
+                               {"source": tag, "source_id": g, "negative": OTHER_PATIENT}))
     return out

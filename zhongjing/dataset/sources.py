@@ -40,7 +40,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from zhongjing.data.mismatch import draw, own_vs_other, turn_items
+from zhongjing.data.mismatch import OTHER_PATIENT, draw, own_vs_other, turn_items
 from zhongjing.data.schema import Ranking
 
 KINDS = ("simulated", "gold-anchored")  # how the generated answers become rankings
@@ -97,7 +97,8 @@ def add_mismatched(rankings: list[Ranking], n: int, seed: int | str = 0, as_pair
             continue
         if as_pairs:
             out += [Ranking(f"{r.id}~mismatched{i}", r.messages, [own, e], [[0], [1]], ["mismatched"],
-                            {"source": "mismatched", "source_id": mine}) for i, e in enumerate(extra)]
+                            {"source": "mismatched", "source_id": mine, "negative": OTHER_PATIENT})
+                    for i, e in enumerate(extra)]
         else:
             k = len(r.responses)
             out[-1] = replace(r, responses=r.responses + extra, ranking=[list(g) for g in r.ranking] + [

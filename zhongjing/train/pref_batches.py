@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import sys
 from collections import Counter
+from typing import Callable
 
+from zhongjing.data.mismatch import OTHER_PATIENT, redraw_other
 from zhongjing.data.render import Renderer
 from zhongjing.data.schema import group_pairs
 from zhongjing.errors import ZhongjingError
@@ -95,10 +97,19 @@ class RankingBatches:
 
     def __init__(self, train: list[Encoded], val: list[Encoded], batch_size: int, *, seed: int, group: int,
                  pad_id: int, pair_norm: str = "ckn", per: str = "ranking", pack: bool = True,
-                 share_prefix: bool = False):
+                 share_prefix: bool = False, redraw: Callable[[int], list[Encoded]] | None = None):
         self.train, self.val, self.bs, self.seed, self.group = train, val, batch_size, seed, group
         self.pad_id, self.pair_norm, self.per, self.pack = pad_id, pair_norm, per, pack
         self.share_prefix = share_prefix
+        self.redraw = redraw  # epoch → the training rankings of that epoch (epoch 0: `train` as read)
+        self._epoch: tuple[int, list[Encoded]] | None = None
+
+    def train_items(self, epoch: int) -> list[Encoded]:
+        if not self.redraw or epoch == 0:
+            return self.train
+        if self._epoch is None or self._epoch[0] != epoch:  # the loop asks for an epoch's batches more than once
+            self._epoch = (epoch, self.redraw(epoch))
+        return self._epoch[1]
 
     def collate(self, items: list[Encoded]) -> dict:
         import torch
@@ -140,10 +151,11 @@ class RankingBatches:
         from zhongjing.train.batching import LazyBatches, group_by_length
         from zhongjing.train.mix import rng
 
-        order = rng(self.seed, "rankings", epoch).permutation(len(self.train)).tolist()
-        lengths = [sum(len(x) for x in e.ids) for e in self.train]
+        items = self.train_items(epoch)
+        order = rng(self.seed, "rankings", epoch).permutation(len(items)).tolist()
+        lengths = [sum(len(x) for x in e.ids) for e in items]
         plan = group_by_length(order, lengths, self.bs, self.group, self.seed, epoch)
-        return LazyBatches(plan, lambda rows: self.collate([self.train[r[0]] for r in rows]))
+        return LazyBatches(plan, lambda rows: self.collate([items[r[0]] for r in rows]))
 
     def val_batches(self):
         from zhongjing.train.batching import LazyBatches
@@ -151,6 +163,23 @@ class RankingBatches:
         order = sorted(range(len(self.val)), key=lambda i: sum(len(x) for x in self.val[i].ids))
         plan = [order[i:i + self.bs] for i in range(0, len(order), self.bs)]
         return LazyBatches(plan, lambda idx: self.collate([self.val[i] for i in idx]))
+
+
+def redrawn(kept: list, train: list[Encoded], renderer, with_targets: bool, seed: int) -> Callable[[int], list[Encoded]]:
+    """epoch → `train` with every own-vs-other ranking's negative drawn anew (data.mismatch.redraw_other): each epoch
+    pairs a patient's real reply with a different other patient's reply, so the reward model cannot learn the
+    negatives by heart; one whose new negative does not fit max_length keeps its old one."""
+
+    def epoch_items(epoch: int) -> list[Encoded]:
+        fresh = redraw_other(kept, f"{seed}:{epoch}")
+        out = list(train)
+        for i, (old, new) in enumerate(zip(kept, fresh)):
+            if new is not old:
+                enc = encode([new], renderer, Counter(), with_targets=with_targets)
+                out[i] = enc[0] if enc else train[i]
+        return out
+
+    return epoch_items
 
 
 def pref_batches(cfg, tokenizer, *, per: str, with_targets: bool) -> tuple[RankingBatches, Counter]:
@@ -165,8 +194,13 @@ def pref_batches(cfg, tokenizer, *, per: str, with_targets: bool) -> tuple[Ranki
 
     cap_config_length(cfg, context_of(cfg.model), say)  # as sft
     renderer = Renderer(tokenizer, max_length=cfg.max_length, strategy="last")
-    train = encode(prefs.train, renderer, counts, with_targets=with_targets)
+    kept: list = []
+    train = encode(prefs.train, renderer, counts, with_targets=with_targets, kept=kept)
     val = encode(prefs.val, renderer, counts, with_targets=with_targets)
+    redraw = None
+    if getattr(cfg, "redraw_negatives", False):
+        redraw = redrawn(kept, train, renderer, with_targets, seed=cfg.train.seed)
+        counts["redrawn_per_epoch"] = sum(r.meta.get("negative") == OTHER_PATIENT for r in kept)
     # what is actually trained on: a ranking with an answer too long for max_length was just left out
     counts["train"], counts["val"] = len(train), len(val)
     counts["train_pairs"] = sum(len(group_pairs(e.groups)) for e in train)
@@ -174,4 +208,4 @@ def pref_batches(cfg, tokenizer, *, per: str, with_targets: bool) -> tuple[Ranki
         raise ZhongjingError(f"no usable rankings in {cfg.data} ({dict(counts)})")
     return RankingBatches(train, val, cfg.train.batch_size, seed=cfg.train.seed, group=cfg.length_group,
                           pad_id=tokenizer.pad_token_id, pair_norm=getattr(cfg, "pair_norm", "ckn"), per=per,
-                          pack=cfg.pack), counts
+                          pack=cfg.pack, redraw=redraw), counts

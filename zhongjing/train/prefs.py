@@ -69,7 +69,10 @@ class Encoded:
     targets: list[list[int]] | None = None  # K shifted label lists (next-token targets on the answer only), DPO
 
 
-def encode(rankings: list[Ranking], renderer, counts: Counter, with_targets: bool = False) -> list[Encoded]:
+def encode(rankings: list[Ranking], renderer, counts: Counter, with_targets: bool = False,
+           kept: list[Ranking] | None = None) -> list[Encoded]:
+    """The rankings that fit `renderer.max_length`, encoded (the others counted as too_long); `kept` gets the
+    rankings encoded, in the same order."""
     from zhongjing.train.batching import shift
     from zhongjing.model.reward import render_answer
 
@@ -81,4 +84,6 @@ def encode(rankings: list[Ranking], renderer, counts: Counter, with_targets: boo
             continue
         targets = [shift(labels) for _, labels in rendered] if with_targets else None
         out.append(Encoded([ids for ids, _ in rendered], r.ranking, r.k, targets))
+        if kept is not None:
+            kept.append(r)
     return out

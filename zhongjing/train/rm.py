@@ -41,6 +41,8 @@ class RMConfig:
     idk_answer: str = IDK_ANSWER  # best answer for all-wrong rankings without an annotator replacement
     length_group: int = 16  # sort windows of batch_size × this many rankings by length (less padding); 1 = off
     pack: bool = True  # several answers per row (attention kept inside each): little padding
+    redraw_negatives: bool = False  # own-vs-other pairs (meta.negative "other-patient") get another patient's reply
+    #                                 each epoch after the first, drawn from the other such pairs (train/pref_batches.py)
     share_prefix: bool = True  # a ranking's dialogue encoded once, its answers branching off it (same scores; SDPA or
     #                            eager attention only, else off with a note); real-data rankings: 1.7× fewer tokens
     dtype: str = "float32"
