@@ -288,7 +288,12 @@ def test_rm_summary_puts_each_trivial_baseline_beside_its_accuracy(tmp_path):
     (tmp_path / "rm" / "meta.json").write_text(json.dumps({
         "metrics": {"val_accuracy": 0.64, "val_margin": 0.5, "val_longer_wins": 0.58, "val_relevance": 0.7,
                     "data_relevance": 0.67, "val_relevance_overlap": 0.74, "data_relevance_overlap": 0.76},
-        "relevance": {"data_files": ["test.jsonl"]}}), encoding="utf-8")
+        "relevance": {"data_files": ["test.jsonl"]},
+        "pair_kinds": {"real_vs_sample": {"pairs": 378, "accuracy": 0.754, "longer_wins": 0.688},
+                       "sample_vs_sample": {"pairs": 286, "accuracy": 0.521, "longer_wins": 0.699}}}),
+        encoding="utf-8")
     text = rm_summary("rm", SimpleNamespace(output=lambda s: tmp_path / s), None)["text"]
     assert "pairwise accuracy 0.640 (chance 0.5; the longer answer wins: 0.580)" in text
+    assert ("by kind of pair: real vs sample 0.754 (longer wins 0.688, 378 pairs); sample vs sample 0.521 (longer "
+            "wins 0.699, 286 pairs)") in text
     assert "0.700 (bigram overlap: 0.740) held-out rankings, 0.670 (bigram overlap: 0.760) on test.jsonl" in text

@@ -96,10 +96,15 @@ def rm_summary(stage: str, w, cfg) -> dict:
         o = rel[f"{k}_overlap"]
         return _fmt(rel[k]) + (f" (bigram overlap: {_fmt(o)})" if o is not None else "")
 
+    kinds = meta.get("pair_kinds") or {}
+    by_kind = "; ".join(f"{k.replace('_', ' ')} {_fmt(v['accuracy'])} (longer wins {_fmt(v['longer_wins'])}, "
+                        f"{v['pairs']} pairs)" for k, v in kinds.items())
     return {"val_accuracy": acc, "val_margin": m.get("val_margin"), "val_longer_wins": longer, **rel,
+            "pair_kinds": kinds,
             "text": f"held-out pairwise accuracy {_fmt(acc)} (chance 0.5"
                     + (f"; the longer answer wins: {_fmt(longer)}" if longer is not None else "")
-                    + f"), margin {_fmt(m.get('val_margin'))}; "
+                    + f"), margin {_fmt(m.get('val_margin'))}"
+                    + (f"; by kind of pair: {by_kind}" if by_kind else "") + "; "
                     f"relevance (own reply vs another dialogue's, chance 0.5): {with_overlap('val_relevance')} "
                     f"held-out rankings, {with_overlap('data_relevance')} on {on}"}
 

@@ -13,7 +13,7 @@ from zhongjing.data.render import Renderer
 from zhongjing.data.schema import group_pairs
 from zhongjing.errors import ZhongjingError
 from zhongjing.model.load import cap_config_length, context_of
-from zhongjing.train.prefs import Encoded, encode, load_prefs
+from zhongjing.train.prefs import Encoded, encode, load_prefs, pair_kinds
 
 
 def pack_answers(lengths: list[int]) -> list[list[int]]:
@@ -91,7 +91,8 @@ class RankingBatches:
     With `pack` (default) the answers share rows, each with position ids restarting at 0 — transformers then keeps
     attention inside each answer — and `ends` (N, 2) gives the (row, column) of every answer's last token, `seg`
     (rows, width) which answer each position belongs to (−1 = padding), `lengths` (N,) each answer's tokens with its
-    dialogue (the same dialogue for every answer of a ranking: the "longer answer wins" baseline reads it).
+    dialogue (the same dialogue for every answer of a ranking: the "longer answer wins" baseline reads it),
+    `pair_kind` (P,) what each pair compares (train/prefs.PAIR_KINDS).
     With `share_prefix` (reward model: one score per answer, no per-token targets) a ranking's dialogue is encoded
     once and its answers branch off it (`tree_rows`); the batch then has an `attention_mask` and no `seg`."""
 
@@ -128,6 +129,8 @@ class RankingBatches:
         norms = [ranking_norm(e.k, int((owner == r).sum()), self.pair_norm) for r, e in enumerate(items)]
         common = {"better": better, "worse": worse, "owner": owner, "norm": torch.tensor(norms),
                   "lengths": torch.tensor([len(a.input_ids) for a in answers]),
+                  "pair_kind": torch.tensor([k for e in items for k in pair_kinds(e.roles, e.groups)],
+                                            dtype=torch.long),  # (P,) PAIR_KINDS index, same order as better/worse
                   "n": len(items) if self.per == "ranking" else len(better)}
         if self.share_prefix and items and items[0].targets is None:  # per-token targets (DPO) need their own rows
             return tree_rows(items, self.pad_id) | common

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from zhongjing.data.mismatch import OTHER_PATIENT
 from zhongjing.data.rubric import IDK_TEMPLATES
-from zhongjing.data.schema import Ranking
+from zhongjing.data.schema import Ranking, group_pairs
 from zhongjing.io import sha256_json
 
 # Our default honest answer for all-wrong rankings: admit the limit, do not guess, send the patient to a doctor.
@@ -59,6 +60,39 @@ def load_prefs(paths: list[str], fmt: str | None, *, val_paths: list[str] = (), 
     return PrefData(train, val, counts)
 
 
+# What a pair compares, as far as its ranking's record says (answer_roles): the reward model's validation accuracy
+# is reported per kind, each beside "the longer answer wins" on the same pairs — an average over kinds hides that
+# a real reply above a model sample is learnt while two samples ordered by their overlap with a reply the model
+# never sees are not (docs/real-data.md)
+PAIR_KINDS = ("vs_other_patient", "real_vs_sample", "sample_vs_sample", "other")
+
+
+def answer_roles(r: Ranking) -> tuple[str, ...]:
+    """Per answer: 'real' (this patient's real doctor reply, `meta.reference`), 'other' (a real reply to another
+    patient: an own-vs-other ranking's second answer, or the `meta.mismatched` answers appended last), 'sample' (any
+    other answer of a ranking that has a reference: a model sample), '' (the record does not say)."""
+    k = len(r.responses)
+    if r.meta.get("negative") == OTHER_PATIENT and k == 2:
+        return ("real", "other")
+    ref = (r.meta.get("reference") or "").strip()
+    roles = ["real" if ref and a.strip() == ref else ("sample" if ref else "") for a in r.responses]
+    appended = int(r.meta.get("mismatched") or 0)
+    roles[k - appended:] = ["other"] * min(appended, k)
+    return tuple(roles)
+
+
+def pair_kinds(roles: tuple[str, ...], groups: list[list[int]]) -> list[int]:
+    """The PAIR_KINDS index of every pair of `group_pairs(groups)`, in its order."""
+    def kind(b: int, w: int) -> int:
+        pair = {roles[b], roles[w]} if roles else {""}
+        if "other" in pair:
+            return 0
+        if pair == {"real", "sample"}:
+            return 1
+        return 2 if pair == {"sample"} else 3
+    return [kind(b, w) for b, w in group_pairs(groups)]
+
+
 @dataclass
 class Encoded:
     """One ranking, tokenized: each answer with the dialogue before it (see model.reward.render_answer)."""
@@ -67,6 +101,7 @@ class Encoded:
     groups: list[list[int]]  # tie groups best → worst
     k: int
     targets: list[list[int]] | None = None  # K shifted label lists (next-token targets on the answer only), DPO
+    roles: tuple[str, ...] = ()  # answer_roles of the ranking (empty: unknown), for the per-kind accuracy
 
 
 def encode(rankings: list[Ranking], renderer, counts: Counter, with_targets: bool = False,
@@ -83,7 +118,7 @@ def encode(rankings: list[Ranking], renderer, counts: Counter, with_targets: boo
             counts["too_long"] += 1  # an answer alone does not fit max_length
             continue
         targets = [shift(labels) for _, labels in rendered] if with_targets else None
-        out.append(Encoded([ids for ids, _ in rendered], r.ranking, r.k, targets))
+        out.append(Encoded([ids for ids, _ in rendered], r.ranking, r.k, targets, answer_roles(r)))
         if kept is not None:
             kept.append(r)
     return out

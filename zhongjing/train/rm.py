@@ -5,7 +5,9 @@ by default — the paper's choice: the SFT model's chat habits interfere with ju
 −1/C(K,2) · Σ log σ(r_better − r_worse) over its pairs (`pair_norm: pairs` divides by the pairs present instead);
 a batch holds whole rankings, so every answer is encoded once however many pairs it takes part in. Rankings whose
 answers were all wrong learn the honest "I don't know" reply as best (zhongjing/train/prefs.py).
-Validation reports pairwise accuracy (beside the "longer answer wins" baseline on the same pairs) and mean margin; the best checkpoint (lowest validation loss) is the result,
+Validation reports pairwise accuracy (beside the "longer answer wins" baseline on the same pairs), also per kind of
+pair (real reply vs sample, sample vs sample, vs another patient's reply: train/prefs.PAIR_KINDS), and mean margin;
+the best checkpoint (lowest validation loss) is the result,
 and its reward mean/std on the validation answers go to meta.json for PPO's reward normalisation.
 """
 
@@ -22,7 +24,7 @@ from zhongjing.config import at_least, parse_stage_args
 from zhongjing.errors import ConfigError
 from zhongjing.model.lora import Finetune, LoraSettings, apply_lora
 from zhongjing.train.common import TrainSettings, print_once
-from zhongjing.train.prefs import IDK_ANSWER
+from zhongjing.train.prefs import IDK_ANSWER, PAIR_KINDS
 
 
 @dataclass
@@ -72,15 +74,43 @@ def rm_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
     return per_ranking.sum(), {"pairs": float(diff.numel()), "correct": float((diff > 0).sum()),
                                "margin": float(diff.sum()), "answers": float(rd.numel()),
                                "reward": float(rd.sum()), "reward_sq": float((rd ** 2).sum()),
-                               "longer_correct": longer_correct(batch)}
+                               "longer_correct": longer_correct(batch)} | by_kind(batch, diff)
 
 
-def longer_correct(batch: dict) -> float:
+def by_kind(batch: dict, diff: torch.Tensor) -> dict:
+    """Pairs, correct pairs and longer-answer-wins pairs of each PAIR_KINDS kind (every key always present: the
+    validation sums must have the same fields in every process)."""
+    if "pair_kind" not in batch:
+        return {}
+    out = {}
+    for i, name in enumerate(PAIR_KINDS):
+        sel = batch["pair_kind"] == i  # (P,)
+        out[f"pairs/{name}"] = float(sel.sum())
+        out[f"correct/{name}"] = float(((diff > 0) & sel).sum())
+        out[f"longer/{name}"] = longer_correct(batch, sel)
+    return out
+
+
+def kind_metrics(rec: dict) -> dict:
+    """{kind: {pairs, accuracy, longer_wins}} for the kinds present in a validation record (sums divided by val_n:
+    the ratios are exact, the pair count is recovered)."""
+    out = {}
+    for name in PAIR_KINDS:
+        p = rec.get(f"val_pairs/{name}") or 0.0
+        if p > 0:
+            out[name] = {"pairs": round(p * rec["val_n"]), "accuracy": rec[f"val_correct/{name}"] / p,
+                         "longer_wins": rec[f"val_longer/{name}"] / p}
+    return out
+
+
+def longer_correct(batch: dict, sel: torch.Tensor | None = None) -> float:
     """The trivial baseline beside pairwise accuracy: pairs whose better answer is the longer one (a tie in length
-    counts half, like a coin). A reward model that learnt only length scores this; the report shows both."""
+    counts half, like a coin), over the pairs `sel` (P,) bool picks (all when None). A reward model that learnt only
+    length scores this; the report shows both."""
     if "lengths" not in batch:
         return float("nan")
     d = batch["lengths"][batch["better"]] - batch["lengths"][batch["worse"]]  # (P,) tokens, better − worse
+    d = d if sel is None else d[sel]
     return float((d > 0).sum()) + 0.5 * float((d == 0).sum())
 
 
@@ -91,7 +121,8 @@ def rm_metrics(rec: dict) -> dict:
     var = max(rec["val_reward_sq"] / answers - mean ** 2, 0.0)
     return {"val_accuracy": rec["val_correct"] / pairs, "val_margin": rec["val_margin"] / pairs,
             "val_longer_wins": rec.get("val_longer_correct", float("nan")) / pairs,
-            "val_reward_mean": mean, "val_reward_std": math.sqrt(var)}
+            "val_reward_mean": mean, "val_reward_std": math.sqrt(var)} | {
+            f"val_accuracy/{k}": v["accuracy"] for k, v in kind_metrics(rec).items()}
 
 
 def train_rm(cfg: RMConfig) -> Path:
@@ -126,9 +157,10 @@ def train_rm(cfg: RMConfig) -> Path:
             "head": {"type": "linear", "layer": "score", "outputs": 1, "pooling": "rightmost non-pad token",
                      "load": "AutoModelForSequenceClassification(num_labels=1) [+ PeftModel]"}}
 
-    def reward_stats(best: dict) -> dict:  # for PPO's reward normalisation
+    def reward_stats(best: dict) -> dict:  # for PPO's reward normalisation; and the best model's per-kind accuracy
         return {"reward_stats": {"mean": best["val_reward_mean"], "std": best["val_reward_std"],
-                                 "on": "validation answers", "step": best["step"]}}
+                                 "on": "validation answers", "step": best["step"]},
+                "pair_kinds": kind_metrics(best)}
 
     from zhongjing.train import relevance
 
@@ -152,7 +184,8 @@ def main(argv: list[str]) -> int:
     out = train_rm(cfg)
     from zhongjing.model.load import read_meta
 
-    m = read_meta(out).get("metrics", {})
+    meta = read_meta(out)
+    m = meta.get("metrics", {})
     acc = m.get("val_accuracy")
     rel = "".join(f", {k.replace('_', ' ')} {m[k]:.3f}"
                   + (f" [bigram overlap: {m[k + '_overlap']:.3f}]" if k + "_overlap" in m else "")
@@ -160,5 +193,8 @@ def main(argv: list[str]) -> int:
     rel = (f" [the longer answer wins: {m['val_longer_wins']:.3f}]" if "val_longer_wins" in m else "") + rel
     print_once(f"reward model → {out}" + (f" (val pairwise accuracy {acc:.3f}, margin {m.get('val_margin'):.3f}{rel})"
                                       if acc is not None else ""))
+    for k, v in (meta.get("pair_kinds") or {}).items():
+        print_once(f"  {k.replace('_', ' ')}: accuracy {v['accuracy']:.3f} [the longer answer wins: "
+                   f"{v['longer_wins']:.3f}], {v['pairs']} held-out pairs")
     return 0
 
