@@ -297,8 +297,10 @@ def test_shared_prefix_gives_the_same_rewards_loss_and_gradients_as_each_answer_
         model.zero_grad()
         loss, metrics = rm_loss(model, batch)
         loss.backward()
-        grads.append((loss.item(), metrics["correct"], [p.grad.clone() for p in model.parameters()]))
-    assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-5) and grads[0][1] == grads[1][1]
+        grads.append((loss.item(), metrics["margin"], [p.grad.clone() for p in model.parameters()]))
+    # the summed margins, not the count of correct pairs: the identical answers' margin is 0 up to float noise, so
+    # its sign (counted correct or not) may differ between layouts on some CPUs (seen with eager attention)
+    assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-5) and grads[0][1] == pytest.approx(grads[1][1], abs=1e-4)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads[0][2], grads[1][2]))
 
 
