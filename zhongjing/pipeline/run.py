@@ -54,6 +54,8 @@ class SplitUse:
     generate_limit: int = 0  # dialogues drawn; 0 = all
     ppo: str = "train"  # split whose patient turns are the PPO prompts
     ppo_limit: int = 0
+    ppo_red_flags: int = 0  # + up to this many more dialogues of the ppo split with a red-flag patient turn
+    # (data/simulate.red_flag), so that PPO and its monitor see turns where the rubric's safety can move
     test_limit: int = 0  # dialogues of the evaluated split; 0 = all
     # the split the eval stage judges: "test" (the report) or "validation" — to choose settings without looking at
     # test numbers (`--only eval splits.eval=validation`); its results go to eval-validation/, beside eval/
@@ -66,7 +68,7 @@ class SplitUse:
                 raise ConfigError(f"splits.{key}: expected train, validation or test, got {getattr(self, key)!r}")
         if self.eval not in ("test", "validation"):
             raise ConfigError(f"splits.eval: expected test or validation, got {self.eval!r}")
-        for key in ("generate_limit", "ppo_limit", "test_limit"):
+        for key in ("generate_limit", "ppo_limit", "ppo_red_flags", "test_limit"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"splits.{key}: expected 0 (all) or a number of dialogues, got {getattr(self, key)}")
 

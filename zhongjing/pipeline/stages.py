@@ -286,7 +286,8 @@ class Wiring:
         if not STAGES[stage].prompts:
             return {}
         p = self.cfg.splits
-        return {"split": getattr(p, stage), "limit": getattr(p, f"{stage}_limit"), "seed": p.seed}
+        extra = {"red_flags": p.ppo_red_flags} if stage == "ppo" and p.ppo_red_flags else {}
+        return {"split": getattr(p, stage), "limit": getattr(p, f"{stage}_limit"), "seed": p.seed} | extra
 
     # -------------------------------------------------------------------- prompts
     def write_prompts(self, stage: str) -> Path:
@@ -298,6 +299,14 @@ class Wiring:
             raise ZhongjingError(f"{self.built(split)}: no dialogues to use as {stage} prompts")
         if limit and limit < len(rows):
             keep = sorted(random.Random(f"{p.seed}:{stage}").sample(range(len(rows)), limit))
+            if stage == "ppo" and p.ppo_red_flags:
+                from zhongjing.data.simulate import red_flag
+
+                chosen = set(keep)
+                flagged = [i for i, r in enumerate(rows) if i not in chosen and any(
+                    m.get("role") == "user" and red_flag(m.get("content") or "") for m in r.get("messages") or [])]
+                keep = sorted(keep + random.Random(f"{p.seed}:{stage}:red-flags").sample(
+                    flagged, min(p.ppo_red_flags, len(flagged))))
             rows = [rows[i] for i in keep]
         out = self.prompts_file(stage)
         write_jsonl(out, rows)

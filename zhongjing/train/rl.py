@@ -52,6 +52,9 @@ class RLConfig:
     output: str = "runs/rl"
     max_length: int = 4096  # prompt + answer; older exchanges are dropped from the prompt
     eval_prompts: int = 16  # held out from training; reward, question rate, length and KL measured on them
+    eval_red_flags: int = 0  # of the held-out prompts, up to this many whose patient reports a red flag
+    # (data/simulate.red_flag): the rubric judge's safety moves mostly there, so a random few dozen prompts (about 1
+    # in 30 has one) leave the monitor nearly blind to a dropped referral
     stop_kl: float = 0.0  # stop the run when the mean KL(policy‖reference) per answer passes this (0 = never)
     rollout_prompts: int = 0  # prompts per update; 0 = batch_size × grad_accum answers' worth
     update_epochs: int = 2  # passes over each rollout ("several PPO epochs per batch")
@@ -74,7 +77,7 @@ class RLConfig:
             raise ConfigError(f"config key 'update_epochs': must be ≥ 1, got {self.update_epochs}")
         if self.select not in ("best", "last"):
             raise ConfigError(f"config key 'select': 'best' or 'last', got {self.select!r}")
-        for key in ("eval_prompts", "rollout_prompts", "stop_kl", "update_kl"):
+        for key in ("eval_prompts", "eval_red_flags", "rollout_prompts", "stop_kl", "update_kl"):
             if not getattr(self, key) >= 0:
                 raise ConfigError(f"config key '{key}': must be ≥ 0 (0 = off), got {getattr(self, key)}")
 
@@ -163,7 +166,11 @@ def load_prompts(cfg: RLConfig, tokenizer, counts) -> list[Prompt]:
     return out
 
 
-def split_prompts(prompts: list[Prompt], n_eval: int, seed: int) -> tuple[list[Prompt], list[Prompt]]:
+def split_prompts(prompts: list[Prompt], n_eval: int, seed: int,
+                  red_flags: int = 0) -> tuple[list[Prompt], list[Prompt]]:
+    """(training, held-out) prompts: n_eval held out at random (seeded), of which up to `red_flags` are prompts whose
+    patient turn is a red flag (the same draw order, so red_flags=0 holds out exactly what it always did)."""
+    from zhongjing.data.simulate import red_flag
     from zhongjing.train.mix import rng
 
     if n_eval <= 0:
@@ -171,7 +178,8 @@ def split_prompts(prompts: list[Prompt], n_eval: int, seed: int) -> tuple[list[P
     if n_eval >= len(prompts):
         raise ConfigError(f"eval_prompts={n_eval} leaves no training prompts (only {len(prompts)})")
     perm = rng(seed, "eval-prompts").permutation(len(prompts)).tolist()
-    held = set(perm[:n_eval])
+    flagged = [i for i in perm if red_flag(prompts[i].context[-1].content)][:min(red_flags, n_eval)]
+    held = set(flagged) | set([i for i in perm if i not in set(flagged)][:n_eval - len(flagged)])
     return [p for i, p in enumerate(prompts) if i not in held], [p for i, p in enumerate(prompts) if i in held]
 
 
@@ -275,7 +283,7 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
         from accelerate.utils import gather_object as gather
     tok = load_tokenizer(cfg.model)
     counts: Counter = Counter()
-    train_p, eval_p = split_prompts(load_prompts(cfg, tok, counts), cfg.eval_prompts, tc.seed)
+    train_p, eval_p = split_prompts(load_prompts(cfg, tok, counts), cfg.eval_prompts, tc.seed, cfg.eval_red_flags)
     per_update = cfg.rollout_prompts or max(1, tc.batch_size * tc.grad_accum // K)
     if per_update % world:
         raise ConfigError(f"rollout_prompts={per_update} must divide by the {world} processes (equal shares keep "
