@@ -41,6 +41,13 @@ def test_split_prompts_holds_out_red_flags_first():
     assert len(few) == 2 and all(red_flag(p.context[-1].content) for p in few)
 
 
+def test_split_prompts_without_red_flags_takes_any_item():
+    # the consultation trainer splits its cases (no patient turn yet) with the same function
+    cases = [object() for _ in range(10)]
+    train, held = split_prompts(cases, 3, seed=1)
+    assert len(held) == 3 and len(train) == 7 and set(map(id, train + held)) == set(map(id, cases))
+
+
 def wiring(tmp_path, **splits):
     from zhongjing.pipeline.run import SplitUse
     from zhongjing.pipeline.stages import Wiring
