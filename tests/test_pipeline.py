@@ -297,3 +297,7 @@ def test_rm_summary_puts_each_trivial_baseline_beside_its_accuracy(tmp_path):
     assert ("by kind of pair: real vs sample 0.754 (longer wins 0.688, 378 pairs); sample vs sample 0.521 (longer "
             "wins 0.699, 286 pairs)") in text
     assert "0.700 (bigram overlap: 0.740) held-out rankings, 0.670 (bigram overlap: 0.760) on test.jsonl" in text
+    meta = json.loads((tmp_path / "rm" / "meta.json").read_text(encoding="utf-8"))
+    meta["pair_kinds"] = {"other": {"pairs": 40, "accuracy": 0.64, "longer_wins": 0.58}}  # the demo's only kind
+    (tmp_path / "rm" / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    assert "by kind" not in rm_summary("rm", SimpleNamespace(output=lambda s: tmp_path / s), None)["text"]

@@ -97,6 +97,7 @@ def rm_summary(stage: str, w, cfg) -> dict:
         return _fmt(rel[k]) + (f" (bigram overlap: {_fmt(o)})" if o is not None else "")
 
     kinds = meta.get("pair_kinds") or {}
+    kinds = {} if set(kinds) == {"other"} else kinds  # no ranking with a reference (the demo): the average says it
     by_kind = "; ".join(f"{k.replace('_', ' ')} {_fmt(v['accuracy'])} (longer wins {_fmt(v['longer_wins'])}, "
                         f"{v['pairs']} pairs)" for k, v in kinds.items())
     return {"val_accuracy": acc, "val_margin": m.get("val_margin"), "val_longer_wins": longer, **rel,
