@@ -13,7 +13,7 @@ from zhongjing.data.render import Renderer
 from zhongjing.data.schema import group_pairs
 from zhongjing.errors import ZhongjingError
 from zhongjing.model.load import cap_config_length, context_of
-from zhongjing.train.prefs import Encoded, encode, load_prefs, pair_kinds
+from zhongjing.train.prefs import PAIR_KINDS, Encoded, encode, load_prefs
 
 
 def pack_answers(lengths: list[int]) -> list[list[int]]:
@@ -126,11 +126,12 @@ class RankingBatches:
             answers += [Example(ids, t, 0) for ids, t in zip(e.ids, targets)]
             groups.append(e.groups)
         better, worse, owner = ranking_pairs(groups, offsets)
-        norms = [ranking_norm(e.k, int((owner == r).sum()), self.pair_norm) for r, e in enumerate(items)]
+        n_pairs = torch.bincount(owner, minlength=len(items)).tolist()  # per ranking
+        norms = [ranking_norm(e.k, n, self.pair_norm) for e, n in zip(items, n_pairs)]
+        kinds = [k for e, n in zip(items, n_pairs) for k in (e.kinds or (PAIR_KINDS.index("other"),) * n)]
         common = {"better": better, "worse": worse, "owner": owner, "norm": torch.tensor(norms),
                   "lengths": torch.tensor([len(a.input_ids) for a in answers]),
-                  "pair_kind": torch.tensor([k for e in items for k in pair_kinds(e.roles, e.groups)],
-                                            dtype=torch.long),  # (P,) PAIR_KINDS index, same order as better/worse
+                  "pair_kind": torch.tensor(kinds, dtype=torch.long),  # (P,) same order as better/worse
                   "n": len(items) if self.per == "ranking" else len(better)}
         if self.share_prefix and items and items[0].targets is None:  # per-token targets (DPO) need their own rows
             return tree_rows(items, self.pad_id) | common

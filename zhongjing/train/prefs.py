@@ -76,8 +76,8 @@ def answer_roles(r: Ranking) -> tuple[str, ...]:
         return ("real", "other")
     ref = (r.meta.get("reference") or "").strip()
     roles = ["real" if ref and a.strip() == ref else ("sample" if ref else "") for a in r.responses]
-    appended = int(r.meta.get("mismatched") or 0)
-    roles[k - appended:] = ["other"] * min(appended, k)
+    appended = min(int(r.meta.get("mismatched") or 0), k)
+    roles[k - appended:] = ["other"] * appended
     return tuple(roles)
 
 
@@ -101,7 +101,7 @@ class Encoded:
     groups: list[list[int]]  # tie groups best → worst
     k: int
     targets: list[list[int]] | None = None  # K shifted label lists (next-token targets on the answer only), DPO
-    roles: tuple[str, ...] = ()  # answer_roles of the ranking (empty: unknown), for the per-kind accuracy
+    kinds: tuple[int, ...] = ()  # PAIR_KINDS index of each pair, in group_pairs order (empty: all "other")
 
 
 def encode(rankings: list[Ranking], renderer, counts: Counter, with_targets: bool = False,
@@ -118,7 +118,8 @@ def encode(rankings: list[Ranking], renderer, counts: Counter, with_targets: boo
             counts["too_long"] += 1  # an answer alone does not fit max_length
             continue
         targets = [shift(labels) for _, labels in rendered] if with_targets else None
-        out.append(Encoded([ids for ids, _ in rendered], r.ranking, r.k, targets, answer_roles(r)))
+        out.append(Encoded([ids for ids, _ in rendered], r.ranking, r.k, targets,
+                           tuple(pair_kinds(answer_roles(r), r.ranking))))
         if kept is not None:
             kept.append(r)
     return out
