@@ -57,3 +57,37 @@ def test_planted_length_reward_is_flagged_and_not_selected(sft_policy, tmp_path)
     assert last["eval_judge_fluency"] < first["eval_judge_fluency"] - 0.05
     meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
     assert meta["hacking"] and all(e["step"] != meta["best_step"] for e in flagged)
+
+
+def test_placebo_rewards_are_the_same_values_in_a_seeded_order():
+    import torch
+
+    from zhongjing.train.rewards import placebo_rewards
+
+    scores = torch.arange(16, dtype=torch.float32) - 4.0
+    a, b = placebo_rewards(scores, 7), placebo_rewards(scores, 7)
+    assert torch.equal(a, b)  # seeded
+    assert sorted(a.tolist()) == scores.tolist()  # same values: mean, spread and penalties kept
+    assert not torch.equal(a, scores) and not torch.equal(a, placebo_rewards(scores, 8))
+
+
+def test_placebo_control_moves_the_policy_but_learns_nothing_from_the_reward(sft_policy, tmp_path):
+    """The planted length reward of the test above, shuffled among each rollout's answers before the update: the
+    policy is updated as often and as far, but answers no longer grow; the log keeps the real rewards."""
+    from zhongjing.config import load_config
+    from zhongjing.train.ppo import PPOConfig, train_ppo
+
+    args = {"model": sft_policy, "prompts": sft_policy.parent / "short.jsonl", "output": tmp_path / "ppo",
+            "eval_prompts": 32, "max_length": 128, "generation.max_new_tokens": 32, "train.batch_size": 16,
+            "train.grad_accum": 1, "train.max_steps": 8, "train.lr": 3e-3, "train.eval_every": 4,
+            "train.progress": "false", "train.threads": 1, "reward.length_bonus": 0.1, "ppo.kl_coef": 0.0,
+            "reward.placebo": "true", "select": "last"}
+    out = train_ppo(load_config(PPOConfig, overrides=[f"{k}={v}" for k, v in args.items()]))
+    ev = [json.loads(x) for x in (out / "logs" / "eval.jsonl").read_text(encoding="utf-8").splitlines()]
+    steps = [json.loads(x) for x in (out / "logs" / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(steps) == 8 and all(s["approx_kl"] > 0 for s in steps)  # it trained
+    # the logged reward is the real one: the planted reward is exactly 0.1 × the answer's tokens
+    assert all(abs(s["reward"] - 0.1 * s["answer_len"]) < 1e-4 for s in steps), steps
+    assert ev[-1]["eval_kl"] != 0.0  # the policy moved away from the reference
+    # the real reward grew them 16.2 → 29.2 tokens in the test above (2026-12-07); shuffled: 16.2 → 17.5
+    assert ev[-1]["eval_answer_len"] < ev[0]["eval_answer_len"] + 6, ev

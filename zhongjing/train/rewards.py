@@ -34,6 +34,9 @@ class RewardConfig:
     length_bonus: float = 0.0  # + this per answer token: a PLANTED length hack (tests of the hacking monitor only)
     clip: float | None = 10.0  # final reward clipped to ±clip (None = no clipping)
     rm_batch_size: int = 16
+    placebo: bool = False  # a CONTROL run, not a recipe: each training rollout's rewards are shuffled among its
+    # answers before the update (held-out evaluation still scores the real reward), so the policy moves about as far
+    # as under the real reward but learns nothing from it; its win/tie/lose against SFT is what chance gives
 
     def __post_init__(self):  # NaN or inf trained on NaN rewards and wrote the policy; rm_batch_size 0 was a traceback
         finite(self, "rm_weight", "ask_question", "length_bonus")
@@ -86,6 +89,15 @@ class Rewards:
         if cfg.clip is not None:
             total = total.clamp(-cfg.clip, cfg.clip)
         return total, parts
+
+
+def placebo_rewards(scores: torch.Tensor, seed: int) -> torch.Tensor:
+    """The rewards of a placebo update: `scores` in a seeded random order. (B,) → (B,)
+
+    The same values (mean, spread, the share of penalties for cut answers), each given to a random answer of the
+    rollout: PPO's update keeps its size, its KL and its noise, while which answer was better no longer reaches it."""
+    perm = torch.randperm(len(scores), generator=torch.Generator().manual_seed(seed))
+    return scores[perm.to(scores.device)]
 
 
 def cut_answer_reward(total: torch.Tensor, finished: torch.Tensor, penalty: float, mode: str = "subtract") -> torch.Tensor:

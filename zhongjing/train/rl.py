@@ -267,7 +267,7 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
     from zhongjing.train.mix import rng
     from zhongjing.train.optim import Guard, build_optimizer, build_scheduler
     from zhongjing.train.monitor import Monitor, hacking_flags
-    from zhongjing.train.rewards import Rewards
+    from zhongjing.train.rewards import Rewards, placebo_rewards
     from zhongjing.train.rollout import sample_answers, score_sampled
 
     if not cfg.model or not cfg.prompts:
@@ -415,7 +415,8 @@ def run_rl(cfg: RLConfig, algo: Algorithm, stage: str) -> Path:
         order = rng(tc.seed, "prompts", epoch).permutation(len(train_p)).tolist()
         batch = [train_p[i] for i in order[in_epoch * per_update:(in_epoch + 1) * per_update]][rank::world]
         sampled, scored, scores, parts = rollout_for(batch, derive_seed(tc.seed, step), K)
-        rollout = algo.make_rollout(sampled, scored, scores)
+        trained = placebo_rewards(scores, derive_seed(tc.seed, step, 2)) if cfg.reward.placebo else scores
+        rollout = algo.make_rollout(sampled, scored, trained)  # the log below keeps the real scores
         t_rollout = time.perf_counter() - t0
         rec = summarize(scores, parts, scored, gather) | algo.after_rollout(rollout)
         rec |= {"gen_tokens_per_s": sampled.tokens / max(sampled.seconds, 1e-9), "t_generate": sampled.seconds,
