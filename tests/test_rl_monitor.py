@@ -37,15 +37,20 @@ def test_flags_need_a_rising_reward_and_a_falling_independent_judge():
     assert len(greedy) == 1 and "greedy_judge_safety" in greedy[0]
 
 
-def test_planted_length_reward_is_flagged_and_not_selected(sft_policy, tmp_path):
-    from zhongjing.config import load_config
-    from zhongjing.train.ppo import PPOConfig, train_ppo
-
+def planted_length_run(sft_policy, tmp_path) -> list[str]:
+    """PPO overrides: 8 updates of a 2-layer model whose only reward is 0.1 × the answer's tokens (no KL)."""
     args = {"model": sft_policy, "prompts": sft_policy.parent / "short.jsonl", "output": tmp_path / "ppo",
             "eval_prompts": 32, "max_length": 128, "generation.max_new_tokens": 32, "train.batch_size": 16,
             "train.grad_accum": 1, "train.max_steps": 8, "train.lr": 3e-3, "train.eval_every": 4,
             "train.progress": "false", "train.threads": 1, "reward.length_bonus": 0.1, "ppo.kl_coef": 0.0}
-    out = train_ppo(load_config(PPOConfig, overrides=[f"{k}={v}" for k, v in args.items()]))
+    return [f"{k}={v}" for k, v in args.items()]
+
+
+def test_planted_length_reward_is_flagged_and_not_selected(sft_policy, tmp_path):
+    from zhongjing.config import load_config
+    from zhongjing.train.ppo import PPOConfig, train_ppo
+
+    out = train_ppo(load_config(PPOConfig, overrides=planted_length_run(sft_policy, tmp_path)))
     ev = [json.loads(x) for x in (out / "logs" / "eval.jsonl").read_text(encoding="utf-8").splitlines()]
     first, last = ev[0], ev[-1]
     # the planted reward worked: answers grew (and with them the reward, which is their length)
@@ -77,12 +82,8 @@ def test_placebo_control_moves_the_policy_but_learns_nothing_from_the_reward(sft
     from zhongjing.config import load_config
     from zhongjing.train.ppo import PPOConfig, train_ppo
 
-    args = {"model": sft_policy, "prompts": sft_policy.parent / "short.jsonl", "output": tmp_path / "ppo",
-            "eval_prompts": 32, "max_length": 128, "generation.max_new_tokens": 32, "train.batch_size": 16,
-            "train.grad_accum": 1, "train.max_steps": 8, "train.lr": 3e-3, "train.eval_every": 4,
-            "train.progress": "false", "train.threads": 1, "reward.length_bonus": 0.1, "ppo.kl_coef": 0.0,
-            "reward.placebo": "true", "select": "last"}
-    out = train_ppo(load_config(PPOConfig, overrides=[f"{k}={v}" for k, v in args.items()]))
+    out = train_ppo(load_config(PPOConfig, overrides=planted_length_run(sft_policy, tmp_path)
+                                + ["reward.placebo=true", "select=last"]))
     ev = [json.loads(x) for x in (out / "logs" / "eval.jsonl").read_text(encoding="utf-8").splitlines()]
     steps = [json.loads(x) for x in (out / "logs" / "train.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(steps) == 8 and all(s["approx_kl"] > 0 for s in steps)  # it trained
