@@ -180,8 +180,8 @@ def split_prompts(prompts: list[Prompt], n_eval: int, seed: int,
     perm = rng(seed, "eval-prompts").permutation(len(prompts)).tolist()
     flagged = [i for i in perm if red_flag(prompts[i].context[-1].content)][:min(red_flags, n_eval)] \
         if red_flags > 0 else []  # (consultation cases share this split: they have no patient turn yet)
-    first = set(flagged)
-    held = first | set([i for i in perm if i not in first][:n_eval - len(flagged)])
+    picked = set(flagged)
+    held = picked | set([i for i in perm if i not in picked][:n_eval - len(flagged)])
     return [p for i, p in enumerate(prompts) if i not in held], [p for i, p in enumerate(prompts) if i in held]
 
 
