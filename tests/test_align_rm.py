@@ -227,7 +227,7 @@ def test_batches_keep_rankings_whole_and_normalise_per_ranking():
     from zhongjing.train.prefs import Encoded
 
     enc = [Encoded([[1, 2], [3], [4, 5, 6], [7]], [[0], [1, 2], [3]], 4), Encoded([[8], [9, 9]], [[1], [0]], 2)]
-    for kind, norms in (("ckn", [6.0, 1.0]), ("pairs", [5.0, 1.0])):
+    for kind, norms in (("ckn", [6.0, 1.0]), ("pairs", [5.0, 1.0]), ("one", [1.0, 1.0])):
         b = RankingBatches(enc, [], 2, seed=0, group=1, pad_id=0, pair_norm=kind, pack=False).collate(enc)
         assert b["input_ids"].shape == (6, 3) and b["n"] == 2 and b["ntokens"] == 10
         assert b["better"].tolist() == [0, 0, 0, 1, 2, 5] and b["worse"].tolist() == [1, 2, 3, 3, 3, 4]

@@ -25,6 +25,8 @@ def test_ranking_loss_k4_with_ties():
     pairs = L.ranking_loss(rewards, better, worse, owner, torch.tensor([L.ranking_norm(4, 5, "pairs")]))
     assert close(ckn, [total / 6]) and close(ckn, [0.1548278])  # paper: 1/C(4,2)
     assert close(pairs, [total / 5]) and close(pairs, [0.1857934])
+    one = L.ranking_loss(rewards, better, worse, owner, torch.tensor([L.ranking_norm(4, 5, "one")]))
+    assert close(one, [total]) and close(one, [0.9289667])  # every pair weighs 1: the plain sum
 
 
 def test_ranking_loss_two_rankings_in_one_vector_and_gradient():

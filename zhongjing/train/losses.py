@@ -95,6 +95,8 @@ def ranking_loss(
     With norm = C(K,2) every *pair* weighs the same whatever the ties: a tie is missing information, so a ranking with
     ties contributes less in total instead of inflating its remaining pairs (our default, `pair_norm: ckn`).
     With norm = number of pairs every ranking weighs the same (`pair_norm: pairs`). Without ties both are C(K,2).
+    With norm = 1 every pair weighs 1 across rankings of any K (`pair_norm: one`): a K=5 ranking counts ten times a
+    K=2 pair, instead of the same.
     """
     diff = rewards[better] - rewards[worse]
     if margin is not None:
@@ -110,7 +112,9 @@ def ranking_norm(k: int, n_pairs: int, kind: str = "ckn") -> float:
         return float(math.comb(k, 2))
     if kind == "pairs":
         return float(max(n_pairs, 1))
-    raise ValueError(f"unknown pair normaliser {kind!r} (ckn or pairs)")
+    if kind == "one":
+        return 1.0
+    raise ValueError(f"unknown pair normaliser {kind!r} (ckn, pairs or one)")
 
 
 # ----------------------------------------------------------------------------- DPO
