@@ -2,8 +2,7 @@
 
 Reward model = parent + a linear head on the last token of (dialogue, answer). The parent is the *pre-trained* base
 by default — the paper's choice: the SFT model's chat habits interfere with judging. Loss per ranking:
-−1/C(K,2) · Σ log σ(r_better − r_worse) over its pairs (`pair_norm: pairs` divides by the pairs present instead,
-`one` by nothing: every pair of every ranking weighs 1);
+−1/C(K,2) · Σ log σ(r_better − r_worse) over its pairs (the other normalisers, `pair_norm`: train/losses.ranking_loss);
 a batch holds whole rankings, so every answer is encoded once however many pairs it takes part in. Rankings whose
 answers were all wrong learn the honest "I don't know" reply as best (zhongjing/train/prefs.py).
 Validation reports pairwise accuracy (beside the "longer answer wins" baseline on the same pairs), also per kind of
@@ -40,8 +39,7 @@ class RMConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainSettings = field(default_factory=lambda: TrainSettings(lr=1e-4, batch_size=8))  # batch = rankings
     max_length: int = 4096  # dialogue + answer; older exchanges are dropped to fit
-    pair_norm: Literal["ckn", "pairs", "one"] = "ckn"  # per-ranking normaliser: C(K,2) (paper), the pairs present,
-    #                                                   or 1 (each pair weighs 1 whatever its ranking's K)
+    pair_norm: Literal["ckn", "pairs", "one"] = "ckn"  # per-ranking normaliser (losses.ranking_loss): C(K,2), pairs, 1
     idk_answer: str = IDK_ANSWER  # best answer for all-wrong rankings without an annotator replacement
     length_group: int = 16  # sort windows of batch_size × this many rankings by length (less padding); 1 = off
     pack: bool = True  # several answers per row (attention kept inside each): little padding
