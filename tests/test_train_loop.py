@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from zhongjing.data.render import IGNORE
-from zhongjing.errors import ZhongjingError
+from zhongjing.errors import ConfigError, ZhongjingError
 from zhongjing.model.lora import TrainedIO
 from zhongjing.train import checkpoint as ckpt
 from zhongjing.train.batching import Example, LazyBatches, collate_rows, group_by_length
@@ -143,6 +143,28 @@ def test_checkpoints_keep_last_and_best_and_output_is_best(tmp_path):
     assert (out / "model.safetensors").read_bytes() == (out / best).read_bytes()
     with pytest.raises(ZhongjingError, match="resume"):
         run(out, 8, 1, max_steps=2)  # a second run may not silently mix into the first one's folder
+
+
+def test_best_metric_and_mode_pick_the_result(tmp_path):
+    """`best_metric`/`best_mode` choose which evaluated checkpoint becomes OUT: here the HIGHEST validation loss
+    (the first evaluation, as the loss falls), which the default rule (lowest val_loss) would never pick."""
+    out = tmp_path / "max"
+    res, _, _ = run(out, 8, 1, max_steps=8, eval_every=2, best_metric="val_loss", best_mode="max")
+    evals = [json.loads(x) for x in (out / "logs" / "eval.jsonl").read_text().splitlines()]
+    worst = max(evals, key=lambda e: e["val_loss"])
+    assert worst["step"] != min(evals, key=lambda e: e["val_loss"])["step"]  # the two rules disagree here
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["best_step"] == res.best_step == worst["step"]
+    assert meta["metrics"]["best_by"] == {"metric": "val_loss", "mode": "max"}
+    assert res.best_val == pytest.approx(worst["val_loss"])  # best_val_loss stays the chosen checkpoint's loss
+    best = ckpt.CKPT + f"/step-{res.best_step:06d}/model.safetensors"
+    assert (out / "model.safetensors").read_bytes() == (out / best).read_bytes()
+    with pytest.raises(ConfigError, match=r"best_metric 'val_acc'.*it logs: val_loss"):
+        run(tmp_path / "typo", 8, 1, max_steps=2, eval_every=2, best_metric="val_acc", best_mode="max")
+    for bad, msg in (({"best_mode": "highest"}, "best_mode must be min or max"),
+                     ({"best_metric": "loss"}, "must name a validation metric")):
+        with pytest.raises(ConfigError, match=msg):
+            TrainSettings(**bad)
 
 
 def test_resume_refuses_other_data_and_logs_to_tensorboard(tmp_path):

@@ -32,6 +32,9 @@ class TrainSettings:
     save_every: int = 0  # steps; 0 = at every evaluation
     max_eval_batches: int = 0  # 0 = the whole validation split
     keep_checkpoints: int = 2  # most recent kept (the best one is always kept too)
+    best_metric: str = "val_loss"  # the validation metric that picks the result: val_loss or any metric the stage
+    #                                logs at evaluation (e.g. the RM's val_accuracy/sample_vs_sample)
+    best_mode: str = "min"  # min or max: whether the lowest or the highest best_metric wins (ties: the earlier)
     seed: int = 42
     mixed_precision: str = "auto"  # auto (the accelerate launch config, else none), no, fp16, bf16
     gradient_checkpointing: bool = False
@@ -62,6 +65,10 @@ class TrainSettings:
         within(self, 0, 2**32 - 1, "seed")  # numpy's limit; 2**70 was an OverflowError traceback
         if self.fp32_matmul not in ("fast", "exact"):
             raise ConfigError(f"train.fp32_matmul must be fast or exact, got {self.fp32_matmul!r}")
+        if self.best_mode not in ("min", "max"):
+            raise ConfigError(f"train.best_mode must be min or max, got {self.best_mode!r}")
+        if not self.best_metric.startswith("val_"):
+            raise ConfigError(f"train.best_metric must name a validation metric (val_…), got {self.best_metric!r}")
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
             raise ConfigError(f"train.mixed_precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
 

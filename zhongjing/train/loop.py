@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from zhongjing.errors import ZhongjingError
+from zhongjing.errors import ConfigError, ZhongjingError
 from zhongjing.train import checkpoint as ckpt
 from zhongjing.train.common import TrainSettings
 from zhongjing.train.logs import RunLogger
@@ -182,6 +182,15 @@ def fit(model, data, loss_fn: Callable, settings: TrainSettings, out: str | Path
     if st is not None:
         step, epoch, in_epoch = st["step"], st["epoch"], st["in_epoch"]
         best_step, best_val, history = st["best_step"], st["best_val"], st["history"]
+    pick = settings.best_metric, settings.best_mode
+
+    def score(rec: dict) -> float:
+        """rec's value of the metric that picks the result, signed so that lower is better."""
+        if pick[0] not in rec:
+            raise ConfigError(f"train.best_metric {pick[0]!r}: this stage's validation logs no such metric "
+                              f"(it logs: {', '.join(sorted(k for k in rec if k.startswith('val_')))})")
+        v = float(rec[pick[0]])
+        return v if pick[1] == "min" else -v
     log = book.logger(total, step)
 
     def state() -> dict:
@@ -198,7 +207,8 @@ def fit(model, data, loss_fn: Callable, settings: TrainSettings, out: str | Path
             # on_eval turns the loss function's per-batch sums into metrics: log those, not the sums
             shown = set(extra) | {"step", "epoch", "val_loss", "val_n"}
             log.eval({k: v for k, v in rec.items() if not on_eval or k in shown})
-            if best_val is None or rec["val_loss"] < best_val:
+            best, now = next((h for h in history if h["step"] == best_step), None), score(rec)
+            if best is None or math.isnan(score(best)) or now < score(best):  # ties: the earlier
                 best_step, best_val = step, rec["val_loss"]
         elif not len(val):
             best_step = step  # no validation: the last checkpoint is the result
@@ -225,6 +235,7 @@ def fit(model, data, loss_fn: Callable, settings: TrainSettings, out: str | Path
                 break
     book.finish(best_step, {"step": step,
                             "metrics": {**meta.get("metrics", {}), "best_val_loss": best_val, "history": history,
+                                        "best_by": {"metric": pick[0], "mode": pick[1]},
                                         "explosions": guard.explosions, "overflows": guard.overflows,
                                         "train_seconds": round(time.perf_counter() - t_start, 1)}})
     log.info(f"done: {step} steps, best step {best_step}" + (f" (val loss {best_val:.4f})" if best_val else "")

@@ -7,7 +7,7 @@ a batch holds whole rankings, so every answer is encoded once however many pairs
 answers were all wrong learn the honest "I don't know" reply as best (zhongjing/train/prefs.py).
 Validation reports pairwise accuracy (beside the "longer answer wins" baseline on the same pairs), also per kind of
 pair (real reply vs sample, sample vs sample, vs another patient's reply: train/prefs.PAIR_KINDS), and mean margin;
-the best checkpoint (lowest validation loss) is the result,
+the best checkpoint (lowest validation loss, or `train.best_metric`) is the result,
 and its reward mean/std on the validation answers go to meta.json for PPO's reward normalisation.
 """
 
