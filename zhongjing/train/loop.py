@@ -182,15 +182,14 @@ def fit(model, data, loss_fn: Callable, settings: TrainSettings, out: str | Path
     if st is not None:
         step, epoch, in_epoch = st["step"], st["epoch"], st["in_epoch"]
         best_step, best_val, history = st["best_step"], st["best_val"], st["history"]
-    pick = settings.best_metric, settings.best_mode
 
     def score(rec: dict) -> float:
-        """rec's value of the metric that picks the result, signed so that lower is better."""
-        if pick[0] not in rec:
-            raise ConfigError(f"train.best_metric {pick[0]!r}: this stage's validation logs no such metric "
+        """rec's value of train.best_metric, signed so that lower is better."""
+        name = settings.best_metric
+        if name not in rec:
+            raise ConfigError(f"train.best_metric {name!r}: this stage's validation logs no such metric "
                               f"(it logs: {', '.join(sorted(k for k in rec if k.startswith('val_')))})")
-        v = float(rec[pick[0]])
-        return v if pick[1] == "min" else -v
+        return float(rec[name]) if settings.best_mode == "min" else -float(rec[name])
     log = book.logger(total, step)
 
     def state() -> dict:
@@ -207,7 +206,7 @@ def fit(model, data, loss_fn: Callable, settings: TrainSettings, out: str | Path
             # on_eval turns the loss function's per-batch sums into metrics: log those, not the sums
             shown = set(extra) | {"step", "epoch", "val_loss", "val_n"}
             log.eval({k: v for k, v in rec.items() if not on_eval or k in shown})
-            best, now = next((h for h in history if h["step"] == best_step), None), score(rec)
+            now, best = score(rec), next((h for h in history if h["step"] == best_step), None)
             if best is None or math.isnan(score(best)) or now < score(best):  # ties: the earlier
                 best_step, best_val = step, rec["val_loss"]
         elif not len(val):
@@ -235,7 +234,7 @@ def fit(model, data, loss_fn: Callable, settings: TrainSettings, out: str | Path
                 break
     book.finish(best_step, {"step": step,
                             "metrics": {**meta.get("metrics", {}), "best_val_loss": best_val, "history": history,
-                                        "best_by": {"metric": pick[0], "mode": pick[1]},
+                                        "best_by": {"metric": settings.best_metric, "mode": settings.best_mode},
                                         "explosions": guard.explosions, "overflows": guard.overflows,
                                         "train_seconds": round(time.perf_counter() - t_start, 1)}})
     log.info(f"done: {step} steps, best step {best_step}" + (f" (val loss {best_val:.4f})" if best_val else "")
