@@ -17,8 +17,8 @@ Output folder layout (pt, sft, rm, dpo, ppo, grpo — all of them):
   OUT/logs/                     train.jsonl (a line per optimizer step), eval.jsonl, tensorboard/.
 
 OUT/ holds the checkpoint with the lowest validation loss (or the best `train.best_metric`; the last one without
-validation) — the paper keeps the best. `inputs_hash` = hash(parent model fingerprint, data file hashes, config without run-only keys), see
-zhongjing.model.identity: a resume with other inputs is refused.
+validation) — the paper keeps the best. `inputs_hash` = hash(parent model fingerprint, data file hashes, config
+without run-only keys), see zhongjing.model.identity: a resume with other inputs is refused.
 """
 
 from __future__ import annotations
