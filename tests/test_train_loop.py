@@ -167,6 +167,38 @@ def test_best_metric_and_mode_pick_the_result(tmp_path):
             TrainSettings(**bad)
 
 
+def test_patience_stops_early_with_the_planned_schedule(tmp_path):
+    """`patience`: training stops once that many evaluations in a row have not beaten the best one. The schedule is
+    still the planned one, so the steps it did run are the full run's steps (same losses, same learning rates),
+    the result is the same checkpoint, and a resumed run does not train on past the stop."""
+    kw = dict(max_steps=12, eval_every=2, best_metric="val_loss", best_mode="max")  # the loss falls: step 2 stays best
+    full, full_logs, _ = run(tmp_path / "full", 8, 1, **kw)
+    assert full.best_step == 2 and full.step == 12
+    out = tmp_path / "early"
+    res, logs, _ = run(out, 8, 1, patience=2, **kw)
+    assert res.step == 6 and res.best_step == 2  # evaluations at 4 and 6 did not beat step 2
+    assert [(r["loss"], r["lr"]) for r in logs] == [(r["loss"], r["lr"]) for r in full_logs[:6]]
+    assert (out / "model.safetensors").read_bytes() == (tmp_path / "full" / "model.safetensors").read_bytes()
+    metrics = json.loads((out / "meta.json").read_text())["metrics"]
+    assert metrics["stopped_early"] is True and metrics["planned_steps"] == 12
+    assert not json.loads((tmp_path / "full" / "meta.json").read_text())["metrics"]["stopped_early"]
+    again, again_logs, _ = run(out, 8, 1, patience=2, resume=True, **kw)
+    assert again.step == 6 and len(again_logs) == 6  # nothing trained after the stop
+    with pytest.raises(ConfigError, match="patience must be ≥ 0"):
+        TrainSettings(patience=-1)
+
+
+def test_rl_stages_refuse_the_keys_only_fit_reads():
+    from zhongjing.consult.trainer import ConsultConfig
+    from zhongjing.train.rl import RLConfig
+
+    for bad in ({"patience": 2}, {"best_metric": "val_accuracy"}, {"best_mode": "max"}):
+        with pytest.raises(ConfigError, match=f"train.{next(iter(bad))} is not used by this stage: `select`"):
+            RLConfig(train=TrainSettings(**bad))
+        with pytest.raises(ConfigError, match="is not used by this stage: the output is the last policy"):
+            ConsultConfig(train=TrainSettings(**bad))
+
+
 def test_resume_refuses_other_data_and_logs_to_tensorboard(tmp_path):
     out = tmp_path / "tb"
     first = {"stage": "test", "data": [{"sha256": "aaa"}], "inputs_hash": "h1"}

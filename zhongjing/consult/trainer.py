@@ -23,7 +23,7 @@ from zhongjing.config import at_least, positive, within
 from zhongjing.errors import ConfigError
 from zhongjing.model.lora import LoraSettings
 from zhongjing.train.advantages import CRITIC, ESTIMATORS
-from zhongjing.train.common import TrainSettings
+from zhongjing.train.common import TrainSettings, refuse_fit_only_keys
 
 
 @dataclass
@@ -72,6 +72,7 @@ class ConsultConfig:
         within(self, 0.0, 1.0, "gamma", "lam")
         within(self, 0.0, float("inf"), "beta", "kl_coef", "vf_coef", "stop_kl")
         positive(self, "clip_eps")
+        refuse_fit_only_keys(self.train, "the output is the last policy")
 
 
 def load_items(cfg: ConsultConfig) -> list:

@@ -35,6 +35,8 @@ class TrainSettings:
     best_metric: str = "val_loss"  # the validation metric that picks the result: val_loss or any metric the stage
     #                                logs at evaluation (e.g. the RM's val_accuracy/sample_vs_sample)
     best_mode: str = "min"  # min or max: whether the lowest or the highest best_metric wins (ties: the earlier)
+    patience: int = 0  # > 0: stop once this many evaluations in a row have not beaten the best one (early stopping);
+    #                    the learning-rate schedule stays the planned one, so what was trained is what a full run trains
     seed: int = 42
     mixed_precision: str = "auto"  # auto (the accelerate launch config, else none), no, fp16, bf16
     gradient_checkpointing: bool = False
@@ -60,7 +62,7 @@ class TrainSettings:
         within(self, 0, float("inf"), "weight_decay", "eps", "max_grad_norm", "explode_grad_norm")
         if not 0 < self.explode_lr_decay <= 1:
             raise RangeError(f"explode_lr_decay must be in (0, 1], got {self.explode_lr_decay}")
-        at_least(self, 0, "max_steps", "warmup_steps", "eval_every", "save_every", "max_eval_batches",
+        at_least(self, 0, "max_steps", "patience", "warmup_steps", "eval_every", "save_every", "max_eval_batches",
                  "keep_checkpoints", "threads")
         within(self, 0, 2**32 - 1, "seed")  # numpy's limit; 2**70 was an OverflowError traceback
         if self.fp32_matmul not in ("fast", "exact"):
@@ -71,6 +73,14 @@ class TrainSettings:
             raise ConfigError(f"train.best_metric must name a validation metric (val_…), got {self.best_metric!r}")
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
             raise ConfigError(f"train.mixed_precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
+
+
+def refuse_fit_only_keys(train: TrainSettings, output_rule: str) -> None:
+    """RL stages run their own loop, which never reads the keys that pick fit()'s result checkpoint: refuse them
+    rather than ignore them silently (`output_rule` names what picks the stage's output instead)."""
+    for key, default in (("best_metric", "val_loss"), ("best_mode", "min"), ("patience", 0)):
+        if getattr(train, key) != default:
+            raise ConfigError(f"train.{key} is not used by this stage: {output_rule}")
 
 
 def make_accelerator(settings: TrainSettings):

@@ -192,6 +192,10 @@ def fit(model, data, loss_fn: Callable, settings: TrainSettings, out: str | Path
         return float(rec[name]) if settings.best_mode == "min" else -float(rec[name])
     log = book.logger(total, step)
 
+    def exhausted() -> bool:
+        """train.patience evaluations in a row since the best one (early stopping; from `history`, so resume-safe)."""
+        return bool(settings.patience) and sum(h["step"] > best_step for h in history) >= settings.patience
+
     def state() -> dict:
         return {"step": step, "epoch": epoch, "in_epoch": in_epoch, "best_step": best_step, "best_val": best_val,
                 "history": history}
@@ -214,7 +218,7 @@ def fit(model, data, loss_fn: Callable, settings: TrainSettings, out: str | Path
         book.save(step, state(), best_step, protect={best_step})
 
     t_start = time.perf_counter()
-    while step < total:
+    while step < total and not exhausted():
         batches = data.train_batches(epoch)
         n_steps = len(batches) // (ga * world)
         if n_steps == 0:
@@ -230,11 +234,15 @@ def fit(model, data, loss_fn: Callable, settings: TrainSettings, out: str | Path
             do_eval = step == total or (step % settings.eval_every == 0 if settings.eval_every else end_of_epoch)
             if do_eval or (settings.save_every and step % settings.save_every == 0):
                 eval_and_save(do_eval)
-            if end_of_epoch:
+            if end_of_epoch or exhausted():
                 break
+    if exhausted():
+        log.info(f"early stop at step {step} of {total}: {settings.patience} evaluation(s) without beating step "
+                 f"{best_step}'s {settings.best_metric}")
     book.finish(best_step, {"step": step,
                             "metrics": {**meta.get("metrics", {}), "best_val_loss": best_val, "history": history,
                                         "best_by": {"metric": settings.best_metric, "mode": settings.best_mode},
+                                        "stopped_early": exhausted(), "planned_steps": total,
                                         "explosions": guard.explosions, "overflows": guard.overflows,
                                         "train_seconds": round(time.perf_counter() - t_start, 1)}})
     log.info(f"done: {step} steps, best step {best_step}" + (f" (val loss {best_val:.4f})" if best_val else "")

@@ -24,7 +24,7 @@ from zhongjing.config import at_least
 from zhongjing.errors import ConfigError, ZhongjingError
 from zhongjing.model.decoder import check_sampling
 from zhongjing.model.lora import LoraSettings, TrainedIO
-from zhongjing.train.common import TrainSettings
+from zhongjing.train.common import TrainSettings, refuse_fit_only_keys
 from zhongjing.train.monitor import MonitorSettings
 from zhongjing.train.rewards import RewardConfig
 
@@ -80,6 +80,7 @@ class RLConfig:
         for key in ("eval_prompts", "eval_red_flags", "rollout_prompts", "stop_kl", "update_kl"):
             if not getattr(self, key) >= 0:
                 raise ConfigError(f"config key '{key}': must be ≥ 0 (0 = off), got {getattr(self, key)}")
+        refuse_fit_only_keys(self.train, "`select` picks the output (best held-out reward, or last)")
 
 
 # ----------------------------------------------------------------------------- the trained modules
