@@ -182,6 +182,8 @@ def test_patience_stops_early_with_the_planned_schedule(tmp_path):
     metrics = json.loads((out / "meta.json").read_text())["metrics"]
     assert metrics["stopped_early"] is True and metrics["planned_steps"] == 12
     assert not json.loads((tmp_path / "full" / "meta.json").read_text())["metrics"]["stopped_early"]
+    _, _, _ = run(tmp_path / "at-end", 8, 1, patience=2, **kw | {"max_steps": 4})  # patience runs out at the last step
+    assert not json.loads((tmp_path / "at-end" / "meta.json").read_text())["metrics"]["stopped_early"]
     again, again_logs, _ = run(out, 8, 1, patience=2, resume=True, **kw)
     assert again.step == 6 and len(again_logs) == 6  # nothing trained after the stop
     with pytest.raises(ConfigError, match="patience must be ≥ 0"):

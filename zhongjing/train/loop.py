@@ -236,13 +236,14 @@ def fit(model, data, loss_fn: Callable, settings: TrainSettings, out: str | Path
                 eval_and_save(do_eval)
             if end_of_epoch or exhausted():
                 break
-    if exhausted():
+    stopped_early = exhausted() and step < total
+    if stopped_early:
         log.info(f"early stop at step {step} of {total}: {settings.patience} evaluation(s) without beating step "
                  f"{best_step}'s {settings.best_metric}")
     book.finish(best_step, {"step": step,
                             "metrics": {**meta.get("metrics", {}), "best_val_loss": best_val, "history": history,
                                         "best_by": {"metric": settings.best_metric, "mode": settings.best_mode},
-                                        "stopped_early": exhausted(), "planned_steps": total,
+                                        "stopped_early": stopped_early, "planned_steps": total,
                                         "explosions": guard.explosions, "overflows": guard.overflows,
                                         "train_seconds": round(time.perf_counter() - t_start, 1)}})
     log.info(f"done: {step} steps, best step {best_step}" + (f" (val loss {best_val:.4f})" if best_val else "")
