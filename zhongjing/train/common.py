@@ -36,7 +36,7 @@ class TrainSettings:
     #                                logs at evaluation (e.g. the RM's val_accuracy/sample_vs_sample)
     best_mode: str = "min"  # min or max: whether the lowest or the highest best_metric wins (ties: the earlier)
     patience: int = 0  # > 0: stop once this many evaluations in a row have not beaten the best one (early stopping);
-    #                    the learning-rate schedule stays the planned one, so what was trained is what a full run trains
+    #                    the learning-rate schedule stays the planned one: every step that ran is the full run's step
     seed: int = 42
     mixed_precision: str = "auto"  # auto (the accelerate launch config, else none), no, fp16, bf16
     gradient_checkpointing: bool = False
