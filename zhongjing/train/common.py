@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from zhongjing.config import at_least, within
@@ -78,8 +78,9 @@ class TrainSettings:
 def refuse_fit_only_keys(train: TrainSettings, output_rule: str) -> None:
     """RL stages run their own loop, which never reads the keys that pick fit()'s result checkpoint: refuse them
     rather than ignore them silently (`output_rule` names what picks the stage's output instead)."""
-    for key, default in (("best_metric", "val_loss"), ("best_mode", "min"), ("patience", 0)):
-        if getattr(train, key) != default:
+    defaults = {f.name: f.default for f in fields(TrainSettings)}
+    for key in ("best_metric", "best_mode", "patience"):
+        if getattr(train, key) != defaults[key]:
             raise ConfigError(f"train.{key} is not used by this stage: {output_rule}")
 
 

@@ -234,7 +234,7 @@ def fit(model, data, loss_fn: Callable, settings: TrainSettings, out: str | Path
             do_eval = step == total or (step % settings.eval_every == 0 if settings.eval_every else end_of_epoch)
             if do_eval or (settings.save_every and step % settings.save_every == 0):
                 eval_and_save(do_eval)
-            if end_of_epoch or exhausted():
+            if end_of_epoch or (do_eval and exhausted()):  # patience only changes at an evaluation
                 break
     stopped_early = exhausted() and step < total
     if stopped_early:
